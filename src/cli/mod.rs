@@ -1,0 +1,45 @@
+//! The `umltest` command: clap definitions and dispatch. Each subcommand lives in
+//! its own file; `main.rs` only calls [`main`].
+//!
+//! Exit codes: 0 success, 1 an operation failed (bad file, mismatch, ...),
+//! 2 usage errors (clap) and bad scenario files, 4 nothing ran, 100 test failures.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "umltest",
+    version,
+    about = "Test-and-simulation harness for User Mode Linux labs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate scenario files without running them (wired up by the scenario engine).
+    #[command(hide = true)]
+    Version,
+}
+
+/// Entry point of the binary: parse argv, run, map errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Version => {
+            println!("umltest {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("umltest: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The real backend: `linux.uml` processes, root images, consoles, mconsole.
+
+pub mod guest;

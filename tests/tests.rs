@@ -1,0 +1,5 @@
+//! One integration-test binary; one module per area.
+
+mod util;
+
+mod guest;

@@ -1,1 +1,3 @@
-//! See the crate docs.
+//! Scenario files, the engine that runs them on a backend, artifacts and snapshots.
+
+pub mod backend;

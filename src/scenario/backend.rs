@@ -1,0 +1,151 @@
+//! The contract between the scenario engine and a backend (`sim` or `uml`).
+//!
+//! The engine resolves a scenario file into a [`Lab`] (plain data: switches and
+//! machines with their final argv, all names relative to the run folder), then
+//! drives a [`Backend`] step by step. Host-side disk steps (write bytes, copy,
+//! mkcow, merge, check) and disk diffs are done by the engine itself on the run
+//! folder through the `cow`/`block` modules, identically for both backends.
+//!
+//! Durations are virtual on the sim and wall-clock on `uml`; a backend never
+//! blocks longer than the timeout it is given.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A scenario resolved for running: everything a backend needs, nothing it must parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lab {
+    pub name: String,
+    /// The scenario seed: the sim derives every RNG stream from it.
+    pub seed: u64,
+    /// The run folder, the working directory of every machine; disk files and
+    /// switch socket dirs named in command lines are relative to it.
+    pub run_dir: PathBuf,
+    pub switches: Vec<SwitchSpec>,
+    pub machines: Vec<MachineSpec>,
+}
+
+/// A switch of the lab (a VDE switch socket dir `run_dir/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchSpec {
+    pub name: String,
+    /// Hub mode (`vde_switch -x`): every frame to every other port.
+    pub hub: bool,
+    /// Number of ports (`vde_switch -n`, default 32).
+    pub numports: u32,
+}
+
+/// A machine: its name and the exact argv of `linux.uml` (without the program
+/// name): the scenario's command line split as a shell would, plus only what the
+/// harness appends (ARCHITECTURE.md, "What the harness adds").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineSpec {
+    pub name: String,
+    pub argv: Vec<String>,
+}
+
+/// Identifies a background command started with [`Backend::spawn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(pub u32);
+
+/// What a finished (or interrupted) guest command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// stdout and stderr as the console shows them, `\n` line endings.
+    pub output: String,
+    /// The exit status (`128 + signal` style codes as the shell reports them).
+    pub exit_code: i32,
+    /// True if the command was still running at its timeout and got SIGINT.
+    pub interrupted: bool,
+}
+
+/// One frame seen by a switch, in the shared trace format of ARCHITECTURE.md:
+/// `<seq> <time> port <in> -> <out ports>: <tcpdump -n -e line>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// Time since the lab started (virtual on the sim).
+    pub time: Duration,
+    pub in_port: u32,
+    pub out_ports: Vec<u32>,
+    /// The raw frame, as forwarded.
+    pub frame: Vec<u8>,
+}
+
+/// Everything a backend recorded, collected once at the end of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendArtifacts {
+    /// Console transcript per machine.
+    pub consoles: BTreeMap<String, String>,
+    /// Frames per switch, in forwarding order.
+    pub traces: BTreeMap<String, Vec<TraceRecord>>,
+}
+
+/// A backend failure that stops the run (as opposed to a failed expectation).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot run here at all (e.g. `linux.uml` missing): exit code 4.
+    #[error("{what} (install it with: apt-get install -y {package})")]
+    Unavailable { what: String, package: String },
+    /// A machine name the lab does not define.
+    #[error("no machine named {0:?} in this lab")]
+    UnknownMachine(String),
+    /// The guest did not boot, panicked, or stopped answering; `last_lines` shows why.
+    #[error("machine {machine}: {message}\nlast console lines:\n{last_lines}")]
+    Machine {
+        machine: String,
+        message: String,
+        last_lines: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A way of running a [`Lab`]: the deterministic sim or real `linux.uml` processes.
+pub trait Backend {
+    /// `"sim"` or `"uml"`.
+    fn name(&self) -> &'static str;
+    /// Prepares the lab (switches up); no machine runs yet.
+    fn start(&mut self, lab: &Lab) -> Result<(), BackendError>;
+    /// Boots machines (in parallel where it matters) and waits until each has a
+    /// shell, or has failed to boot as the kernel would (the console tells why).
+    fn boot(&mut self, machines: &[String]) -> Result<(), BackendError>;
+    /// Runs a shell command in the foreground; at `timeout` it gets SIGINT (like
+    /// Ctrl-C) and its output so far and exit code are returned.
+    fn run(
+        &mut self,
+        machine: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, BackendError>;
+    /// Starts a shell command in the background.
+    fn spawn(&mut self, machine: &str, command: &str) -> Result<JobId, BackendError>;
+    /// Waits for a background command, interrupting it with SIGINT at `timeout`.
+    fn wait_job(
+        &mut self,
+        machine: &str,
+        job: JobId,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, BackendError>;
+    /// Takes a machine's NIC (`eth0`, ...) cable out of / back into its switch.
+    fn set_link(&mut self, machine: &str, nic: &str, up: bool) -> Result<(), BackendError>;
+    /// Waits until the console shows `pattern` (a substring); false at timeout.
+    fn wait_console(
+        &mut self,
+        machine: &str,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<bool, BackendError>;
+    /// Lets time pass (virtual on the sim).
+    fn sleep(&mut self, duration: Duration) -> Result<(), BackendError>;
+    /// Halts machines cleanly (guest `halt`/mconsole), so disks are consistent.
+    fn halt(&mut self, machines: &[String]) -> Result<(), BackendError>;
+    /// Kills a machine abruptly (fault injection: the host kills the process).
+    fn kill(&mut self, machine: &str) -> Result<(), BackendError>;
+    /// Stops everything still running and returns what was recorded.
+    fn finish(&mut self) -> Result<BackendArtifacts, BackendError>;
+}

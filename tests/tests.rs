@@ -4,3 +4,4 @@ mod util;
 
 mod guest;
 mod switch;
+mod uml;

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod image;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "umltest",
@@ -24,6 +26,8 @@ pub enum Command {
     /// Validate scenario files without running them (wired up by the scenario engine).
     #[command(hide = true)]
     Version,
+    /// Root images for the uml backend.
+    Image(image::ImageArgs),
 }
 
 /// Entry point of the binary: parse argv, run, map errors to exit codes.
@@ -34,6 +38,7 @@ pub fn main() -> ExitCode {
             println!("umltest {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Image(args) => image::run(args),
     };
     match result {
         Ok(code) => code,

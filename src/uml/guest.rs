@@ -85,7 +85,7 @@ fn find_static_busybox() -> Option<PathBuf> {
 }
 
 /// True for an ELF file without a `PT_INTERP` program header.
-fn is_static_elf(bytes: &[u8]) -> bool {
+pub(crate) fn is_static_elf(bytes: &[u8]) -> bool {
     // ELF64 little-endian only: that is what linux.uml on x86_64 runs.
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
         return false;

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod cow;
 mod guest;
 mod switch;
 mod uml;

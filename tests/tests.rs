@@ -2,6 +2,7 @@
 
 mod util;
 
+mod cmdline;
 mod cow;
 mod guest;
 mod switch;

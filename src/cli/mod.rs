@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod cmdline;
 pub mod image;
 
 #[derive(Debug, Parser)]
@@ -28,6 +29,8 @@ pub enum Command {
     Version,
     /// Root images for the uml backend.
     Image(image::ImageArgs),
+    /// Predict what linux.uml 6.1 configures from a kernel command line.
+    Cmdline(cmdline::CmdlineArgs),
 }
 
 /// Entry point of the binary: parse argv, run, map errors to exit codes.
@@ -39,6 +42,7 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(args) => image::run(args),
+        Command::Cmdline(args) => cmdline::run(args),
     };
     match result {
         Ok(code) => code,

@@ -50,7 +50,7 @@ impl SpanMap {
     fn map(&self, k: usize) -> usize {
         for &(ks, len, is) in &self.segments {
             if k >= ks && k <= ks + len {
-                return is + (k - ks);
+                return (is + (k - ks)).min(self.input_len);
             }
         }
         self.input_len
@@ -183,7 +183,14 @@ impl Kernel {
 
     fn fatal_stdout(&mut self, message: &str, span: Span, effect: &str, help: Option<String>) {
         self.boots = false;
-        self.diag(Severity::Fatal, Channel::Stdout, message, span, effect, help);
+        self.diag(
+            Severity::Fatal,
+            Channel::Stdout,
+            message,
+            span,
+            effect,
+            help,
+        );
     }
 
     /// Step 1. Returns false when the UML process exits before the kernel starts.
@@ -347,7 +354,7 @@ impl Kernel {
                 );
             } else {
                 *add = false;
-                if name.len() <= UMID_LEN - 1 {
+                if name.len() < UMID_LEN {
                     self.umid = Some(name.to_string()).filter(|n| !n.is_empty());
                     self.umid_inited = true;
                 } else {
@@ -759,7 +766,9 @@ impl Kernel {
                 self.diag(
                     Severity::Warning,
                     Channel::Log,
-                    format!("udb{text} specified on command line is almost certainly a ubd -> udb TYPO"),
+                    format!(
+                        "udb{text} specified on command line is almost certainly a ubd -> udb TYPO"
+                    ),
                     span,
                     "ignored: no device is configured",
                     Some(format!("write ubd{text}")),
@@ -937,9 +946,8 @@ impl Kernel {
         let file = self.buf.strsep(&mut p, b",:");
         let backing = self.buf.strsep(&mut p, b",:");
         let serial = self.buf.strsep(&mut p, b",:");
-        let nonempty = |k: &Kernel, at: Option<usize>| {
-            at.map(|a| k.buf.cstr(a)).filter(|t| !t.is_empty())
-        };
+        let nonempty =
+            |k: &Kernel, at: Option<usize>| at.map(|a| k.buf.cstr(a)).filter(|t| !t.is_empty());
         let file = nonempty(self, file);
         let backing = nonempty(self, backing);
         let serial = nonempty(self, serial);
@@ -1027,7 +1035,7 @@ impl Kernel {
             for n in 0..count {
                 let (conf, explicit) = {
                     let cfg = if console { &self.con } else { &self.ssl };
-                    let explicit = cfg.lines.get(&n).is_some() || cfg.default.is_some();
+                    let explicit = cfg.lines.contains_key(&n) || cfg.default.is_some();
                     let c = if console {
                         cfg.console_channel(n)
                     } else {

@@ -57,19 +57,36 @@ pub fn parse_shell(line: &str) -> Result<Parsed, SplitError> {
     Ok(parse(&split_shell_words(line)?))
 }
 
-/// Fills in [`UbdDevice::size_sectors`] from `size_of(file)` (bytes, `None` when
-/// the file does not exist), and adds the kernel's boot-time message for devices
-/// whose size it cannot determine. `size_of` is given the COW file and, when that
-/// does not exist, the backing file (the kernel creates the COW from it).
-///
-/// The size of an existing COW file is the size its header records; `size_of`
-/// must return that (the caller owns the file access).
-pub fn resolve_sizes(parsed: &mut Parsed, size_of: &dyn Fn(&str) -> Option<u64>) {
+/// What [`resolve_sizes`] needs to know about a host file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFile {
+    /// Size in bytes; `None` when the file does not exist (or is no regular file).
+    pub size: Option<u64>,
+    /// The backing file named in the file's COW header, when it has one.
+    pub cow_backing: Option<String>,
+}
+
+/// Fills in [`UbdDevice::size_sectors`] the way `ubd_file_size` decides it, and
+/// adds the kernel's boot-time message for devices whose size it cannot determine:
+/// with a backing file on the command line, that file's size; else, for a COW
+/// file, the size of the backing file its header names; else the file's own size;
+/// rounded up to whole sectors. `lookup` is the caller's access to the host files
+/// (paths as written on the command line, relative to the machine's directory).
+pub fn resolve_sizes(parsed: &mut Parsed, lookup: &dyn Fn(&str) -> HostFile) {
     let mut diags = Vec::new();
     for dev in &mut parsed.ubd {
-        let size = size_of(&dev.file).or_else(|| dev.backing.as_deref().and_then(size_of));
+        let size = match &dev.backing {
+            Some(backing) => lookup(backing).size,
+            None => {
+                let own = lookup(&dev.file);
+                match (&own.size, &own.cow_backing) {
+                    (None, _) => None,
+                    (Some(_), Some(backing)) => lookup(backing).size,
+                    (Some(size), None) => Some(*size),
+                }
+            }
+        };
         match size {
-            // ubd rounds the byte size up to whole sectors.
             Some(bytes) => dev.size_sectors = Some(bytes.div_ceil(512)),
             None => {
                 dev.size_sectors = None;
@@ -85,7 +102,7 @@ pub fn resolve_sizes(parsed: &mut Parsed, size_of: &dyn Fn(&str) -> Option<u64>)
                     help: Some(if dev.implicit {
                         "ubd0 defaults to the file root_fs; give ubd0=<image>".to_string()
                     } else {
-                        format!("{} does not exist", dev.file)
+                        "check that the file exists (paths are relative to the machine's directory)".to_string()
                     }),
                 });
             }

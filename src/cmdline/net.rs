@@ -134,7 +134,10 @@ pub(crate) fn configure_all(k: &mut Kernel) {
         k.diag(
             Severity::Warning,
             Channel::Lint,
-            format!("eth{}: no transport named '{}' in this build", eth.index, name),
+            format!(
+                "eth{}: no transport named '{}' in this build",
+                eth.index, name
+            ),
             eth.span,
             "the kernel ignores the device silently",
             Some(format!("transports: {}", TRANSPORTS.join(", "))),
@@ -220,7 +223,13 @@ fn setup(
                     if argv.len() >= SLIRP_MAX_ARGS - 1 {
                         let m = "slirp_setup: truncating slirp arguments".to_string();
                         pre.push(m.clone());
-                        err(k, eth, Severity::Warning, m, "slirp takes at most 99 arguments");
+                        err(
+                            k,
+                            eth,
+                            Severity::Warning,
+                            m,
+                            "slirp takes at most 99 arguments",
+                        );
                         break;
                     }
                     let start = p;
@@ -253,7 +262,13 @@ fn setup(
             if remain.is_some() {
                 let m = "daemon_setup : Ignoring data socket specification".to_string();
                 pre.push(m.clone());
-                err(k, eth, Severity::Warning, m, "the daemon transport has 3 fields: <mac>,<sock type>,<ctl socket>");
+                err(
+                    k,
+                    eth,
+                    Severity::Warning,
+                    m,
+                    "the daemon transport has 3 fields: <mac>,<sock type>,<ctl socket>",
+                );
             }
             Some(NetParams::Daemon {
                 sock_type: cstr(k, f[1]).unwrap_or_else(|| "unix".into()),
@@ -269,7 +284,13 @@ fn setup(
             if let Some(r) = remain {
                 let m = format!("vde_setup - Ignoring extra data :'{}'", k.buf.cstr(r));
                 pre.push(m.clone());
-                err(k, eth, Severity::Warning, m, "vde takes 6 fields: <switch>,<mac>,<port>,<group>,<mode>,<description>");
+                err(
+                    k,
+                    eth,
+                    Severity::Warning,
+                    m,
+                    "vde takes 6 fields: <switch>,<mac>,<port>,<group>,<mode>,<description>",
+                );
             }
             let mut port = 0u32;
             if let Some(p) = f[2] {
@@ -316,7 +337,13 @@ fn setup(
                     "mcast_setup - Extra garbage on specification : '{}'",
                     k.buf.cstr(r)
                 );
-                err(k, eth, Severity::Error, m, "mcast takes 4 fields: <mac>,<addr>,<port>,<ttl>");
+                err(
+                    k,
+                    eth,
+                    Severity::Error,
+                    m,
+                    "mcast takes 4 fields: <mac>,<addr>,<port>,<ttl>",
+                );
                 return None;
             }
             let mut port = 1102u16;
@@ -355,7 +382,13 @@ fn setup(
                     "ucast_setup - Extra garbage on specification : '{}'",
                     k.buf.cstr(r)
                 );
-                err(k, eth, Severity::Error, m, "ucast takes 4 fields: <mac>,<remote addr>,<listen port>,<remote port>");
+                err(
+                    k,
+                    eth,
+                    Severity::Error,
+                    m,
+                    "ucast takes 4 fields: <mac>,<remote addr>,<listen port>,<remote port>",
+                );
                 return None;
             }
             let mut ports = [1102u16, 1102u16];
@@ -392,7 +425,13 @@ fn setup(
                     "tap_setup_common - Extra garbage on specification : '{}'",
                     k.buf.cstr(r)
                 );
-                err(k, eth, Severity::Error, m, "tap transports take 3 fields: <tap dev>,<mac>,<gate ip>");
+                err(
+                    k,
+                    eth,
+                    Severity::Error,
+                    m,
+                    "tap transports take 3 fields: <tap dev>,<mac>,<gate ip>",
+                );
                 return None;
             }
             let dev_name = cstr(k, f[0]);
@@ -410,7 +449,13 @@ fn setup(
                 }),
                 None => {
                     let m = "ethertap_setup : Missing tap device name".to_string();
-                    err(k, eth, Severity::Error, m, "write eth<N>=ethertap,<tap dev>,...");
+                    err(
+                        k,
+                        eth,
+                        Severity::Error,
+                        m,
+                        "write eth<N>=ethertap,<tap dev>,...",
+                    );
                     None
                 }
             }
@@ -429,7 +474,9 @@ fn setup_etheraddr(
     msgs: &mut Vec<String>,
 ) -> Option<[u8; 6]> {
     let random = |_: &mut Kernel, msgs: &mut Vec<String>| {
-        msgs.push(format!("Choosing a random ethernet address for device {name}"));
+        msgs.push(format!(
+            "Choosing a random ethernet address for device {name}"
+        ));
         None
     };
     let Some(mut p) = mac else {
@@ -488,7 +535,10 @@ fn setup_etheraddr(
         let lines = [
             "Warning: Assigning a globally valid ethernet address to a device".to_string(),
             "You should set the 2nd rightmost bit in the first byte of the MAC,".to_string(),
-            format!("i.e. {}", fmt_mac(&[addr[0] | 2, addr[1], addr[2], addr[3], addr[4], addr[5]])),
+            format!(
+                "i.e. {}",
+                fmt_mac(&[addr[0] | 2, addr[1], addr[2], addr[3], addr[4], addr[5]])
+            ),
         ];
         for (i, l) in lines.iter().enumerate() {
             msgs.push(l.clone());
@@ -527,7 +577,9 @@ fn eth_configure(
     let name = format!("eth{}", eth.index);
     let mut messages = pre;
     let addr = setup_etheraddr(k, mac, &name, eth.span, &mut messages);
-    let shown = addr.map(|a| fmt_mac(&a)).unwrap_or_else(|| "<random>".into());
+    let shown = addr
+        .map(|a| fmt_mac(&a))
+        .unwrap_or_else(|| "<random>".into());
     messages.push(format!("Netdevice {} ({shown}) : ", eth.index));
     messages.extend(init_lines(&params));
     register(k, name, eth, transport, params, addr, messages);

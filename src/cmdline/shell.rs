@@ -108,9 +108,9 @@ pub fn split_shell_words(input: &str) -> Result<Vec<String>, SplitError> {
 /// Quotes `word` so that [`split_shell_words`] (and `sh`) gives it back unchanged.
 pub fn quote_shell_word(word: &str) -> String {
     let plain = !word.is_empty()
-        && word.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"_-+=,.:/@%^".contains(&b) || !b.is_ascii()
-        });
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-+=,.:/@%^".contains(&b) || !b.is_ascii());
     if plain {
         word.to_string()
     } else {

@@ -489,3 +489,371 @@ fn ubd_plain_file_and_non_cow_with_backing() {
         ]
     );
 }
+
+// ---------------------------------------------------------------- CLI
+
+/// Every file under `dir` with its length, mtime and content hash: "nothing
+/// written" means this does not change.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, i64, Vec<u8>)> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            let m = std::fs::symlink_metadata(&p).expect("meta");
+            if m.is_dir() {
+                stack.push(p.clone());
+                out.push((p, 0, m.mtime(), vec![]));
+            } else if m.is_file() {
+                let h = Sha256::digest(std::fs::read(&p).unwrap_or_default()).to_vec();
+                out.push((p, m.len(), m.mtime(), h));
+            } else {
+                out.push((p, 0, m.mtime(), vec![]));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A 1 MiB backing `base.img` and `x.cow` over it with sectors 0-7 and 100 dirty.
+fn cli_setup(dir: &Path) {
+    make_backing(&dir.join("base.img"), 1 << 20, &[(4096, vec![0x11; 8192])]);
+    create(
+        &dir.join("x.cow"),
+        &dir.join("base.img"),
+        &CreateOptions::default(),
+    )
+    .expect("create");
+    let mut f = CowFile::open(&dir.join("x.cow"), None, true).expect("open");
+    f.write_at(&[0x22; 4096], 0).expect("write");
+    f.write_at(&[0x33; 10], 100 * 512 + 3).expect("write");
+}
+
+#[test]
+fn cli_create_merge_info_diff() {
+    let dir = util::tempdir();
+    let d = dir.path();
+    cli_setup(d);
+    let info = util::umltest(d, &["cow", "info", "--json", "x.cow"]);
+    info.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&info.stdout()).expect("json");
+    assert_eq!(v["dirty_sectors"], 9, "{}", info.dump());
+    assert_eq!(v["dirty_ranges"], 2);
+    assert_eq!(v["layout"]["data_offset"], 12288);
+    assert_eq!(v["header"]["version"], "v3");
+    assert_eq!(v["backing"]["mtime_matches"], true);
+    let diff = util::umltest(d, &["cow", "diff", "x.cow"]);
+    diff.expect_code(0);
+    assert_eq!(
+        diff.stdout().lines().skip(1).collect::<Vec<_>>(),
+        vec![
+            "sectors 0-7 (bytes 0-4095): 4096 bytes changed",
+            "sectors 100-100 (bytes 51200-51711): 10 bytes changed",
+        ],
+        "{}",
+        diff.dump()
+    );
+    let hex = util::umltest(d, &["cow", "diff", "--hexdump", "--json", "x.cow"]);
+    let v: serde_json::Value = serde_json::from_str(&hex.stdout()).expect("json");
+    assert_eq!(v["changed_bytes"], 4106);
+    assert_eq!(v["ranges"][1]["rows"][0]["offset"], 51200);
+    assert_eq!(
+        v["ranges"][1]["rows"][0]["cow"],
+        "000000333333333333333333330000000"[..32].to_string()
+    );
+    util::umltest(d, &["cow", "merge", "x.cow", "new.img"]).expect_code(0);
+    let merged = std::fs::read(d.join("new.img")).expect("merged");
+    assert_eq!(&merged[..4096], &[0x22; 4096][..]);
+    assert_eq!(&merged[4096..12288], &[0x11; 8192][..]);
+    // -b and -d in either order.
+    std::fs::copy(d.join("x.cow"), d.join("y.cow")).expect("copy");
+    util::umltest(d, &["cow", "merge", "-b", "base.img", "-d", "x.cow"]).expect_code(0);
+    assert!(std::fs::read(d.join("base.img")).expect("base") == merged);
+    let stale = util::umltest(d, &["cow", "merge", "-d", "-b", "base.img", "y.cow"]);
+    // The first in-place merge changed the backing: y.cow is now stale, unless
+    // the merge happened within the same second (mtime has 1 s resolution).
+    if std::fs::metadata(d.join("base.img")).expect("meta").mtime() != MTIME {
+        stale.expect_code(1);
+        assert!(
+            stale.stderr().contains("mtime mismatch"),
+            "{}",
+            stale.dump()
+        );
+    }
+    // create -f truncates: no stale dirty bits survive.
+    util::umltest(d, &["cow", "create", "-f", "x.cow", "base.img"]).expect_code(0);
+    let v: serde_json::Value =
+        serde_json::from_str(&util::umltest(d, &["cow", "info", "--json", "x.cow"]).stdout())
+            .expect("json");
+    assert_eq!(v["dirty_sectors"], 0);
+}
+
+#[test]
+fn cli_check_explains_and_fixes_mtime_in_cow_header_only() {
+    let dir = util::tempdir();
+    let d = dir.path();
+    cli_setup(d);
+    set_mtime(&d.join("base.img"), MTIME + 3600);
+    let before = std::fs::read(d.join("base.img")).expect("base");
+    let r = util::umltest(d, &["cow", "check", "x.cow"]);
+    r.expect_code(1);
+    assert!(
+        r.stdout().contains(&format!(
+            "mtime mismatch ({MTIME} vs {}) of COW header vs backing file",
+            MTIME + 3600
+        )),
+        "{}",
+        r.dump()
+    );
+    assert!(
+        r.stdout().contains("without preserving times"),
+        "{}",
+        r.dump()
+    );
+    let r = util::umltest(d, &["cow", "merge", "x.cow", "o.img"]);
+    r.expect_code(1);
+    assert!(!d.join("o.img").exists());
+    util::umltest(d, &["cow", "check", "--fix-mtime", "x.cow"]).expect_code(0);
+    util::umltest(d, &["cow", "check", "x.cow"]).expect_code(0);
+    assert_eq!(std::fs::read(d.join("base.img")).expect("base"), before);
+    assert_eq!(
+        std::fs::metadata(d.join("base.img")).expect("meta").mtime(),
+        MTIME + 3600
+    );
+    util::umltest(d, &["cow", "merge", "x.cow", "o.img"]).expect_code(0);
+}
+
+#[test]
+fn cli_rebase_to_moved_backing() {
+    let dir = util::tempdir();
+    let d = dir.path();
+    cli_setup(d);
+    std::fs::create_dir(d.join("moved")).expect("mkdir");
+    std::fs::rename(d.join("base.img"), d.join("moved/base.img")).expect("mv");
+    let r = util::umltest(d, &["cow", "merge", "x.cow", "o.img"]);
+    r.expect_code(1);
+    assert!(
+        r.stderr().contains("No such file or directory"),
+        "{}",
+        r.dump()
+    );
+    util::umltest(d, &["cow", "rebase", "x.cow", "moved/base.img"]).expect_code(0);
+    let h = Header::decode(&std::fs::read(d.join("x.cow")).expect("cow")[..4128]).expect("hdr");
+    assert_eq!(h.backing_path(), canon(&d.join("moved/base.img")));
+    util::umltest(d, &["cow", "merge", "x.cow", "o.img"]).expect_code(0);
+    // A copy without -a has another mtime: rebase refuses, nothing changes.
+    std::fs::copy(d.join("moved/base.img"), d.join("copy.img")).expect("cp");
+    set_mtime(&d.join("copy.img"), MTIME + 5);
+    let snap = snapshot(d);
+    let r = util::umltest(d, &["cow", "rebase", "x.cow", "copy.img"]);
+    r.expect_code(1);
+    assert!(r.stderr().contains("mtime mismatch"), "{}", r.dump());
+    assert_eq!(snapshot(d), snap);
+}
+
+/// Each bad input: a clear message naming the file, exit 1, nothing written.
+#[test]
+fn cli_bad_inputs_fail_cleanly_and_write_nothing() {
+    type Setup = fn(&Path);
+    let cases: Vec<(&str, Setup, &str)> = vec![
+        (
+            "bad magic",
+            |d| std::fs::write(d.join("x.cow"), vec![0u8; 16384]).expect("w"),
+            "x.cow: not a COW file: bad magic 0x00000000 at offset 0",
+        ),
+        (
+            "unknown version",
+            |d| {
+                let mut b = std::fs::read(d.join("x.cow")).expect("r");
+                b[7] = 7;
+                std::fs::write(d.join("x.cow"), b).expect("w");
+            },
+            "x.cow: read_cow_header - invalid COW version",
+        ),
+        (
+            "truncated header",
+            |d| {
+                let b = std::fs::read(d.join("x.cow")).expect("r");
+                std::fs::write(d.join("x.cow"), &b[..100]).expect("w");
+            },
+            "x.cow: read_cow_header - failed to read V3 header",
+        ),
+        (
+            "short header",
+            |d| std::fs::write(d.join("x.cow"), b"OOOM").expect("w"),
+            "x.cow: read_cow_header - short header",
+        ),
+        (
+            "truncated bitmap",
+            |d| {
+                let b = std::fs::read(d.join("x.cow")).expect("r");
+                std::fs::write(d.join("x.cow"), &b[..8200]).expect("w");
+            },
+            "x.cow: truncated COW file: the bitmap needs 256 bytes at offset 8192, the file holds 8 of them",
+        ),
+        (
+            "missing backing",
+            |d| std::fs::rename(d.join("base.img"), d.join("elsewhere.img")).expect("mv"),
+            "base.img\": No such file or directory",
+        ),
+        (
+            "size mismatch",
+            |d| {
+                let f = std::fs::File::options().write(true).open(d.join("base.img")).expect("o");
+                f.set_len(2 << 20).expect("len");
+                drop(f);
+                set_mtime(&d.join("base.img"), MTIME);
+            },
+            "x.cow: Size mismatch (1048576 vs 2097152) of COW header vs backing file",
+        ),
+        (
+            "mtime mismatch",
+            |d| set_mtime(&d.join("base.img"), MTIME + 1),
+            "x.cow: mtime mismatch (1704164645 vs 1704164646) of COW header vs backing file",
+        ),
+        (
+            "directory",
+            |d| {
+                std::fs::remove_file(d.join("x.cow")).expect("rm");
+                std::fs::create_dir(d.join("x.cow")).expect("mkdir");
+            },
+            "x.cow: not a regular file (it is a directory)",
+        ),
+        (
+            "fifo",
+            |d| {
+                std::fs::remove_file(d.join("x.cow")).expect("rm");
+                nix::unistd::mkfifo(&d.join("x.cow"), nix::sys::stat::Mode::from_bits_truncate(0o644))
+                    .expect("mkfifo");
+            },
+            "x.cow: not a regular file (it is a FIFO)",
+        ),
+    ];
+    for (name, setup, want) in cases {
+        for args in [
+            vec!["cow", "merge", "x.cow", "out.img"],
+            vec!["cow", "merge", "-d", "x.cow"],
+            vec!["cow", "diff", "x.cow"],
+        ] {
+            let dir = util::tempdir();
+            let d = dir.path();
+            cli_setup(d);
+            setup(d);
+            let snap = snapshot(d);
+            let r = util::umltest(d, &args);
+            r.expect_code(1);
+            assert!(
+                r.stderr().contains(want),
+                "{name}: want {want:?}\n{}",
+                r.dump()
+            );
+            assert!(!r.stderr().contains("panicked"), "{name}\n{}", r.dump());
+            assert_eq!(snapshot(d), snap, "{name}: files changed\n{}", r.dump());
+        }
+    }
+}
+
+/// Root reads mode-000 files, so "no permission" runs the binary as nobody.
+#[test]
+fn cli_no_permission_as_unprivileged_user() {
+    let Some(setpriv) = util::tool("setpriv", "util-linux") else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED (not a pass): needs root to switch to an unprivileged user");
+        return;
+    }
+    let dir = util::tempdir();
+    let d = dir.path();
+    cli_setup(d);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    std::fs::set_permissions(d.join("x.cow"), std::fs::Permissions::from_mode(0o000))
+        .expect("chmod");
+    let bin = util::umltest_bin();
+    let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    let snap = snapshot(d);
+    for (args, want) in [
+        (
+            vec!["cow", "merge", "x.cow", "/tmp/never.img"],
+            "open COW file x.cow: Permission denied",
+        ),
+        (
+            vec!["cow", "info", "x.cow"],
+            "open COW file x.cow: Permission denied",
+        ),
+    ] {
+        let mut full: Vec<&str> = nobody.to_vec();
+        full.push(bin.to_str().expect("utf8 path"));
+        full.extend(args);
+        let r = util::run_in(d, &setpriv, &full);
+        r.expect_code(1);
+        assert!(r.stderr().contains(want), "{}", r.dump());
+    }
+    // Readable COW, but the output directory is not writable by nobody.
+    std::fs::set_permissions(d.join("x.cow"), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let snap2 = snapshot(d);
+    let mut full: Vec<&str> = nobody.to_vec();
+    full.push(bin.to_str().expect("utf8 path"));
+    full.extend(["cow", "merge", "x.cow", "out.img"]);
+    let r = util::run_in(d, &setpriv, &full);
+    r.expect_code(1);
+    assert!(
+        r.stderr().contains("create temporary file in"),
+        "{}",
+        r.dump()
+    );
+    assert!(r.stderr().contains("Permission denied"), "{}", r.dump());
+    assert_eq!(snapshot(d), snap2);
+    // In place needs write access to the backing file.
+    let mut full: Vec<&str> = nobody.to_vec();
+    full.push(bin.to_str().expect("utf8 path"));
+    full.extend(["cow", "merge", "-d", "x.cow"]);
+    let r = util::run_in(d, &setpriv, &full);
+    r.expect_code(1);
+    assert!(r.stderr().contains("Permission denied"), "{}", r.dump());
+    assert_eq!(snapshot(d).len(), snap.len());
+}
+
+/// Disk full: a 64 KiB tmpfs in a private mount namespace.
+#[test]
+fn cli_disk_full_leaves_nothing_behind() {
+    let Some(unshare) = util::tool("unshare", "util-linux") else {
+        return;
+    };
+    let dir = util::tempdir();
+    let d = dir.path();
+    cli_setup(d);
+    let mut f = CowFile::open(&d.join("x.cow"), None, true).expect("open");
+    f.write_at(&vec![0x5a; 512 * 1024], 0).expect("fill");
+    drop(f);
+    std::fs::create_dir(d.join("full")).expect("mkdir");
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs full || exit 77; {} cow merge x.cow full/out.img; rc=$?; ls -A full; exit $rc",
+        util::umltest_bin().display()
+    );
+    let r = util::run_in(d, &unshare, &["-m", "sh", "-c", &script]);
+    if r.code() == Some(77) {
+        eprintln!(
+            "SKIPPED (not a pass): cannot mount a tmpfs here\n{}",
+            r.dump()
+        );
+        return;
+    }
+    r.expect_code(1);
+    assert!(
+        r.stderr().contains("No space left on device"),
+        "{}",
+        r.dump()
+    );
+    assert!(r.stderr().contains("full/out.img"), "{}", r.dump());
+    assert_eq!(
+        r.stdout().trim(),
+        "",
+        "files left in the full filesystem\n{}",
+        r.dump()
+    );
+}

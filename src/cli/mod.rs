@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod cmdline;
+pub mod cow;
 pub mod image;
 
 #[derive(Debug, Parser)]
@@ -31,6 +32,8 @@ pub enum Command {
     Image(image::ImageArgs),
     /// Predict what linux.uml 6.1 configures from a kernel command line.
     Cmdline(cmdline::CmdlineArgs),
+    /// UML copy-on-write disk files: create, merge, rebase, info, diff, check.
+    Cow(cow::CowArgs),
 }
 
 /// Entry point of the binary: parse argv, run, map errors to exit codes.
@@ -43,6 +46,7 @@ pub fn main() -> ExitCode {
         }
         Command::Image(args) => image::run(args),
         Command::Cmdline(args) => cmdline::run(args),
+        Command::Cow(args) => cow::run(args),
     };
     match result {
         Ok(code) => code,

@@ -14,6 +14,7 @@
 pub mod create;
 pub mod file;
 pub mod header;
+pub mod inspect;
 pub mod merge;
 
 use std::fs::File;

@@ -7,3 +7,4 @@ mod cow;
 mod guest;
 mod switch;
 mod uml;
+mod scenario;

@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 pub mod cmdline;
 pub mod cow;
 pub mod image;
+pub mod check;
+pub mod run;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,7 +27,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate scenario files without running them (wired up by the scenario engine).
+    /// Run scenario files and compare their artifacts with the committed snapshots.
+    Run(run::RunArgs),
+    /// Validate scenario files without running them.
+    Check(check::CheckArgs),
+    /// Print the version.
     #[command(hide = true)]
     Version,
     /// Root images for the uml backend.
@@ -40,6 +46,8 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Check(args) => check::run(args),
         Command::Version => {
             println!("umltest {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -10,7 +10,7 @@
 //! blocks longer than the timeout it is given.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A scenario resolved for running: everything a backend needs, nothing it must parse.
@@ -111,9 +111,27 @@ pub trait Backend {
     fn name(&self) -> &'static str;
     /// Prepares the lab (switches up); no machine runs yet.
     fn start(&mut self, lab: &Lab) -> Result<(), BackendError>;
+    /// Fills `path`, a disk of the scenario with `image = "<image>"` (only
+    /// `"default"` so far), with a guest image of `size` bytes. Called before
+    /// [`Backend::start`]. The default, right for the sim (which needs no guest
+    /// programs), makes the harness's reproducible ext4 filesystem of that size;
+    /// the `uml` backend builds its root image with the guest programs instead.
+    fn prepare_image(&mut self, image: &str, path: &Path, size: u64) -> Result<(), BackendError> {
+        super::disk::mkfs_ext4(path, size, image).map_err(|e| match e {
+            super::disk::DiskError::NoMkfs => BackendError::Unavailable {
+                what: "mkfs.ext4 not found".into(),
+                package: "e2fsprogs".into(),
+            },
+            other => BackendError::Io {
+                context: format!("image {image:?}"),
+                source: std::io::Error::other(other.to_string()),
+            },
+        })
+    }
     /// Boots machines (in parallel where it matters) and waits until each has a
     /// shell, or has failed to boot as the kernel would (the console tells why).
-    fn boot(&mut self, machines: &[String]) -> Result<(), BackendError>;
+    /// A machine without a shell after `timeout` is an error.
+    fn boot(&mut self, machines: &[String], timeout: Duration) -> Result<(), BackendError>;
     /// Runs a shell command in the foreground; at `timeout` it gets SIGINT (like
     /// Ctrl-C) and its output so far and exit code are returned.
     fn run(
@@ -142,8 +160,9 @@ pub trait Backend {
     ) -> Result<bool, BackendError>;
     /// Lets time pass (virtual on the sim).
     fn sleep(&mut self, duration: Duration) -> Result<(), BackendError>;
-    /// Halts machines cleanly (guest `halt`/mconsole), so disks are consistent.
-    fn halt(&mut self, machines: &[String]) -> Result<(), BackendError>;
+    /// Halts machines cleanly (guest `halt`/mconsole), so disks are consistent;
+    /// a machine still running after `timeout` is an error.
+    fn halt(&mut self, machines: &[String], timeout: Duration) -> Result<(), BackendError>;
     /// Kills a machine abruptly (fault injection: the host kills the process).
     fn kill(&mut self, machine: &str) -> Result<(), BackendError>;
     /// Stops everything still running and returns what was recorded.

@@ -1,0 +1,230 @@
+//! Host-side disk work done by the engine in the run folder, identically for
+//! both backends: creating the scenario's disks (exact sparse sizes,
+//! reproducible ext4) and the `write` and `copy` steps.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// A host-side disk operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `mkfs.ext4` is not installed (e2fsprogs).
+    #[error("mkfs.ext4 not found (install it with: apt-get install -y e2fsprogs)")]
+    NoMkfs,
+    #[error("mkfs.ext4 {path} failed ({status}): {stderr}")]
+    Mkfs {
+        path: PathBuf,
+        status: String,
+        stderr: String,
+    },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DiskError + 'a {
+    move |source| DiskError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates `path` as a sparse file of exactly `size` bytes (no block allocated),
+/// like `truncate -s` or `dd bs=1 count=0 seek=SIZE`.
+pub fn create_sparse(path: &Path, size: u64) -> Result<(), DiskError> {
+    let file = File::create(path).map_err(io("create", path))?;
+    file.set_len(size).map_err(io("set size of", path))
+}
+
+/// The mke2fs configuration used instead of the host's `/etc/mke2fs.conf`, so the
+/// filesystem layout does not depend on the host: Debian's ext4 defaults, written
+/// out, one usage type for every size.
+const MKE2FS_CONF: &str = "\
+[defaults]
+\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+\tdefault_mntopts = acl,user_xattr
+\tenable_periodic_fsck = 0
+\tblocksize = 4096
+\tinode_size = 256
+\tinode_ratio = 16384
+
+[fs_types]
+\text4 = {
+\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t}
+\tumltest = {
+\t}
+";
+
+/// The creation time written into every filesystem the harness makes
+/// (2023-11-14 22:13:20 UTC), through e2fsprogs' `E2FSPROGS_FAKE_TIME`.
+pub const MKFS_TIME: u64 = 1_700_000_000;
+
+/// A UUID derived from `label` (SHA-256, shaped as a version-4 UUID), so the same
+/// disk name always gets the same filesystem UUID.
+pub fn derived_uuid(label: &str) -> String {
+    let digest = Sha256::digest(label.as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// Makes a reproducible ext4 filesystem of `size` bytes at `path` (created
+/// sparse first): fixed UUID and directory hash seed derived from `label`, fixed
+/// time, fixed options, and a mke2fs.conf of our own. The same `mkfs.ext4`
+/// version gives byte-identical images on every run.
+pub fn mkfs_ext4(path: &Path, size: u64, label: &str) -> Result<(), DiskError> {
+    let mkfs = crate::uml::guest::find_program("mkfs.ext4").ok_or(DiskError::NoMkfs)?;
+    create_sparse(path, size)?;
+    let conf_dir = tempfile::tempdir().map_err(io("create temp dir for", path))?;
+    let conf = conf_dir.path().join("mke2fs.conf");
+    std::fs::write(&conf, MKE2FS_CONF).map_err(io("write", &conf))?;
+    let out = Command::new(mkfs)
+        .env("MKE2FS_CONFIG", &conf)
+        .env("E2FSPROGS_FAKE_TIME", MKFS_TIME.to_string())
+        .args(["-F", "-q", "-t", "ext4", "-T", "umltest", "-U"])
+        .arg(derived_uuid(&format!("umltest-fs:{label}")))
+        .arg("-E")
+        .arg(format!(
+            "hash_seed={},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0,nodiscard",
+            derived_uuid(&format!("umltest-hash:{label}"))
+        ))
+        .arg(path)
+        .output()
+        .map_err(io("run mkfs.ext4 on", path))?;
+    if !out.status.success() {
+        return Err(DiskError::Mkfs {
+            path: path.to_path_buf(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes `bytes` at `offset` into an existing file without truncating it
+/// (`dd conv=notrunc`); the file grows if the write ends past its end.
+pub fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> Result<(), DiskError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io("open", path))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(io("seek in", path))?;
+    file.write_all(bytes).map_err(io("write", path))?;
+    file.sync_all().map_err(io("sync", path))
+}
+
+/// Copies `from` to `to`. `sparse`: zero blocks become holes (`cp
+/// --sparse=always`, `tar -S`); otherwise every block is written, so the copy is
+/// fully allocated. `preserve`: the copy keeps the source's modification time
+/// (`cp -a`); otherwise it gets the time of the copy, as a careless `cp` does.
+pub fn copy(from: &Path, to: &Path, preserve: bool, sparse: bool) -> Result<(), DiskError> {
+    const BLOCK: usize = 4096;
+    let mut src = File::open(from).map_err(io("open", from))?;
+    let meta = src.metadata().map_err(io("stat", from))?;
+    let mut dst = File::create(to).map_err(io("create", to))?;
+    let mut buf = vec![0u8; BLOCK * 16];
+    loop {
+        let n = read_full(&mut src, &mut buf).map_err(io("read", from))?;
+        if n == 0 {
+            break;
+        }
+        for chunk in buf[..n].chunks(BLOCK) {
+            if sparse && chunk.iter().all(|&b| b == 0) {
+                dst.seek(SeekFrom::Current(chunk.len() as i64))
+                    .map_err(io("seek in", to))?;
+            } else {
+                dst.write_all(chunk).map_err(io("write", to))?;
+            }
+        }
+    }
+    // A trailing hole needs the size set explicitly.
+    dst.set_len(meta.len()).map_err(io("set size of", to))?;
+    dst.sync_all().map_err(io("sync", to))?;
+    if preserve {
+        let mtime = meta.modified().map_err(io("stat", from))?;
+        dst.set_modified(mtime).map_err(io("set mtime of", to))?;
+    }
+    Ok(())
+}
+
+fn read_full(src: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// "sparse" when fewer bytes are allocated than the apparent size, else "fully
+/// allocated": what artifacts say instead of host-dependent block counts.
+pub fn allocation(path: &Path) -> std::io::Result<&'static str> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok(if meta.blocks() * 512 < meta.len() {
+        "sparse"
+    } else {
+        "fully allocated"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_is_stable_and_v4_shaped() {
+        let u = derived_uuid("x");
+        assert_eq!(u, derived_uuid("x"));
+        assert_ne!(u, derived_uuid("y"));
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+    }
+
+    #[test]
+    fn sparse_and_careless_copies() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let a = dir.path().join("a");
+        create_sparse(&a, 1 << 20)?;
+        write_at(&a, 8192, b"hello")?;
+        assert_eq!(allocation(&a)?, "sparse");
+        let b = dir.path().join("b");
+        copy(&a, &b, false, false)?;
+        assert_eq!(std::fs::read(&a)?, std::fs::read(&b)?);
+        assert_eq!(allocation(&b)?, "fully allocated");
+        let c = dir.path().join("c");
+        copy(&a, &c, true, true)?;
+        assert_eq!(std::fs::read(&a)?, std::fs::read(&c)?);
+        assert_eq!(allocation(&c)?, "sparse");
+        assert_eq!(
+            std::fs::metadata(&a)?.modified()?,
+            std::fs::metadata(&c)?.modified()?
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,857 @@
+//! From scenario text to a validated [`Plan`]: TOML syntax and unknown keys
+//! (serde), then names, paths, sizes, durations and step options, collecting
+//! every problem with its span so a user sees them all at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::backend::SwitchSpec;
+use super::diag::{line_column, Diagnostic, Diagnostics};
+use super::plan::{Action, DiskContent, DiskPlan, Expect, MachinePlan, Plan, Step};
+use super::schema::{RawDisk, RawExpect, RawScenario, RawStep, SizeText, STEP_KINDS};
+use super::units::{parse_duration, parse_size};
+
+/// Reads and resolves a scenario file.
+pub fn load(file: &Path) -> Result<Plan, Diagnostics> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => parse(file, &text),
+        Err(e) => Err(Diagnostics(vec![Diagnostic::new(
+            file,
+            "",
+            None,
+            format!("cannot read scenario file: {e}"),
+        )])),
+    }
+}
+
+/// Resolves scenario `text` (read from `file`, which only names it in messages).
+pub fn parse(file: &Path, text: &str) -> Result<Plan, Diagnostics> {
+    let raw: RawScenario = toml::from_str(text).map_err(|e| {
+        Diagnostics(vec![Diagnostic::new(
+            file,
+            text,
+            e.span(),
+            e.message().trim_end().to_string(),
+        )])
+    })?;
+    let mut r = Resolver {
+        file,
+        text,
+        diags: Vec::new(),
+    };
+    let plan = r.resolve(raw);
+    if r.diags.is_empty() {
+        Ok(plan)
+    } else {
+        Err(Diagnostics(r.diags))
+    }
+}
+
+struct Resolver<'a> {
+    file: &'a Path,
+    text: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+/// The steps' view of the lab's names.
+struct Names {
+    machines: BTreeSet<String>,
+    switches: BTreeSet<String>,
+    external: BTreeSet<String>,
+}
+
+impl Resolver<'_> {
+    fn err(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::new(self.file, self.text, span, message.into()));
+    }
+
+    fn resolve(&mut self, raw: RawScenario) -> Plan {
+        let name = raw.scenario.name.get_ref().clone();
+        if !is_plain_name(&name) {
+            self.err(
+                Some(raw.scenario.name.span()),
+                format!("scenario name `{name}` must be letters, digits, `.`, `_` or `-` (it names the snapshot folder)"),
+            );
+        }
+        let mut taken: BTreeMap<String, &'static str> = BTreeMap::new();
+        let mut switches = Vec::new();
+        for sw in &raw.switch {
+            let sw = sw.get_ref();
+            let name = self.unique_name(&sw.name, "switch", &mut taken);
+            let numports = match &sw.ports {
+                Some(p) if *p.get_ref() == 0 => {
+                    self.err(Some(p.span()), "a switch needs at least one port");
+                    32
+                }
+                Some(p) => *p.get_ref(),
+                None => 32,
+            };
+            switches.push(SwitchSpec {
+                name,
+                hub: sw.hub.unwrap_or(false),
+                numports,
+            });
+        }
+        let mut disks = Vec::new();
+        let mut external = BTreeSet::new();
+        for disk in &raw.disk {
+            if let Some(d) = self.disk(disk.get_ref(), &disks) {
+                if d.content == DiskContent::External {
+                    external.insert(d.name.clone());
+                }
+                disks.push(d);
+            }
+        }
+        let mut disk_names = BTreeSet::new();
+        for (d, raw) in disks.iter().zip(&raw.disk) {
+            if !disk_names.insert(d.name.clone()) {
+                self.err(
+                    Some(raw.get_ref().name.span()),
+                    format!("a disk named `{}` is already defined", d.name),
+                );
+            }
+        }
+        let mut machines = Vec::new();
+        for m in &raw.machine {
+            let m = m.get_ref();
+            let name = self.unique_name(&m.name, "machine", &mut taken);
+            let argv = self.cmdline(&m.cmdline);
+            machines.push(MachinePlan { name, argv });
+        }
+        let names = Names {
+            machines: machines.iter().map(|m| m.name.clone()).collect(),
+            switches: switches.iter().map(|s| s.name.clone()).collect(),
+            external,
+        };
+        let mut steps = Vec::new();
+        let mut jobs: BTreeMap<String, String> = BTreeMap::new();
+        for (i, step) in raw.step.iter().enumerate() {
+            let (line, _) = line_column(self.text, step.span().start);
+            if let Some(s) = self.step(i + 1, line, step, &names, &mut jobs) {
+                steps.push(s);
+            }
+        }
+        Plan {
+            file: self.file.to_path_buf(),
+            name,
+            about: raw.scenario.about.unwrap_or_default(),
+            seed: raw.scenario.seed.unwrap_or(1),
+            switches,
+            disks,
+            machines,
+            steps,
+        }
+    }
+
+    /// Machine and switch names share one namespace: both become entries of the
+    /// run folder (a switch's socket folder, a machine's umid folder).
+    fn unique_name(
+        &mut self,
+        name: &Spanned<String>,
+        what: &'static str,
+        taken: &mut BTreeMap<String, &'static str>,
+    ) -> String {
+        let n = name.get_ref().clone();
+        if !is_plain_name(&n) {
+            self.err(
+                Some(name.span()),
+                format!("{what} name `{n}` must be letters, digits, `.`, `_` or `-`"),
+            );
+        } else if let Some(other) = taken.insert(n.clone(), what) {
+            self.err(
+                Some(name.span()),
+                format!("`{n}` is already the name of a {other}"),
+            );
+        }
+        n
+    }
+
+    fn disk(&mut self, d: &RawDisk, earlier: &[DiskPlan]) -> Option<DiskPlan> {
+        let name = d.name.get_ref().clone();
+        let external = d.external.as_ref().is_some_and(|e| *e.get_ref());
+        if external {
+            if let Some(extra) = [
+                d.size.as_ref().map(|s| s.span()),
+                d.mkfs.as_ref().map(|s| s.span()),
+                d.image.as_ref().map(|s| s.span()),
+                d.backing.as_ref().map(|s| s.span()),
+            ]
+            .into_iter()
+            .flatten()
+            .next()
+            {
+                self.err(
+                    Some(extra),
+                    "an external disk is used as it is: it takes no size, mkfs, image or backing",
+                );
+                return None;
+            }
+            if name.is_empty() {
+                self.err(
+                    Some(d.name.span()),
+                    "an external disk needs the path of a host file",
+                );
+                return None;
+            }
+            return Some(DiskPlan {
+                name,
+                content: DiskContent::External,
+            });
+        }
+        if let Err(why) = check_run_folder_name(&name) {
+            self.err(
+                Some(d.name.span()),
+                format!("{why} (mark the disk `external = true` to use a host file, read-only)"),
+            );
+            return None;
+        }
+        let size = match &d.size {
+            Some(s) => match parse_size(&s.get_ref().0) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.err(Some(s.span()), e);
+                    return None;
+                }
+            },
+            None => None,
+        };
+        if let Some(backing) = &d.backing {
+            if let Some(extra) = [
+                d.size.as_ref().map(|s| s.span()),
+                d.mkfs.as_ref().map(|s| s.span()),
+                d.image.as_ref().map(|s| s.span()),
+            ]
+            .into_iter()
+            .flatten()
+            .next()
+            {
+                self.err(
+                    Some(extra),
+                    "a COW disk takes its size and contents from its backing file",
+                );
+                return None;
+            }
+            let b = backing.get_ref();
+            if !earlier.iter().any(|e| &e.name == b) {
+                self.err(
+                    Some(backing.span()),
+                    format!("backing `{b}` is not a disk defined above"),
+                );
+                return None;
+            }
+            return Some(DiskPlan {
+                name,
+                content: DiskContent::Cow { backing: b.clone() },
+            });
+        }
+        let Some(size) = size else {
+            self.err(
+                Some(d.name.span()),
+                format!("disk `{name}` needs a `size` (or `backing`, or `external = true`)"),
+            );
+            return None;
+        };
+        let content = match (&d.mkfs, &d.image) {
+            (Some(m), Some(_)) => {
+                self.err(
+                    Some(m.span()),
+                    "a disk has either `mkfs` or `image`, not both",
+                );
+                return None;
+            }
+            (Some(m), None) if m.get_ref() == "ext4" => DiskContent::Ext4 { size },
+            (Some(m), None) => {
+                self.err(
+                    Some(m.span()),
+                    format!("unknown mkfs `{}`: only \"ext4\"", m.get_ref()),
+                );
+                return None;
+            }
+            (None, Some(i)) if i.get_ref() == "default" => DiskContent::Image {
+                image: "default".into(),
+                size,
+            },
+            (None, Some(i)) => {
+                self.err(
+                    Some(i.span()),
+                    format!("unknown image `{}`: only \"default\"", i.get_ref()),
+                );
+                return None;
+            }
+            (None, None) => DiskContent::Raw { size },
+        };
+        Some(DiskPlan { name, content })
+    }
+
+    fn cmdline(&mut self, cmdline: &Spanned<String>) -> Vec<String> {
+        match super::argv::split_words(cmdline.get_ref()) {
+            Ok(words) => words,
+            Err((offset, message)) => {
+                let span = self.inner_span(cmdline, offset);
+                self.err(Some(span), format!("in cmdline: {message}"));
+                Vec::new()
+            }
+        }
+    }
+
+    /// The file span of byte `offset` inside a string value: exact for a plain
+    /// `"..."` or `'...'` literal without escapes, else the whole value.
+    fn inner_span(&self, value: &Spanned<String>, offset: usize) -> Range<usize> {
+        let span = value.span();
+        let raw = self.text.get(span.clone()).unwrap_or("");
+        let simple = (raw.starts_with('"') && !raw.starts_with("\"\"\"") && !raw.contains('\\'))
+            || (raw.starts_with('\'') && !raw.starts_with("'''"));
+        if simple && raw.len() == value.get_ref().len() + 2 && offset <= value.get_ref().len() {
+            let at = span.start + 1 + offset;
+            at..(at + 1).min(span.end - 1).max(at)
+        } else {
+            span
+        }
+    }
+
+    fn step(
+        &mut self,
+        number: usize,
+        line: usize,
+        step: &Spanned<RawStep>,
+        names: &Names,
+        jobs: &mut BTreeMap<String, String>,
+    ) -> Option<Step> {
+        let s = step.get_ref();
+        let present = present_keys(s);
+        let kinds: Vec<_> = present
+            .iter()
+            .filter(|(k, _)| STEP_KINDS.iter().any(|d| d.key == *k))
+            .collect();
+        let kind = match kinds.as_slice() {
+            [one] => STEP_KINDS.iter().find(|d| d.key == one.0)?,
+            [] => {
+                let all: Vec<_> = STEP_KINDS.iter().map(|k| k.key).collect();
+                self.err(
+                    Some(step.span()),
+                    format!("this step does nothing: give it one of {}", all.join(", ")),
+                );
+                return None;
+            }
+            [_, second, ..] => {
+                self.err(
+                    Some(second.1.clone()),
+                    format!(
+                        "a step does one thing: `{}` and `{}` are both step kinds",
+                        kinds[0].0, second.0
+                    ),
+                );
+                return None;
+            }
+        };
+        let mut ok = true;
+        for (key, span) in &present {
+            if *key != kind.key && !kind.options.contains(key) {
+                let allowed = if kind.options.is_empty() {
+                    "none".to_string()
+                } else {
+                    kind.options.join(", ")
+                };
+                self.err(
+                    Some(span.clone()),
+                    format!(
+                        "`{key}` does not apply to a `{}` step (its options: {allowed})",
+                        kind.key
+                    ),
+                );
+                ok = false;
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let timeout = match &s.timeout {
+            Some(t) => match parse_duration(t.get_ref()) {
+                Ok(d) if d.is_zero() => {
+                    self.err(Some(t.span()), "a timeout must be longer than 0");
+                    return None;
+                }
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.err(Some(t.span()), e);
+                    return None;
+                }
+            },
+            None => kind.default_timeout_ms.map(Duration::from_millis),
+        };
+        let expect = match &s.expect {
+            Some(e) => Some(self.expect(e)?),
+            None => None,
+        };
+        let action = self.action(s, step.span(), names, jobs)?;
+        Some(Step {
+            number,
+            line,
+            action,
+            timeout,
+            expect,
+        })
+    }
+
+    fn expect(&mut self, e: &Spanned<RawExpect>) -> Option<Expect> {
+        let raw = e.get_ref();
+        if let Some(re) = &raw.stdout_matches {
+            if let Err(err) = regex::RegexBuilder::new(re.get_ref())
+                .multi_line(true)
+                .build()
+            {
+                self.err(
+                    Some(re.span()),
+                    format!("invalid regular expression: {err}"),
+                );
+                return None;
+            }
+        }
+        Some(Expect {
+            exit: raw.exit,
+            stdout: raw
+                .stdout
+                .as_ref()
+                .map(|t| t.get_ref().0.clone())
+                .unwrap_or_default(),
+            stdout_lacks: raw
+                .stdout_lacks
+                .as_ref()
+                .map(|t| t.get_ref().0.clone())
+                .unwrap_or_default(),
+            stdout_matches: raw.stdout_matches.as_ref().map(|r| r.get_ref().clone()),
+            interrupted: raw.interrupted,
+        })
+    }
+
+    fn machine(&mut self, value: &Spanned<String>, names: &Names) -> Option<String> {
+        self.machine_at(value.get_ref(), Some(value.span()), names)
+    }
+
+    fn machine_at(
+        &mut self,
+        name: &str,
+        span: Option<Range<usize>>,
+        names: &Names,
+    ) -> Option<String> {
+        if names.machines.contains(name) {
+            Some(name.to_string())
+        } else {
+            let known: Vec<_> = names.machines.iter().map(String::as_str).collect();
+            self.err(
+                span,
+                format!(
+                    "unknown machine `{name}` (machines: {})",
+                    list_or_none(&known)
+                ),
+            );
+            None
+        }
+    }
+
+    fn on(
+        &mut self,
+        s: &RawStep,
+        step_span: Range<usize>,
+        names: &Names,
+        kind: &str,
+    ) -> Option<String> {
+        match &s.on {
+            Some(on) => self.machine(on, names),
+            None => {
+                self.err(
+                    Some(step_span),
+                    format!("a `{kind}` step needs `on = \"<machine>\"`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn machine_list(
+        &mut self,
+        list: &Spanned<super::schema::Names>,
+        names: &Names,
+    ) -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        if list.get_ref().0.is_empty() {
+            self.err(Some(list.span()), "the list of machines is empty");
+            return None;
+        }
+        for (name, span) in &list.get_ref().0 {
+            let span = span.clone().or_else(|| Some(list.span()));
+            match self.machine_at(name, span, names) {
+                Some(m) => out.push(m),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A file a host-side step touches: a plain name in the run folder.
+    fn run_file(&mut self, value: &Spanned<String>, names: &Names, writes: bool) -> Option<String> {
+        let name = value.get_ref();
+        if names.external.contains(name) {
+            if writes {
+                self.err(
+                    Some(value.span()),
+                    format!("`{name}` is an external disk: it is read-only"),
+                );
+                return None;
+            }
+            return Some(name.clone());
+        }
+        match check_run_folder_name(name) {
+            Ok(()) => Some(name.clone()),
+            Err(why) => {
+                self.err(Some(value.span()), why);
+                None
+            }
+        }
+    }
+
+    fn action(
+        &mut self,
+        s: &RawStep,
+        span: Range<usize>,
+        names: &Names,
+        jobs: &mut BTreeMap<String, String>,
+    ) -> Option<Action> {
+        if let Some(list) = &s.boot {
+            return Some(Action::Boot(self.machine_list(list, names)?));
+        }
+        if let Some(list) = &s.halt {
+            return Some(Action::Halt(self.machine_list(list, names)?));
+        }
+        if let Some(m) = &s.kill {
+            return Some(Action::Kill(self.machine(m, names)?));
+        }
+        if let Some(cmd) = &s.run {
+            let on = self.on(s, span.clone(), names, "run")?;
+            let command = cmd.get_ref().clone();
+            let background = s.background.as_ref().is_some_and(|b| *b.get_ref());
+            return match (&s.id, background) {
+                (Some(id), true) => {
+                    if jobs.insert(id.get_ref().clone(), on.clone()).is_some() {
+                        self.err(
+                            Some(id.span()),
+                            format!(
+                                "a background command `{}` was already started",
+                                id.get_ref()
+                            ),
+                        );
+                        return None;
+                    }
+                    if s.expect.is_some() {
+                        self.err(
+                            s.expect.as_ref().map(|e| e.span()),
+                            "a background command's expectations go on its `wait_job` step",
+                        );
+                        return None;
+                    }
+                    Some(Action::Spawn {
+                        on,
+                        command,
+                        id: id.get_ref().clone(),
+                    })
+                }
+                (None, true) => {
+                    self.err(
+                        s.background.as_ref().map(|b| b.span()),
+                        "a background command needs an `id` to wait for",
+                    );
+                    None
+                }
+                (Some(id), false) => {
+                    self.err(
+                        Some(id.span()),
+                        "`id` names a background command: add `background = true`",
+                    );
+                    None
+                }
+                (None, false) => Some(Action::Run { on, command }),
+            };
+        }
+        if let Some(id) = &s.wait_job {
+            return match jobs.get(id.get_ref()) {
+                Some(on) => Some(Action::WaitJob {
+                    id: id.get_ref().clone(),
+                    on: on.clone(),
+                }),
+                None => {
+                    self.err(
+                        Some(id.span()),
+                        format!(
+                            "no background command `{}` started by an earlier step",
+                            id.get_ref()
+                        ),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(pattern) = &s.wait_console {
+            let on = self.on(s, span, names, "wait_console")?;
+            return Some(Action::WaitConsole {
+                on,
+                pattern: pattern.get_ref().clone(),
+            });
+        }
+        if let Some(d) = &s.sleep {
+            return match parse_duration(d.get_ref()) {
+                Ok(d) => Some(Action::Sleep(d)),
+                Err(e) => {
+                    self.err(Some(d.span()), e);
+                    None
+                }
+            };
+        }
+        if let Some(state) = &s.link {
+            let up = match state.get_ref().as_str() {
+                "up" => true,
+                "down" => false,
+                other => {
+                    self.err(
+                        Some(state.span()),
+                        format!("link is \"up\" or \"down\", not `{other}`"),
+                    );
+                    return None;
+                }
+            };
+            let on = self.on(s, span, names, "link")?;
+            let nic = s
+                .nic
+                .as_ref()
+                .map_or_else(|| "eth0".to_string(), |n| n.get_ref().clone());
+            if !nic
+                .strip_prefix("eth")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                self.err(
+                    s.nic.as_ref().map(|n| n.span()),
+                    format!("`{nic}` is not a NIC name like eth0"),
+                );
+                return None;
+            }
+            return Some(Action::Link { on, nic, up });
+        }
+        if let Some(file) = &s.write {
+            let file = self.run_file(file, names, true)?;
+            let offset = match &s.offset {
+                Some(o) => self.size(o)?,
+                None => 0,
+            };
+            let bytes = match (&s.data, &s.hex) {
+                (Some(d), None) => d.get_ref().as_bytes().to_vec(),
+                (None, Some(h)) => match decode_hex(h.get_ref()) {
+                    Some(b) => b,
+                    None => {
+                        self.err(
+                            Some(h.span()),
+                            "hex must be pairs of hex digits, e.g. \"deadbeef\"",
+                        );
+                        return None;
+                    }
+                },
+                (Some(_), Some(h)) => {
+                    self.err(Some(h.span()), "a write has `data` or `hex`, not both");
+                    return None;
+                }
+                (None, None) => {
+                    self.err(
+                        Some(span),
+                        "a write needs `data = \"...\"` or `hex = \"...\"`",
+                    );
+                    return None;
+                }
+            };
+            return Some(Action::Write {
+                file,
+                offset,
+                bytes,
+            });
+        }
+        if let Some(from) = &s.copy {
+            let from = self.run_file(from, names, false)?;
+            let Some(to) = &s.to else {
+                self.err(Some(span), "a copy needs `to = \"<file>\"`");
+                return None;
+            };
+            let to = self.run_file(to, names, true)?;
+            return Some(Action::Copy {
+                from,
+                to,
+                preserve: s.preserve.as_ref().is_some_and(|b| *b.get_ref()),
+                sparse: s.sparse.as_ref().is_some_and(|b| *b.get_ref()),
+            });
+        }
+        if let Some(cow) = &s.mkcow {
+            let cow = self.run_file(cow, names, true)?;
+            let Some(backing) = &s.backing else {
+                self.err(Some(span), "mkcow needs `backing = \"<file>\"`");
+                return None;
+            };
+            let backing = self.run_file(backing, names, false)?;
+            return Some(Action::Mkcow { cow, backing });
+        }
+        if let Some(cow) = &s.merge {
+            let cow = self.run_file(cow, names, false)?;
+            let into = match &s.into {
+                Some(i) => Some(self.run_file(i, names, true)?),
+                None => None,
+            };
+            let backing = match &s.backing {
+                Some(b) => Some(self.run_file(b, names, into.is_some())?),
+                None => None,
+            };
+            return Some(Action::Merge { cow, into, backing });
+        }
+        if let Some(cow) = &s.check {
+            let cow = self.run_file(cow, names, false)?;
+            return Some(Action::Check { cow });
+        }
+        if let Some(sw) = &s.expect_trace {
+            if !names.switches.contains(sw.get_ref()) {
+                let known: Vec<_> = names.switches.iter().map(String::as_str).collect();
+                self.err(
+                    Some(sw.span()),
+                    format!(
+                        "unknown switch `{}` (switches: {})",
+                        sw.get_ref(),
+                        list_or_none(&known)
+                    ),
+                );
+                return None;
+            }
+            let contains = s
+                .contains
+                .as_ref()
+                .map(|t| t.get_ref().0.clone())
+                .unwrap_or_default();
+            let lacks = s
+                .lacks
+                .as_ref()
+                .map(|t| t.get_ref().0.clone())
+                .unwrap_or_default();
+            if contains.is_empty() && lacks.is_empty() {
+                self.err(Some(span), "expect_trace needs `contains` or `lacks`");
+                return None;
+            }
+            return Some(Action::ExpectTrace {
+                switch: sw.get_ref().clone(),
+                contains,
+                lacks,
+            });
+        }
+        None
+    }
+
+    fn size(&mut self, value: &Spanned<SizeText>) -> Option<u64> {
+        match parse_size(&value.get_ref().0) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(Some(value.span()), e);
+                None
+            }
+        }
+    }
+}
+
+/// The keys a step sets, with their spans, in [`RawStep`] field order.
+fn present_keys(s: &RawStep) -> Vec<(&'static str, Range<usize>)> {
+    let mut out = Vec::new();
+    macro_rules! keys {
+        ($($field:ident),*) => {
+            $(if let Some(v) = &s.$field { out.push((stringify!($field), v.span())); })*
+        };
+    }
+    keys!(
+        boot,
+        run,
+        wait_job,
+        wait_console,
+        sleep,
+        link,
+        write,
+        copy,
+        mkcow,
+        merge,
+        check,
+        halt,
+        kill,
+        expect_trace,
+        on,
+        background,
+        id,
+        nic,
+        offset,
+        data,
+        hex,
+        to,
+        preserve,
+        sparse,
+        backing,
+        into,
+        contains,
+        lacks,
+        timeout,
+        expect
+    );
+    out
+}
+
+/// Letters, digits, `.`, `_`, `-`; not empty, not `.`/`..`, no leading `-`.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// A name that must stay inside the run folder: one plain file name.
+fn check_run_folder_name(name: &str) -> Result<(), String> {
+    if name.starts_with('/') {
+        Err(format!(
+            "`{name}` is an absolute path: files live in the run folder"
+        ))
+    } else if name.split('/').any(|c| c == "..") {
+        Err(format!("`{name}` reaches outside the run folder"))
+    } else if !is_plain_name(name) {
+        Err(format!(
+            "`{name}` is not a plain file name (letters, digits, `.`, `_`, `-`)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if digits.len() % 2 != 0 || digits.is_empty() {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let s = std::str::from_utf8(pair).ok()?;
+            u8::from_str_radix(s, 16).ok()
+        })
+        .collect()
+}

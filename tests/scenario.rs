@@ -1,0 +1,660 @@
+//! The scenario engine: schema errors, the engine on a small deterministic
+//! test-double backend, snapshots, and the `umltest run`/`check` commands.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use umltest::scenario::backend::{
+    Backend, BackendArtifacts, BackendError, CommandOutcome, JobId, Lab,
+};
+use umltest::scenario::{engine, resolve, snapshot};
+
+use crate::util;
+
+/// A deterministic test double: a "machine" is a console string and a tiny
+/// command language, on a virtual clock. It implements the whole trait so the
+/// engine's step semantics can be tested without the sim or a kernel.
+///
+/// Commands: `echo TEXT`, `exit N`, `sleep SECS` (virtual; interrupted at the
+/// timeout with exit 130), `cat /proc/cmdline`; anything else is
+/// `sh: X: not found`, exit 127. A machine whose argv holds `panic` fails to
+/// boot the way a kernel does: the console says so and no shell comes up.
+#[derive(Default)]
+struct Double {
+    lab: Option<Lab>,
+    consoles: BTreeMap<String, String>,
+    shells: BTreeSet<String>,
+    now: Duration,
+    jobs: BTreeMap<JobId, (String, String, Duration)>,
+    next_job: u32,
+    calls: Vec<String>,
+}
+
+impl Double {
+    fn argv(&self, machine: &str) -> Result<Vec<String>, BackendError> {
+        self.lab
+            .as_ref()
+            .and_then(|l| l.machines.iter().find(|m| m.name == machine))
+            .map(|m| m.argv.clone())
+            .ok_or_else(|| BackendError::UnknownMachine(machine.to_string()))
+    }
+
+    fn shell(&self, machine: &str) -> Result<(), BackendError> {
+        self.argv(machine)?;
+        if self.shells.contains(machine) {
+            Ok(())
+        } else {
+            Err(BackendError::Machine {
+                machine: machine.into(),
+                message: "no shell".into(),
+                last_lines: self.consoles.get(machine).cloned().unwrap_or_default(),
+            })
+        }
+    }
+
+    /// Runs `command` for at most `budget`; returns the outcome and the time used.
+    fn exec(&self, machine: &str, command: &str, budget: Duration) -> (CommandOutcome, Duration) {
+        let done = |output: String, exit_code: i32| CommandOutcome {
+            output,
+            exit_code,
+            interrupted: false,
+        };
+        let (program, rest) = command.split_once(' ').unwrap_or((command, ""));
+        match program {
+            "echo" => (done(format!("{rest}\n"), 0), Duration::ZERO),
+            "exit" => (
+                done(String::new(), rest.parse().unwrap_or(2)),
+                Duration::ZERO,
+            ),
+            "cat" if rest == "/proc/cmdline" => (
+                done(
+                    format!("{}\n", self.argv(machine).unwrap_or_default().join(" ")),
+                    0,
+                ),
+                Duration::ZERO,
+            ),
+            "sleep" => {
+                let secs = Duration::from_secs(rest.parse().unwrap_or(0));
+                if secs > budget {
+                    let out = CommandOutcome {
+                        output: "^C\n".into(),
+                        exit_code: 130,
+                        interrupted: true,
+                    };
+                    (out, budget)
+                } else {
+                    (done(String::new(), 0), secs)
+                }
+            }
+            other => (
+                done(format!("sh: {other}: not found\n"), 127),
+                Duration::ZERO,
+            ),
+        }
+    }
+
+    fn console(&mut self, machine: &str) -> &mut String {
+        self.consoles.entry(machine.to_string()).or_default()
+    }
+}
+
+impl Backend for Double {
+    fn name(&self) -> &'static str {
+        "double"
+    }
+    fn start(&mut self, lab: &Lab) -> Result<(), BackendError> {
+        self.calls.push("start".into());
+        self.lab = Some(lab.clone());
+        Ok(())
+    }
+    fn boot(&mut self, machines: &[String], _timeout: Duration) -> Result<(), BackendError> {
+        for m in machines {
+            let argv = self.argv(m)?;
+            self.calls.push(format!("boot {m}"));
+            if argv.iter().any(|a| a == "panic") {
+                self.console(m)
+                    .push_str("Kernel panic - not syncing: Attempted to kill init!\n");
+            } else {
+                self.console(m).push_str("Linux version 6.1 (double)\n");
+                self.shells.insert(m.clone());
+            }
+        }
+        Ok(())
+    }
+    fn run(
+        &mut self,
+        machine: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, BackendError> {
+        self.shell(machine)?;
+        self.calls.push(format!("run {machine} {command}"));
+        let (out, used) = self.exec(machine, command, timeout);
+        self.now += used;
+        let line = format!("# {command}\n{}", out.output);
+        self.console(machine).push_str(&line);
+        Ok(out)
+    }
+    fn spawn(&mut self, machine: &str, command: &str) -> Result<JobId, BackendError> {
+        self.shell(machine)?;
+        self.calls.push(format!("spawn {machine} {command}"));
+        self.next_job += 1;
+        let id = JobId(self.next_job);
+        self.jobs
+            .insert(id, (machine.into(), command.into(), self.now));
+        self.console(machine).push_str(&format!("# {command} &\n"));
+        Ok(id)
+    }
+    fn wait_job(
+        &mut self,
+        machine: &str,
+        job: JobId,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, BackendError> {
+        let (owner, command, started) =
+            self.jobs
+                .remove(&job)
+                .ok_or_else(|| BackendError::Machine {
+                    machine: machine.into(),
+                    message: format!("no job {job:?}"),
+                    last_lines: String::new(),
+                })?;
+        // Time already spent since the spawn counts against the command.
+        let elapsed = self.now - started;
+        let (mut out, used) = self.exec(&owner, &command, elapsed + timeout);
+        self.now = started + used.max(elapsed);
+        if out.interrupted {
+            out.output = "^C\n".into();
+        }
+        self.console(&owner).push_str(&out.output);
+        Ok(out)
+    }
+    fn set_link(&mut self, machine: &str, nic: &str, up: bool) -> Result<(), BackendError> {
+        self.shell(machine)?;
+        self.calls.push(format!("link {machine} {nic} {up}"));
+        Ok(())
+    }
+    fn wait_console(
+        &mut self,
+        machine: &str,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        self.argv(machine)?;
+        let seen = self
+            .consoles
+            .get(machine)
+            .is_some_and(|c| c.contains(pattern));
+        if !seen {
+            self.now += timeout;
+        }
+        Ok(seen)
+    }
+    fn sleep(&mut self, duration: Duration) -> Result<(), BackendError> {
+        self.now += duration;
+        Ok(())
+    }
+    fn halt(&mut self, machines: &[String], _timeout: Duration) -> Result<(), BackendError> {
+        for m in machines {
+            self.shell(m)?;
+            self.shells.remove(m);
+            self.console(m).push_str("reboot: System halted\n");
+        }
+        Ok(())
+    }
+    fn kill(&mut self, machine: &str) -> Result<(), BackendError> {
+        self.argv(machine)?;
+        self.shells.remove(machine);
+        self.calls.push(format!("kill {machine}"));
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<BackendArtifacts, BackendError> {
+        Ok(BackendArtifacts {
+            consoles: self.consoles.clone(),
+            traces: BTreeMap::new(),
+        })
+    }
+}
+
+fn plan(text: &str) -> umltest::scenario::plan::Plan {
+    match resolve::parse(Path::new("lab.toml"), text) {
+        Ok(p) => p,
+        Err(d) => panic!("scenario should resolve:\n{d}"),
+    }
+}
+
+/// Renders the diagnostics of a scenario that must not resolve.
+fn errors(text: &str) -> String {
+    match resolve::parse(Path::new("bad.toml"), text) {
+        Ok(p) => panic!("scenario should not resolve, got {p:#?}"),
+        Err(d) => d.to_string(),
+    }
+}
+
+const LAB: &str = r#"
+[scenario]
+name = "double-lab"
+seed = 7
+
+[[switch]]
+name = "sw1"
+
+[[disk]]
+name = "data.img"
+size = "1M"
+
+[[machine]]
+name = "h1"
+cmdline = "mem=64M ubd0=data.img eth0=vde,sw1"
+
+[[machine]]
+name = "h2"
+cmdline = "mem=64M eth0=vde,sw1"
+
+[[step]]
+boot = ["h1", "h2"]
+
+[[step]]
+on = "h1"
+run = "echo hello"
+expect = { exit = 0, stdout = "hello" }
+
+[[step]]
+on = "h2"
+run = "sleep 100"
+timeout = "2s"
+expect = { exit = 130, interrupted = true }
+
+[[step]]
+on = "h2"
+run = "cat /proc/cmdline"
+expect = { stdout_matches = "umid=h2 uml_dir=\\S+ init=/umltest/init$" }
+
+[[step]]
+write = "data.img"
+offset = "512K"
+data = "marker"
+
+[[step]]
+on = "h1"
+run = "sleep 1"
+background = true
+id = "bg"
+
+[[step]]
+wait_job = "bg"
+expect = { exit = 0 }
+
+[[step]]
+halt = ["h1", "h2"]
+"#;
+
+#[test]
+fn engine_runs_steps_in_order_and_records_consoles() {
+    let dir = util::tempdir();
+    let plan = plan(LAB);
+    let mut backend = Double::default();
+    let result = match engine::run(&plan, &mut backend, dir.path(), plan.seed) {
+        Ok(r) => r,
+        Err(e) => panic!("engine: {e}"),
+    };
+    assert_eq!(result.failures, vec![], "all expectations hold");
+    assert_eq!(result.steps_run, 8);
+    assert_eq!(
+        backend.calls,
+        [
+            "start",
+            "boot h1",
+            "boot h2",
+            "run h1 echo hello",
+            "run h2 sleep 100",
+            "run h2 cat /proc/cmdline",
+            "spawn h1 sleep 1"
+        ]
+    );
+    let h2 = &result.artifacts["h2.console"];
+    insta::assert_snapshot!("engine_h2_console", h2);
+    // The run folder's path never shows in an artifact.
+    assert!(!h2.contains(&dir.path().display().to_string()));
+    // The host-side write landed at its offset, the disk kept its exact size.
+    let data = std::fs::read(dir.path().join("data.img")).unwrap_or_default();
+    assert_eq!(data.len(), 1 << 20);
+    assert_eq!(&data[512 << 10..(512 << 10) + 6], b"marker");
+    // Artifacts are also files in the run folder.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("h2.console"))
+            .ok()
+            .as_ref(),
+        Some(h2)
+    );
+}
+
+#[test]
+fn failed_expectations_are_collected_and_the_run_goes_on() {
+    let dir = util::tempdir();
+    let plan = plan(
+        r#"
+[scenario]
+name = "fails"
+[[machine]]
+name = "h1"
+cmdline = "mem=64M"
+[[step]]
+boot = "h1"
+[[step]]
+on = "h1"
+run = "nosuch"
+expect = { exit = 0, stdout = "x", stdout_lacks = "not found" }
+[[step]]
+on = "h1"
+run = "echo still running"
+expect = { stdout = "still" }
+[[step]]
+wait_console = "never printed"
+on = "h1"
+timeout = "1s"
+"#,
+    );
+    let mut backend = Double::default();
+    let result = engine::run(&plan, &mut backend, dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
+    let report: Vec<String> = result.failures.iter().map(ToString::to_string).collect();
+    insta::assert_snapshot!("engine_failures", report.join("\n"));
+    assert!(backend
+        .calls
+        .contains(&"run h1 echo still running".to_string()));
+}
+
+#[test]
+fn a_backend_error_stops_the_run_but_artifacts_are_kept() {
+    let dir = util::tempdir();
+    let plan = plan(
+        r#"
+[scenario]
+name = "panics"
+[[machine]]
+name = "h1"
+cmdline = "mem=64M panic"
+[[step]]
+boot = "h1"
+[[step]]
+wait_console = "Kernel panic"
+on = "h1"
+[[step]]
+on = "h1"
+run = "echo unreachable"
+[[step]]
+halt = "h1"
+"#,
+    );
+    let mut backend = Double::default();
+    let result = engine::run(&plan, &mut backend, dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result.steps_run, 3, "stopped at the failing step");
+    assert_eq!(result.failures.len(), 1, "{:?}", result.failures);
+    let first = result.failures[0].to_string();
+    assert!(
+        first.starts_with(
+            "step 3 (line 12): run on h1: echo unreachable: the double backend stopped the run"
+        ),
+        "{first}"
+    );
+    assert!(result.artifacts["h1.console"].contains("Kernel panic"));
+}
+
+#[test]
+fn snapshot_mismatch_gives_a_unified_diff_and_update_writes_insta_files() {
+    let dir = util::tempdir();
+    let snaps = dir.path().join("snapshots/lab");
+    let mut artifacts = BTreeMap::new();
+    artifacts.insert("h1.console".to_string(), "one\ntwo\nthree\n".to_string());
+    let m = snapshot::compare(
+        &snaps,
+        "scenarios/lab.toml",
+        &artifacts,
+        snapshot::UpdateMode::Always,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.len(), 1, "first run: no snapshot yet");
+    let snap = std::fs::read_to_string(snaps.join("h1.console.snap")).unwrap_or_default();
+    assert_eq!(
+        snap,
+        "---\nsource: scenarios/lab.toml\nexpression: h1.console\n---\none\ntwo\nthree\n"
+    );
+    let same = snapshot::compare(
+        &snaps,
+        "scenarios/lab.toml",
+        &artifacts,
+        snapshot::UpdateMode::No,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(same, vec![]);
+    artifacts.insert("h1.console".to_string(), "one\nTWO\nthree\n".to_string());
+    let m = snapshot::compare(
+        &snaps,
+        "scenarios/lab.toml",
+        &artifacts,
+        snapshot::UpdateMode::New,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.len(), 1);
+    let detail = m[0]
+        .detail
+        .replace(&dir.path().display().to_string(), "$DIR");
+    insta::assert_snapshot!("snapshot_mismatch_diff", detail);
+    assert!(
+        snaps.join("h1.console.snap.new").is_file(),
+        "pending file for cargo insta review"
+    );
+    // A snapshot whose artifact is gone is stale.
+    artifacts.clear();
+    artifacts.insert("h2.console".to_string(), "x\n".to_string());
+    let m = snapshot::compare(&snaps, "s", &artifacts, snapshot::UpdateMode::No)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        m.iter()
+            .any(|m| m.artifact == "h1.console" && m.detail.starts_with("stale")),
+        "{m:?}"
+    );
+}
+
+/// Bad scenario files and the exact message a user sees.
+#[rstest::rstest]
+#[case::syntax_error("syntax_error", "[scenario]\nname = \"x\nseed = 1\n")]
+#[case::unknown_key("unknown_key", "[scenario]\nname = \"x\"\n\n[[machine]]\nname = \"h1\"\ncmdline = \"mem=64M\"\nmemory = \"64M\"\n")]
+#[case::unknown_step_key(
+    "unknown_step_key",
+    "[scenario]\nname = \"x\"\n[[step]]\nbot = [\"h1\"]\n"
+)]
+#[case::unknown_machine("unknown_machine", "[scenario]\nname = \"x\"\n[[machine]]\nname = \"h1\"\ncmdline = \"mem=64M\"\n[[step]]\nboot = [\"h1\", \"h3\"]\n[[step]]\non = \"h4\"\nrun = \"true\"\n")]
+#[case::cmdline_error(
+    "cmdline_error",
+    "[scenario]\nname = \"x\"\n[[machine]]\nname = \"h1\"\ncmdline = \"mem=64M ubd0='fs.ext4\"\n"
+)]
+#[case::outside_run_folder("outside_run_folder", "[scenario]\nname = \"x\"\n[[disk]]\nname = \"../fs.ext4\"\nsize = \"1M\"\n[[disk]]\nname = \"/srv/fs.ext4\"\nsize = \"1M\"\n")]
+#[case::bad_size(
+    "bad_size",
+    "[scenario]\nname = \"x\"\n[[disk]]\nname = \"d.img\"\nsize = \"300Q\"\n"
+)]
+#[case::two_kinds("two_kinds", "[scenario]\nname = \"x\"\n[[machine]]\nname = \"h1\"\ncmdline = \"\"\n[[step]]\nboot = \"h1\"\nhalt = \"h1\"\n")]
+#[case::option_of_other_kind("option_of_other_kind", "[scenario]\nname = \"x\"\n[[machine]]\nname = \"h1\"\ncmdline = \"\"\n[[step]]\nboot = \"h1\"\nexpect = { exit = 0 }\n")]
+#[case::bad_duration_and_regex("bad_duration_and_regex", "[scenario]\nname = \"x\"\n[[machine]]\nname = \"h1\"\ncmdline = \"\"\n[[step]]\non = \"h1\"\nrun = \"x\"\ntimeout = \"5 parsecs\"\n[[step]]\non = \"h1\"\nrun = \"x\"\nexpect = { stdout_matches = \"(\" }\n")]
+#[case::duplicate_names("duplicate_names", "[scenario]\nname = \"x\"\n[[switch]]\nname = \"h1\"\n[[machine]]\nname = \"h1\"\ncmdline = \"\"\n")]
+#[case::unknown_job_and_switch("unknown_job_and_switch", "[scenario]\nname = \"x\"\n[[switch]]\nname = \"sw1\"\n[[step]]\nwait_job = \"bg\"\n[[step]]\nexpect_trace = \"sw2\"\ncontains = \"ARP\"\n")]
+fn bad_scenarios_explain_themselves(#[case] name: &str, #[case] text: &str) {
+    insta::assert_snapshot!(format!("bad_{name}"), errors(text));
+}
+
+#[test]
+fn external_disks_are_read_only() {
+    let e = errors("[scenario]\nname = \"x\"\n[[disk]]\nname = \"/srv/base.img\"\nexternal = true\n[[step]]\nwrite = \"/srv/base.img\"\ndata = \"x\"\n");
+    assert!(e.contains("is an external disk: it is read-only"), "{e}");
+    // Reading it (a copy source) is fine.
+    let p = plan("[scenario]\nname = \"x\"\n[[disk]]\nname = \"/srv/base.img\"\nexternal = true\n[[step]]\ncopy = \"/srv/base.img\"\nto = \"b.img\"\n");
+    assert_eq!(p.steps.len(), 1);
+}
+
+#[test]
+fn reference_document_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/scenario-reference.md");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = umltest::scenario::reference::markdown();
+    assert!(
+        committed == generated,
+        "docs/scenario-reference.md is stale: regenerate it with\n  cargo run -q -- check --reference > docs/scenario-reference.md"
+    );
+}
+
+fn write_scenarios(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
+    names
+        .iter()
+        .map(|n| {
+            let p = dir.join(format!("{n}.toml"));
+            let text = format!("[scenario]\nname = \"{n}\"\n[[machine]]\nname = \"h1\"\ncmdline = \"mem=64M\"\n[[step]]\nboot = \"h1\"\n");
+            std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn list_filter_and_partition() {
+    let dir = util::tempdir();
+    write_scenarios(dir.path(), &["alpha", "beta", "gamma", "delta", "epsilon"]);
+    let listed = util::umltest(dir.path(), &["run", "--list", "."]);
+    listed.expect_code(0);
+    let names: Vec<String> = listed
+        .stdout()
+        .lines()
+        .filter_map(|l| l.split('\t').next().map(str::to_string))
+        .collect();
+    assert_eq!(
+        names,
+        ["alpha", "beta", "delta", "epsilon", "gamma"],
+        "sorted by file"
+    );
+    let filtered = util::umltest(dir.path(), &["run", "--list", "--filter", "ta", "."]);
+    filtered.expect_code(0);
+    assert_eq!(
+        filtered.stdout().lines().count(),
+        2,
+        "beta, delta: {}",
+        filtered.dump()
+    );
+    // Shards are disjoint and cover everything.
+    let mut seen = Vec::new();
+    for k in 1..=3 {
+        let part = format!("hash:{k}/3");
+        let shard = util::umltest(
+            dir.path(),
+            &["run", "--list", "--partition", part.as_str(), "."],
+        );
+        shard.expect_code(0);
+        seen.extend(shard.stdout().lines().map(|l| l.to_string()));
+    }
+    seen.sort();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    seen.dedup();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    // A filter that matches nothing: nothing ran.
+    let none = util::umltest(dir.path(), &["run", "--filter", "zzz", "."]);
+    none.expect_code(4);
+    assert_eq!(none.stdout().lines().last(), Some("0 passed, 0 failed"));
+}
+
+#[test]
+fn an_empty_partition_shard_passes() {
+    let dir = util::tempdir();
+    write_scenarios(dir.path(), &["only"]);
+    // One scenario, two shards: exactly one shard is empty.
+    let codes: Vec<String> = (1..=2)
+        .map(|k| {
+            let part = format!("hash:{k}/2");
+            let junit = dir.path().join(format!("junit{k}.xml"));
+            let r = util::umltest(
+                dir.path(),
+                &[
+                    "run",
+                    "--partition",
+                    part.as_str(),
+                    "--junit",
+                    junit.to_str().unwrap_or(""),
+                    ".",
+                ],
+            );
+            format!("{:?} {}", r.code(), r.stdout().lines().last().unwrap_or(""))
+        })
+        .collect();
+    assert!(
+        codes.contains(&"Some(0) 0 passed, 0 failed".to_string()),
+        "{codes:?}"
+    );
+}
+
+#[test]
+fn bad_files_and_usage_exit_2() {
+    let dir = util::tempdir();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[scenario]\nname = \"x\"\nbogus = 1\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let r = util::umltest(dir.path(), &["check", "bad.toml"]);
+    r.expect_code(2);
+    assert!(r.stderr().contains("bad.toml:3:1"), "{}", r.dump());
+    let r = util::umltest(dir.path(), &["run", "bad.toml"]);
+    r.expect_code(2);
+    let r = util::umltest(dir.path(), &["run", "--partition", "hash:3/2", "."]);
+    r.expect_code(2);
+    let r = util::umltest(dir.path(), &["run", "missing.toml"]);
+    r.expect_code(2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The parser never panics, whatever the text.
+    #[test]
+    fn parser_never_panics(text in "\\PC*") {
+        let _ = resolve::parse(Path::new("p.toml"), &text);
+    }
+
+    /// Nor on text that looks like a scenario with random values in it.
+    #[test]
+    fn parser_never_panics_on_near_scenarios(
+        name in "\\PC{0,8}", cmd in "\\PC{0,30}", size in "\\PC{0,8}", on in "\\PC{0,4}", t in "\\PC{0,6}"
+    ) {
+        let text = format!(
+            "[scenario]\nname = {name:?}\n[[disk]]\nname = \"d\"\nsize = {size:?}\n[[machine]]\nname = \"h1\"\ncmdline = {cmd:?}\n[[step]]\non = {on:?}\nrun = \"x\"\ntimeout = {t:?}\n"
+        );
+        let _ = resolve::parse(Path::new("p.toml"), &text);
+    }
+}
+
+#[test]
+fn mkfs_ext4_is_reproducible_and_sparse() {
+    if util::tool("mkfs.ext4", "e2fsprogs").is_none() {
+        return;
+    }
+    let dir = util::tempdir();
+    let (a, b) = (dir.path().join("a.ext4"), dir.path().join("b.ext4"));
+    for p in [&a, &b] {
+        umltest::scenario::disk::mkfs_ext4(p, 16 << 20, "fs.ext4")
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let (da, db) = (
+        std::fs::read(&a).unwrap_or_default(),
+        std::fs::read(&b).unwrap_or_default(),
+    );
+    assert_eq!(da.len(), 16 << 20);
+    assert!(da == db, "two images of the same disk differ");
+    // The ext4 magic, and the UUID derived from the disk's name.
+    assert_eq!(&da[1024 + 0x38..1024 + 0x3a], &[0x53, 0xef]);
+    let uuid = umltest::scenario::disk::derived_uuid("umltest-fs:fs.ext4").replace('-', "");
+    let got: String = da[1024 + 0x68..1024 + 0x78]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(got, uuid);
+    assert_eq!(umltest::scenario::disk::allocation(&a).ok(), Some("sparse"));
+}

@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
+use std::net::Ipv4Addr;
+
+use umltest::net::wire::{ArpOp, ArpRepr, MacAddr};
 use umltest::scenario::backend::{
-    Backend, BackendArtifacts, BackendError, CommandOutcome, JobId, Lab,
+    Backend, BackendArtifacts, BackendError, CommandOutcome, JobId, Lab, TraceRecord,
 };
 use umltest::scenario::{engine, resolve, snapshot};
 
@@ -28,6 +31,7 @@ struct Double {
     shells: BTreeSet<String>,
     now: Duration,
     jobs: BTreeMap<JobId, (String, String, Duration)>,
+    traces: BTreeMap<String, Vec<TraceRecord>>,
     next_job: u32,
     calls: Vec<String>,
 }
@@ -88,10 +92,43 @@ impl Double {
                     (done(String::new(), 0), secs)
                 }
             }
+            "arp-probe" => (done("probe sent\n".into(), 0), Duration::from_millis(1)),
             other => (
                 done(format!("sh: {other}: not found\n"), 127),
                 Duration::ZERO,
             ),
+        }
+    }
+
+    /// An ARP probe (who-has 255.255.255.255 tell 0.0.0.0) from the machine's
+    /// port, flooded to every other machine on each switch of the lab.
+    fn probe(&mut self, machine: &str) {
+        let Some(lab) = &self.lab else { return };
+        let index = lab
+            .machines
+            .iter()
+            .position(|m| m.name == machine)
+            .unwrap_or(0);
+        let src = MacAddr([0xfe, 0xfd, 0, 0, 0, index as u8 + 1]);
+        let arp = ArpRepr {
+            op: ArpOp::Request,
+            sha: src,
+            spa: Ipv4Addr::UNSPECIFIED,
+            tha: MacAddr([0; 6]),
+            tpa: Ipv4Addr::BROADCAST,
+        };
+        let frame = arp.to_frame(MacAddr([0xff; 6]), src, 16);
+        let ports = lab.machines.len() as u32;
+        for sw in &lab.switches {
+            self.traces
+                .entry(sw.name.clone())
+                .or_default()
+                .push(TraceRecord {
+                    time: self.now,
+                    in_port: index as u32 + 1,
+                    out_ports: (1..=ports).filter(|&p| p != index as u32 + 1).collect(),
+                    frame: frame.clone(),
+                });
         }
     }
 
@@ -132,6 +169,9 @@ impl Backend for Double {
         self.shell(machine)?;
         self.calls.push(format!("run {machine} {command}"));
         let (out, used) = self.exec(machine, command, timeout);
+        if command == "arp-probe" {
+            self.probe(machine);
+        }
         self.now += used;
         let line = format!("# {command}\n{}", out.output);
         self.console(machine).push_str(&line);
@@ -213,7 +253,7 @@ impl Backend for Double {
     fn finish(&mut self) -> Result<BackendArtifacts, BackendError> {
         Ok(BackendArtifacts {
             consoles: self.consoles.clone(),
-            traces: BTreeMap::new(),
+            traces: self.traces.clone(),
         })
     }
 }
@@ -270,12 +310,21 @@ expect = { exit = 130, interrupted = true }
 [[step]]
 on = "h2"
 run = "cat /proc/cmdline"
-expect = { stdout_matches = "umid=h2 uml_dir=\\S+ init=/umltest/init$" }
+expect = { stdout_matches = "umid=h2 uml_dir=\\S+ init=/init$" }
 
 [[step]]
 write = "data.img"
 offset = "512K"
 data = "marker"
+
+[[step]]
+on = "h1"
+run = "arp-probe"
+
+[[step]]
+expect_trace = "sw1"
+contains = "Request who-has 255.255.255.255 tell 0.0.0.0"
+lacks = "Reply"
 
 [[step]]
 on = "h1"
@@ -300,8 +349,13 @@ fn engine_runs_steps_in_order_and_records_consoles() {
         Ok(r) => r,
         Err(e) => panic!("engine: {e}"),
     };
-    assert_eq!(result.failures, vec![], "all expectations hold");
-    assert_eq!(result.steps_run, 8);
+    assert_eq!(
+        result.failures,
+        vec![],
+        "all expectations hold; artifacts: {:#?}",
+        result.artifacts
+    );
+    assert_eq!(result.steps_run, 10);
     assert_eq!(
         backend.calls,
         [
@@ -311,11 +365,16 @@ fn engine_runs_steps_in_order_and_records_consoles() {
             "run h1 echo hello",
             "run h2 sleep 100",
             "run h2 cat /proc/cmdline",
+            "run h1 arp-probe",
             "spawn h1 sleep 1"
         ]
     );
     let h2 = &result.artifacts["h2.console"];
     insta::assert_snapshot!("engine_h2_console", h2);
+    insta::assert_snapshot!("engine_sw1_trace", &result.artifacts["sw1.trace"]);
+    // The pcap beside it: global header plus one 16-byte record header and 58-byte frame.
+    let pcap = std::fs::read(dir.path().join("sw1.pcap")).unwrap_or_default();
+    assert_eq!(pcap.len(), 24 + 16 + 58);
     // The run folder's path never shows in an artifact.
     assert!(!h2.contains(&dir.path().display().to_string()));
     // The host-side write landed at its offset, the disk kept its exact size.
@@ -657,4 +716,56 @@ fn mkfs_ext4_is_reproducible_and_sparse() {
         .collect();
     assert_eq!(got, uuid);
     assert_eq!(umltest::scenario::disk::allocation(&a).ok(), Some("sparse"));
+}
+
+#[test]
+fn host_side_disk_steps() {
+    let dir = util::tempdir();
+    let plan = plan(
+        r#"
+[scenario]
+name = "disks"
+[[disk]]
+name = "base.img"
+size = "1M+1"
+[[disk]]
+name = "a.cow"
+backing = "base.img"
+[[step]]
+mkcow = "b.cow"
+backing = "base.img"
+[[step]]
+check = "a.cow"
+expect = { exit = 0, stdout = "a.cow: consistent with its backing file, 0 changed sectors" }
+[[step]]
+merge = "a.cow"
+into = "merged.img"
+[[step]]
+copy = "base.img"
+to = "careless.img"
+[[step]]
+copy = "base.img"
+to = "careful.img"
+preserve = true
+sparse = true
+[[step]]
+mkcow = "b.cow"
+backing = "base.img"
+expect = { exit = 1 }
+"#,
+    );
+    let mut backend = Double::default();
+    let result = engine::run(&plan, &mut backend, dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result.failures, vec![]);
+    let p = |n: &str| dir.path().join(n);
+    let len = |n: &str| std::fs::metadata(p(n)).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(len("base.img"), (1 << 20) + 1, "exact size, `+1` included");
+    assert_eq!(len("merged.img"), len("base.img"));
+    assert!(p("b.cow").is_file());
+    use umltest::scenario::disk::allocation;
+    assert_eq!(allocation(&p("careless.img")).ok(), Some("fully allocated"));
+    assert_eq!(allocation(&p("careful.img")).ok(), Some("sparse"));
+    let mtime = |n: &str| std::fs::metadata(p(n)).and_then(|m| m.modified()).ok();
+    assert_eq!(mtime("careful.img"), mtime("base.img"));
+    assert_ne!(mtime("careless.img"), mtime("base.img"));
 }

@@ -5,6 +5,6 @@ mod util;
 mod cmdline;
 mod cow;
 mod guest;
+mod scenario;
 mod switch;
 mod uml;
-mod scenario;

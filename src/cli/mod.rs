@@ -8,10 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod check;
 pub mod cmdline;
 pub mod cow;
 pub mod image;
-pub mod check;
 pub mod run;
 
 #[derive(Debug, Parser)]

@@ -364,18 +364,20 @@ pub fn compare_digests(a: &BTreeMap<String, String>, b: &BTreeMap<String, String
     problems
 }
 
-/// The longest unix socket path the lab will use; warn when it cannot work.
+/// The longest unix socket path the lab will use (switch control sockets and
+/// mconsole sockets); warn when it cannot work.
 fn warn_long_paths(plan: &Plan, run_dir: &Path) {
-    let dir = run_dir.display().to_string();
+    let lab = plan.lab(run_dir, plan.seed);
     let longest = plan
         .switches
         .iter()
-        .map(|s| format!("{dir}/{}/ctl", s.name))
+        .map(|s| run_dir.join(&s.name).join("ctl"))
         .chain(
-            plan.machines
+            lab.machines
                 .iter()
-                .map(|m| format!("{dir}/{}/mconsole", m.name)),
+                .filter_map(|m| crate::uml::args::mconsole_socket(&m.argv, run_dir)),
         )
+        .map(|p| p.display().to_string())
         .max_by_key(String::len);
     if let Some(path) = longest {
         if path.len() > MAX_SOCKET_PATH {

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::argv::effective_argv;
 use super::backend::{Backend, BackendError, CommandOutcome, JobId, Lab, MachineSpec};
 use super::disk;
 use super::plan::{Action, DiskContent, Expect, Plan, Step};
@@ -64,9 +63,10 @@ impl Plan {
             machines: self
                 .machines
                 .iter()
-                .map(|m| MachineSpec {
+                .enumerate()
+                .map(|(index, m)| MachineSpec {
                     name: m.name.clone(),
-                    argv: effective_argv(&m.argv, &m.name, run_dir),
+                    argv: crate::uml::args::effective_argv(&m.argv, &m.name, index),
                 })
                 .collect(),
         }
@@ -125,10 +125,15 @@ fn prepare_disks(
                 continue;
             }
             DiskContent::Cow { backing } => {
-                return Err(folder_err(format!(
-                    "disk {}: COW disks over {backing} need the cow module, not built yet",
-                    d.name
-                )))
+                // The backing disk was made above with its fixed mtime, so the
+                // header (which records it) is the same on every run.
+                let opts = crate::cow::create::CreateOptions {
+                    force: false,
+                    cwd: Some(run_dir.to_path_buf()),
+                };
+                crate::cow::create::create(Path::new(&d.name), Path::new(backing), &opts)
+                    .map_err(|e| folder_err(e.to_string()))?;
+                continue;
             }
         }
         let file = std::fs::File::options()
@@ -222,6 +227,12 @@ pub fn run(
         }
     };
     let artifacts = super::artifacts::render(&lab, &recorded);
+    if let Err(e) = super::artifacts::write_pcaps(&lab, &recorded, run_dir) {
+        result.failures.push(Failure {
+            step: None,
+            message: format!("cannot write the pcap files: {e}"),
+        });
+    }
     for step in trace_checks {
         if let Action::ExpectTrace {
             switch,
@@ -384,10 +395,47 @@ impl Runner<'_> {
             } => disk::copy(&path(from), &path(to), *preserve, *sparse)
                 .map(|()| String::new())
                 .map_err(|e| e.to_string()),
-            Action::Mkcow { .. } | Action::Merge { .. } | Action::Check { .. } => Err(format!(
-                "{}: needs the cow module, not built yet",
-                action.kind()
-            )),
+            Action::Mkcow { cow, backing } => {
+                let opts = crate::cow::create::CreateOptions {
+                    force: false,
+                    cwd: Some(self.run_dir.to_path_buf()),
+                };
+                crate::cow::create::create(Path::new(cow), Path::new(backing), &opts)
+                    .map(|_| String::new())
+                    .map_err(|e| e.to_string())
+            }
+            Action::Merge { cow, into, backing } => {
+                let opts = crate::cow::merge::MergeOptions {
+                    backing: backing.as_deref().map(path),
+                    fail_after_writes: None,
+                };
+                let report = match into {
+                    Some(into) => crate::cow::merge::merge_to_new(&path(cow), &path(into), &opts),
+                    None => crate::cow::merge::merge_in_place(&path(cow), &opts),
+                };
+                report
+                    .map(|r| {
+                        let mut out = String::new();
+                        for line in r.messages.iter().chain(&r.warnings) {
+                            out.push_str(line);
+                            out.push('\n');
+                        }
+                        out.push_str(&format!("{} changed sectors merged\n", r.dirty_sectors));
+                        out
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            Action::Check { cow } => {
+                // Opened as the kernel opens it: header, backing size and mtime.
+                crate::cow::file::CowFile::open(&path(cow), None, false)
+                    .map(|c| {
+                        format!(
+                            "{cow}: consistent with its backing file, {} changed sectors\n",
+                            c.dirty_runs().iter().map(|(_, count)| count).sum::<u64>()
+                        )
+                    })
+                    .map_err(|e| e.to_string())
+            }
             _ => Ok(String::new()),
         };
         match result {

@@ -4,9 +4,10 @@
 
 use std::fmt::Write;
 
-use super::argv::HARNESS_INIT;
 use super::schema::{EXPECT_FIELDS, STEP_KINDS, STEP_OPTIONS, TABLES};
 use super::units::format_duration;
+use crate::uml::args::UML_DIR;
+use crate::uml::image::INIT_PATH;
 
 /// The reference document, in Markdown.
 pub fn markdown() -> String {
@@ -53,10 +54,12 @@ pub fn markdown() -> String {
         s,
         "## What the harness adds to a command line\n\n\
          The `cmdline` is split into words as a shell would. The harness appends, each only \
-         when the scenario does not set it: `con=null con0=fd:0,fd:1` (skipped when any \
-         `con=`/`conN=` is set), `umid=<machine>`, `uml_dir=<run folder>`, `init={HARNESS_INIT}` \
-         (a machine whose `init=` the scenario sets gets only `wait_console` checks). \
-         In artifacts the run folder's path reads `$RUN`.\n"
+         when the scenario does not set it: `con0=fd:0,fd:1`, `con=null`, `umid=<machine>`, \
+         `uml_dir={UML_DIR}` (relative: inside the run folder), `init={INIT_PATH}` (the harness \
+         init; a machine whose `init=` the scenario sets gets only `wait_console` checks). A NIC \
+         word without a MAC gets `fe:fd:00:00:<nic>:<machine#>` (machine# counts from 1 in file \
+         order) filled into its MAC field. Words after `--` stay last. The console artifact \
+         starts with the effective command line.\n"
     );
     s
 }

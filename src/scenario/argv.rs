@@ -1,18 +1,10 @@
-//! Machine command lines: splitting the scenario's `cmdline` into words, and the
-//! words the harness adds. The additions themselves are
-//! [`crate::uml::args::effective_argv`] (one function for both backends, so
-//! `/proc/cmdline` is the same on `sim` and `uml`); see its docs for the list.
+//! Machine command lines: the scenario's `cmdline` is split into words by
+//! [`crate::cmdline::split_shell_words`] (as a shell would), and the harness's
+//! additions are [`crate::uml::args::effective_argv`] (one function for both
+//! backends, so `/proc/cmdline` is the same on `sim` and `uml`).
 
 /// Splits a scenario's command line into words as a shell would.
 /// On error: (byte offset into `cmdline`, message).
 pub fn split_words(cmdline: &str) -> Result<Vec<String>, (usize, String)> {
-    // Until the cmdline module's shell splitter lands, accept only what plain
-    // whitespace splitting handles exactly, and say so for anything else.
-    if let Some(at) = cmdline.find(['\'', '"', '\\']) {
-        return Err((
-            at,
-            "quotes and backslashes in a command line are not supported yet".to_string(),
-        ));
-    }
-    Ok(cmdline.split_whitespace().map(str::to_string).collect())
+    crate::cmdline::split_shell_words(cmdline).map_err(|e| (e.offset(), e.to_string()))
 }

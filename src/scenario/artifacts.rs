@@ -41,6 +41,67 @@ pub fn render(lab: &Lab, recorded: &BackendArtifacts) -> BTreeMap<String, String
     out
 }
 
+/// `<machine>.ubd<N>.diff` for every COW disk of every machine: the changed
+/// sector ranges (read from the COW bitmap after the run). Disks named as the
+/// command line names them; nothing host-specific.
+pub fn disk_diffs(lab: &Lab) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for machine in &lab.machines {
+        let parsed = crate::cmdline::parse(&machine.argv);
+        for dev in parsed.ubd.iter().filter(|d| !d.implicit) {
+            let cow_path = lab.run_dir.join(&dev.file);
+            let is_cow = dev.backing.is_some()
+                || std::fs::File::open(&cow_path)
+                    .ok()
+                    .is_some_and(|f| crate::cow::file::read_header(&f, &cow_path).is_ok());
+            if !is_cow {
+                continue;
+            }
+            let over = dev
+                .backing
+                .as_deref()
+                .map(|b| format!(" over {b}"))
+                .unwrap_or_default();
+            let mut text = format!("ubd{}: {}{over}\n", dev.index, dev.file);
+            if !cow_path.exists() {
+                text.push_str("not created\n");
+            } else {
+                let backing = dev.backing.as_ref().map(|b| lab.run_dir.join(b));
+                match crate::cow::file::CowFile::open(&cow_path, backing.as_deref(), false) {
+                    Ok(cow) => text.push_str(&describe_runs(cow.size(), &cow.dirty_runs())),
+                    Err(e) => text.push_str(&format!("cannot read it: {e}\n")),
+                }
+            }
+            out.insert(
+                format!("{}.ubd{}.diff", machine.name, dev.index),
+                redact(&text, lab),
+            );
+        }
+    }
+    out
+}
+
+/// The changed sectors of a COW disk as ranges, one per line.
+pub fn describe_runs(size: u64, runs: &[(u64, u64)]) -> String {
+    let sectors = size.div_ceil(512);
+    let changed: u64 = runs.iter().map(|(_, n)| n).sum();
+    let mut text = format!(
+        "size: {size} bytes ({sectors} sectors)\nchanged: {changed} sectors in {} ranges\n",
+        runs.len()
+    );
+    for &(first, count) in runs {
+        if count == 1 {
+            text.push_str(&format!("sector {first}\n"));
+        } else {
+            text.push_str(&format!(
+                "sectors {first}-{} ({count})\n",
+                first + count - 1
+            ));
+        }
+    }
+    text
+}
+
 /// A port number as the trace shows it (ports are `u16` in the switch; a
 /// backend reporting more is clamped rather than wrapped).
 fn port(p: u32) -> u16 {

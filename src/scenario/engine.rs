@@ -226,7 +226,8 @@ pub fn run(
             Default::default()
         }
     };
-    let artifacts = super::artifacts::render(&lab, &recorded);
+    let mut artifacts = super::artifacts::render(&lab, &recorded);
+    artifacts.extend(super::artifacts::disk_diffs(&lab));
     if let Err(e) = super::artifacts::write_pcaps(&lab, &recorded, run_dir) {
         result.failures.push(Failure {
             step: None,

@@ -116,11 +116,21 @@ impl Resolver<'_> {
                 );
             }
         }
+        // Files a machine may name: the disks, and files host-side steps make.
+        let mut files: BTreeSet<String> = disk_names.clone();
+        for step in &raw.step {
+            let s = step.get_ref();
+            for made in [&s.to, &s.mkcow, &s.into].into_iter().flatten() {
+                files.insert(made.get_ref().clone());
+            }
+        }
+        let switch_names: BTreeSet<String> = switches.iter().map(|s| s.name.clone()).collect();
         let mut machines = Vec::new();
         for m in &raw.machine {
             let m = m.get_ref();
             let name = self.unique_name(&m.name, "machine", &mut taken);
             let argv = self.cmdline(&m.cmdline);
+            self.cmdline_names(&m.cmdline, &argv, &files, &external, &switch_names);
             machines.push(MachinePlan { name, argv });
         }
         let names = Names {
@@ -295,6 +305,86 @@ impl Resolver<'_> {
                 let span = self.inner_span(cmdline, offset);
                 self.err(Some(span), format!("in cmdline: {message}"));
                 Vec::new()
+            }
+        }
+    }
+
+    /// Files and switches named in a command line must exist in the lab: ubd
+    /// images and backing files are disks (or files made by steps; a COW file
+    /// with a backing file may be new, the kernel creates it), VDE sockets are
+    /// switches, and nothing reaches outside the run folder.
+    fn cmdline_names(
+        &mut self,
+        cmdline: &Spanned<String>,
+        argv: &[String],
+        files: &BTreeSet<String>,
+        external: &BTreeSet<String>,
+        switches: &BTreeSet<String>,
+    ) {
+        let parsed = crate::cmdline::parse(argv);
+        // Spans index `parsed.input` (the words joined by single spaces); they
+        // map onto the file only when the cmdline was written exactly so.
+        let exact = parsed.input == *cmdline.get_ref();
+        let span_of = |r: &Self, s: crate::cmdline::Span| {
+            if exact {
+                let start = r.inner_span(cmdline, s[0]).start;
+                let end = r.inner_span(cmdline, s[1]).start;
+                start..end.max(start + 1)
+            } else {
+                cmdline.span()
+            }
+        };
+        let known: Vec<&str> = files.iter().map(String::as_str).collect();
+        for dev in parsed.ubd.iter().filter(|d| !d.implicit) {
+            let span = span_of(self, dev.span);
+            let mut names = vec![(&dev.file, dev.backing.is_none())];
+            if let Some(b) = &dev.backing {
+                names.push((b, true));
+            }
+            for (file, must_exist) in names {
+                if external.contains(file) {
+                    continue;
+                }
+                if let Err(why) = check_run_folder_name(file) {
+                    self.err(Some(span.clone()), format!("{}: {why} (declare it as a disk with `external = true` to use a host file, read-only)", dev.name));
+                } else if must_exist && !files.contains(file) {
+                    self.err(
+                        Some(span.clone()),
+                        format!(
+                            "{}: unknown disk `{file}` (disks: {})",
+                            dev.name,
+                            list_or_none(&known)
+                        ),
+                    );
+                }
+            }
+        }
+        let known: Vec<&str> = switches.iter().map(String::as_str).collect();
+        for dev in &parsed.net {
+            let socket = match &dev.params {
+                crate::cmdline::NetParams::Vde {
+                    switch: Some(s), ..
+                } => s.clone(),
+                crate::cmdline::NetParams::Daemon { ctl_sock, .. } if ctl_sock.starts_with('/') => {
+                    let span = span_of(self, dev.span);
+                    self.err(Some(span), format!("{}: `{ctl_sock}` is outside the run folder: name a switch, e.g. `{}=daemon,,unix,<switch>/ctl`", dev.name, dev.name));
+                    continue;
+                }
+                crate::cmdline::NetParams::Daemon { ctl_sock, .. } => {
+                    ctl_sock.split('/').next().unwrap_or_default().to_string()
+                }
+                _ => continue,
+            };
+            if !switches.contains(&socket) {
+                let span = span_of(self, dev.span);
+                self.err(
+                    Some(span),
+                    format!(
+                        "{}: unknown switch `{socket}` (switches: {})",
+                        dev.name,
+                        list_or_none(&known)
+                    ),
+                );
             }
         }
     }

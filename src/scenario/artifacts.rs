@@ -67,8 +67,8 @@ pub fn disk_diffs(lab: &Lab) -> BTreeMap<String, String> {
                 text.push_str("not created\n");
             } else {
                 let backing = dev.backing.as_ref().map(|b| lab.run_dir.join(b));
-                match crate::cow::file::CowFile::open(&cow_path, backing.as_deref(), false) {
-                    Ok(cow) => text.push_str(&describe_runs(cow.size(), &cow.dirty_runs())),
+                match crate::cow::inspect::diff(&cow_path, backing.as_deref(), false) {
+                    Ok(diff) => text.push_str(&describe_diff(&diff)),
                     Err(e) => text.push_str(&format!("cannot read it: {e}\n")),
                 }
             }
@@ -81,23 +81,32 @@ pub fn disk_diffs(lab: &Lab) -> BTreeMap<String, String> {
     out
 }
 
-/// The changed sectors of a COW disk as ranges, one per line.
-pub fn describe_runs(size: u64, runs: &[(u64, u64)]) -> String {
-    let sectors = size.div_ceil(512);
-    let changed: u64 = runs.iter().map(|(_, n)| n).sum();
+/// The changed sectors of a COW disk as ranges, one per line, with how many
+/// bytes in each differ from the backing file.
+pub fn describe_diff(diff: &crate::cow::inspect::Diff) -> String {
+    let size = diff.device_size;
     let mut text = format!(
-        "size: {size} bytes ({sectors} sectors)\nchanged: {changed} sectors in {} ranges\n",
-        runs.len()
+        "size: {size} bytes ({} sectors)\nchanged: {} sectors in {} ranges, {} bytes differ from the backing file\n",
+        size.div_ceil(512),
+        diff.dirty_sectors,
+        diff.ranges.len(),
+        diff.changed_bytes
     );
-    for &(first, count) in runs {
-        if count == 1 {
-            text.push_str(&format!("sector {first}\n"));
+    for r in &diff.ranges {
+        let sectors = if r.sectors == 1 {
+            format!("sector {}", r.first_sector)
         } else {
-            text.push_str(&format!(
-                "sectors {first}-{} ({count})\n",
-                first + count - 1
-            ));
-        }
+            format!(
+                "sectors {}-{}",
+                r.first_sector,
+                r.first_sector + r.sectors - 1
+            )
+        };
+        let differ = match r.changed_bytes {
+            1 => "1 byte differs".to_string(),
+            n => format!("{n} bytes differ"),
+        };
+        text.push_str(&format!("{sectors}: {differ}\n"));
     }
     text
 }

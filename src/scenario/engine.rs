@@ -427,19 +427,31 @@ impl Runner<'_> {
                     .map_err(|e| e.to_string())
             }
             Action::Check { cow } => {
-                // Opened as the kernel opens it: header, backing size and mtime.
-                crate::cow::file::CowFile::open(&path(cow), None, false)
-                    .map(|c| {
-                        format!(
-                            "{cow}: consistent with its backing file, {} changed sectors\n",
-                            c.dirty_runs().iter().map(|(_, count)| count).sum::<u64>()
-                        )
-                    })
+                // `umltest cow check`: header, bitmap, backing size and mtime.
+                crate::cow::inspect::check(&path(cow), None, false)
                     .map_err(|e| e.to_string())
+                    .and_then(|check| {
+                        let mut out = String::new();
+                        for f in &check.findings {
+                            let level = match f.severity {
+                                crate::cow::inspect::Severity::Ok => "ok",
+                                crate::cow::inspect::Severity::Warning => "warning",
+                                crate::cow::inspect::Severity::Error => "error",
+                            };
+                            out.push_str(&format!("{level}: {}\n", f.what));
+                        }
+                        if check.passed() {
+                            Ok(out)
+                        } else {
+                            Err(out.trim_end().to_string())
+                        }
+                    })
             }
             _ => Ok(String::new()),
         };
-        match result {
+        let run_dir = self.run_dir.display().to_string();
+        let redact = |text: String| text.replace(&run_dir, super::artifacts::RUN_DIR_TOKEN);
+        match result.map(redact).map_err(redact) {
             Ok(output) => CommandOutcome {
                 output,
                 exit_code: 0,

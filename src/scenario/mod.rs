@@ -6,7 +6,8 @@
 //!   with `file:line:column` and a caret.
 //! - [`argv`]: what the harness appends to each machine's command line.
 //! - [`engine`]: runs a plan on a [`backend::Backend`]; [`disk`] does host-side disk work.
-//! - [`artifacts`]: text artifacts; [`snapshot`]: the insta-format snapshot store.
+//! - [`artifacts`]: text artifacts; [`normalize`]: what a real run's artifacts lose
+//!   before comparison; [`snapshot`]: the insta-format snapshot store.
 
 pub mod argv;
 pub mod artifacts;
@@ -14,6 +15,7 @@ pub mod backend;
 pub mod diag;
 pub mod disk;
 pub mod engine;
+pub mod normalize;
 pub mod plan;
 pub mod reference;
 pub mod resolve;

@@ -13,6 +13,7 @@ pub mod cmdline;
 pub mod cow;
 pub mod image;
 pub mod run;
+pub mod switch;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +32,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Validate scenario files without running them.
     Check(check::CheckArgs),
+    /// VDE switch, wire-compatible with vde_switch, with packet capture (--pcap, --trace).
+    Switch(switch::SwitchArgs),
     /// Print the version.
     #[command(hide = true)]
     Version,
@@ -48,6 +51,7 @@ pub fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
+        Command::Switch(args) => switch::run(args),
         Command::Version => {
             println!("umltest {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -5,4 +5,5 @@
 //! trace line means the same thing on both backends.
 
 pub mod switch;
+pub mod vde;
 pub mod wire;

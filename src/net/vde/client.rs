@@ -32,7 +32,7 @@ impl VdeClient {
         let own = dir.join(format!(".{:05}-{:05}", std::process::id(), n));
         let _ = std::fs::remove_file(&own);
         let data = UnixDatagram::bind(&own)?;
-        let result = (|| {
+        let result = (|| -> io::Result<(UnixStream, PathBuf)> {
             let sock = SockAddrUn::from_path(own.as_os_str().as_bytes())
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"))?;
             let mut ctl = UnixStream::connect(dir.join("ctl"))?;

@@ -69,7 +69,11 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 pub fn run(args: SwitchArgs) -> anyhow::Result<ExitCode> {
     let root = nix::unistd::geteuid().is_root();
     let dir = args.sock.clone().unwrap_or_else(|| {
-        PathBuf::from(if root { "/var/run/vde.ctl" } else { "/tmp/vde.ctl" })
+        PathBuf::from(if root {
+            "/var/run/vde.ctl"
+        } else {
+            "/tmp/vde.ctl"
+        })
     });
     let group = match &args.group {
         None => None,

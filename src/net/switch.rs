@@ -26,8 +26,9 @@
 //!   its old port (the move is reported as refused);
 //! - frames are not padded; frames shorter than 14 bytes are dropped.
 //!
-//! VLANs: every port is an untagged member of VLAN 0; 802.1Q-tagged frames are
-//! dropped (vde_switch without `vlan/*` configuration forwards only VLAN 0).
+//! VLANs: every port is an untagged member of VLAN 0 (VLAN creation is not
+//! implemented). As in vde_switch, an 802.1Q-tagged frame with VID 0 is
+//! forwarded with its tag removed ([`Outcome::untag`]); other VIDs are dropped.
 //!
 //! Nothing here panics on any frame or argument.
 
@@ -215,7 +216,7 @@ pub enum DropReason {
     TooShort,
     /// The input port has no endpoints (or does not exist).
     InactivePort,
-    /// An 802.1Q-tagged frame.
+    /// An 802.1Q-tagged frame for a VLAN the port is not in (any VID but 0).
     Tagged,
     /// The destination was learned on the input port.
     SamePort,
@@ -242,6 +243,9 @@ pub enum Learned {
 pub struct Outcome {
     pub delivery: Delivery,
     pub learned: Learned,
+    /// The frame carries an 802.1Q tag for VLAN 0: send it with the 4 tag bytes
+    /// (12..16) removed, as vde_switch does for untagged ports.
+    pub untag: bool,
 }
 
 /// The result of [`Switch::forward`]: everything a trace record needs.
@@ -447,6 +451,7 @@ impl Switch {
         let dropped = |r| Outcome {
             delivery: Delivery::Dropped(r),
             learned: Learned::Nothing,
+            untag: false,
         };
         let (Some(dst), Some(src), Some(ethertype)) = (
             MacAddr::from_slice(frame),
@@ -474,12 +479,19 @@ impl Switch {
             return Outcome {
                 delivery: Delivery::Hub,
                 learned: Learned::Nothing,
+                untag: false,
             };
         }
-        if ethertype == ETHERTYPE_VLAN {
-            return dropped(DropReason::Tagged);
-        }
         let vlan = port.untagged_vlan;
+        let untag = ethertype == ETHERTYPE_VLAN;
+        if untag {
+            let vid = frame
+                .get(14..16)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]) & 0xfff);
+            if vid != Some(vlan) {
+                return dropped(DropReason::Tagged);
+            }
+        }
         let learned = if src.is_multicast() {
             Learned::Nothing
         } else {
@@ -501,8 +513,13 @@ impl Switch {
                 Delivery::Flood
             }
         };
-        self.count_out(out, frame.len());
-        Outcome { delivery, learned }
+        let out_len = if untag { frame.len() - 4 } else { frame.len() };
+        self.count_out(out, out_len);
+        Outcome {
+            delivery,
+            learned,
+            untag,
+        }
     }
 
     /// [`Switch::forward_into`] returning a fresh record (allocates).
@@ -934,9 +951,17 @@ mod tests {
             Delivery::Dropped(DropReason::TooShort)
         );
         let mut f = frame(MacAddr::BROADCAST, mac(1));
-        f[12..14].copy_from_slice(&[0x81, 0]);
+        f[12..16].copy_from_slice(&[0x81, 0, 0, 5]);
         assert_eq!(
             sw.forward(1, &f, S).outcome.delivery,
+            Delivery::Dropped(DropReason::Tagged)
+        );
+        // VID 0 (priority 1) is forwarded, to be sent untagged.
+        f[12..16].copy_from_slice(&[0x81, 0, 0x20, 0]);
+        let fwd = sw.forward(1, &f, S);
+        assert_eq!((fwd.out_ports, fwd.outcome.untag), (vec![2], true));
+        assert_eq!(
+            sw.forward(1, &f[..15], S).outcome.delivery,
             Delivery::Dropped(DropReason::Tagged)
         );
         assert_eq!(

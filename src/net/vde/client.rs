@@ -33,8 +33,9 @@ impl VdeClient {
         let _ = std::fs::remove_file(&own);
         let data = UnixDatagram::bind(&own)?;
         let result = (|| -> io::Result<(UnixStream, PathBuf)> {
-            let sock = SockAddrUn::from_path(own.as_os_str().as_bytes())
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"))?;
+            let sock = SockAddrUn::from_path(own.as_os_str().as_bytes()).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "socket path too long")
+            })?;
             let mut ctl = UnixStream::connect(dir.join("ctl"))?;
             ctl.write_all(&Request::encode_v3(port, &sock, description))?;
             ctl.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -42,7 +43,10 @@ impl VdeClient {
             ctl.read_exact(&mut reply)?;
             ctl.set_read_timeout(None)?;
             let addr = parse_reply(&reply)
-                .and_then(|a| a.path().map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p))))
+                .and_then(|a| {
+                    a.path()
+                        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+                })
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad reply"))?;
             data.connect(&addr)?;
             Ok((ctl, addr))

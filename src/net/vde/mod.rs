@@ -1,6 +1,6 @@
 //! The VDE switch daemon: vde_switch's control protocol ([`proto`]), its
 //! management console ([`console`]) and the socket loop.
-pub mod console;
-pub mod proto;
-pub mod daemon;
 pub mod client;
+pub mod console;
+pub mod daemon;
+pub mod proto;

@@ -214,7 +214,6 @@ fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 /// vde_switch and ours exit on EOF there).
 struct SwitchProc {
     child: Child,
-    dir: PathBuf,
     stderr: PathBuf,
     cmdline: String,
 }
@@ -235,7 +234,6 @@ impl SwitchProc {
             .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         let mut sw = SwitchProc {
             child,
-            dir: dir.to_path_buf(),
             stderr,
             cmdline: format!("{} {}", program.display(), all.join(" ")),
         };
@@ -478,4 +476,414 @@ fn two_real_vde_plugs_exchange_frames_through_our_switch() {
     let _ = a.wait();
     let _ = b.wait();
     sw.wait_log("closed its control connection");
+}
+
+/// A management-console session (`-M SOCK`): one command per write, read to the prompt.
+struct Mgmt(std::os::unix::net::UnixStream);
+
+impl Mgmt {
+    fn connect(path: &Path) -> Mgmt {
+        let s = std::os::unix::net::UnixStream::connect(path).expect("connect mgmt");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut m = Mgmt(s);
+        let banner = m.read_to_prompt();
+        assert!(banner.starts_with("VDE switch V.2.3.2\n"), "{banner}");
+        m
+    }
+    fn read_to_prompt(&mut self) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.ends_with(b"vde$ ") && !out.ends_with(b"END OF SESSION") {
+            let n = self.0.read(&mut buf).expect("read mgmt");
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    fn cmd(&mut self, c: &str) -> String {
+        self.0
+            .write_all(format!("{c}\n").as_bytes())
+            .expect("write mgmt");
+        self.read_to_prompt()
+    }
+}
+
+/// Sends raw bytes as a control request; true if the switch closed the connection.
+fn raw_request_closed(dir: &Path, bytes: &[u8]) -> bool {
+    let mut s = std::os::unix::net::UnixStream::connect(dir.join("ctl")).expect("connect ctl");
+    s.write_all(bytes).expect("write request");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 256];
+    matches!(s.read(&mut buf), Ok(0))
+}
+
+fn v3_request(port: u32, path: &str, family: u16, kind: u32) -> Vec<u8> {
+    let mut r = 0xfeed_faceu32.to_ne_bytes().to_vec();
+    r.extend_from_slice(&3u32.to_ne_bytes());
+    r.extend_from_slice(&((port << 8) | kind).to_ne_bytes());
+    r.extend_from_slice(&family.to_ne_bytes());
+    let mut p = path.as_bytes().to_vec();
+    p.resize(108, 0);
+    r.extend_from_slice(&p);
+    r
+}
+
+#[test]
+fn bad_input_is_logged_and_the_switch_keeps_serving() {
+    let tmp = util::tempdir();
+    let dir = tmp.path().join("sw");
+    let mut sw = SwitchProc::ours(&dir, &["-n", "4"]);
+    let client_path = tmp.path().join("client.sock");
+    let _client = std::os::unix::net::UnixDatagram::bind(&client_path).expect("bind");
+    let cp = client_path.to_str().expect("utf-8");
+    let mut version = v3_request(0, cp, 1, 0);
+    version[4] = 2;
+    let mut version7 = v3_request(0, cp, 1, 0);
+    version7[4] = 7;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "3 bytes",
+            vec![0xce, 0xfa, 0xed],
+            "short control request: 3 bytes",
+        ),
+        ("wrong magic", vec![0u8; 130], "V0 request not supported"),
+        ("version 2", version, "Request for a version 2 port"),
+        ("version 7", version7, "Request for a version 7 port"),
+        (
+            "truncated v3",
+            v3_request(0, cp, 1, 0)[..100].to_vec(),
+            "short version 3 control request: 100 bytes, the header needs 122",
+        ),
+        ("bad type", v3_request(0, cp, 1, 5), "Bad request type : 5"),
+        (
+            "bad family",
+            v3_request(0, cp, 2, 0),
+            "address family 2 is not AF_UNIX",
+        ),
+        (
+            "missing client socket",
+            v3_request(0, "/nonexistent/sock", 1, 0),
+            "client data socket /nonexistent/sock not accessible",
+        ),
+        (
+            "port out of range",
+            v3_request(9, cp, 1, 0),
+            "port request 9 refused: port 9 out of range",
+        ),
+    ];
+    for (what, bytes, log) in &cases {
+        assert!(
+            raw_request_closed(&dir, bytes),
+            "{what}: connection not closed\n{}",
+            sw.dump()
+        );
+        sw.wait_log(log);
+    }
+    // Still serving: two clients exchange frames.
+    let c1 = VdeClient::connect(&dir, 0, "c1").expect("c1");
+    let c2 = VdeClient::connect(&dir, 0, "c2").expect("c2");
+    let c3 = VdeClient::connect(&dir, 0, "c3").expect("c3");
+    let f = eth_frame(MacAddr::BROADCAST, mac("fe:fd:00:00:00:01"), 0x0806, 42);
+    let mut buf = [0u8; 2048];
+    // Runt and oversized frames: one log line each, the switch goes on.
+    c1.send(&f[..9]).expect("send runt");
+    c1.send(&eth_frame(
+        MacAddr::BROADCAST,
+        mac("fe:fd:00:00:00:01"),
+        0x0800,
+        3000,
+    ))
+    .expect("send big");
+    sw.wait_log("dropped a 9-byte frame, shorter than an Ethernet header");
+    sw.wait_log("3000-byte frame truncated to 1518 bytes");
+    assert_eq!(
+        c2.recv(&mut buf, Duration::from_secs(5)).expect("recv"),
+        1518
+    );
+    // A datagram from a stranger never reaches the switch (its data sockets are
+    // connected to their clients): the sender gets an error.
+    let stranger = std::os::unix::net::UnixDatagram::unbound().expect("socket");
+    assert!(stranger.send_to(&f, &c1.switch_data).is_err());
+    // A client whose data socket vanished while its control connection stays:
+    // one log line, the others still get frames.
+    let c3_port = c3.port().expect("port");
+    drop(c3.data);
+    c1.send(&f).expect("send");
+    assert_eq!(c2.recv(&mut buf, Duration::from_secs(5)).expect("recv"), 42);
+    sw.wait_log(&format!("send_sockaddr port {c3_port}:"));
+    c2.send(&f).expect("send");
+    assert_eq!(c1.recv(&mut buf, Duration::from_secs(5)).expect("recv"), 42);
+    drop(c3.ctl);
+    sw.wait_log(&format!("on port {c3_port} closed its control connection"));
+    assert!(sw.alive(), "{}", sw.dump());
+    assert!(!sw.log().contains("panicked"), "{}", sw.dump());
+    assert!(sw.terminate().success(), "{}", sw.dump());
+}
+
+#[test]
+fn stale_dir_reused_only_when_nobody_listens() {
+    let tmp = util::tempdir();
+    let dir = tmp.path().join("sw");
+    std::fs::create_dir(&dir).expect("mkdir");
+    // A crashed switch: ctl socket file with no listener, a data socket file.
+    drop(std::os::unix::net::UnixListener::bind(dir.join("ctl")).expect("bind"));
+    std::fs::write(dir.join("001.7"), b"").expect("stale data");
+    let first = SwitchProc::ours(&dir, &[]);
+    first.wait_log("reusing stale socket dir");
+    assert!(!dir.join("001.7").exists());
+    // A second switch on a live dir refuses and leaves the first alone.
+    let run = util::umltest(tmp.path(), &["switch", "-s", dir.to_str().expect("utf-8")]);
+    run.expect_code(1);
+    assert!(
+        run.stderr().contains("ctl': Address already in use"),
+        "{}",
+        run.dump()
+    );
+    let c1 = VdeClient::connect(&dir, 0, "c1").expect("first still serves");
+    assert_eq!(c1.port(), Some(1));
+}
+
+#[test]
+fn foreign_socket_dir_is_refused() {
+    let tmp = util::tempdir();
+    let dir = tmp.path().join("sw");
+    let foreign = if nix::unistd::geteuid().is_root() {
+        std::fs::create_dir(&dir).expect("mkdir");
+        nix::unistd::chown(&dir, Some(4242.into()), None).expect("chown");
+        dir.clone()
+    } else {
+        PathBuf::from("/") // owned by root, not by us
+    };
+    let run = util::umltest(
+        tmp.path(),
+        &["switch", "-s", foreign.to_str().expect("utf-8")],
+    );
+    run.expect_code(1);
+    assert!(
+        run.stderr()
+            .contains("refusing to take over another user's switch directory"),
+        "{}",
+        run.dump()
+    );
+    assert!(!foreign.join("ctl").exists());
+}
+
+#[test]
+fn shutdown_paths_remove_the_sockets() {
+    let tmp = util::tempdir();
+    // SIGTERM.
+    let d1 = tmp.path().join("a");
+    let mut sw = SwitchProc::ours(&d1, &[]);
+    let _c = VdeClient::connect(&d1, 0, "c").expect("connect");
+    assert!(sw.terminate().success(), "{}", sw.dump());
+    assert!(!d1.exists(), "{}", sw.dump());
+    // `shutdown` on the management socket.
+    let d2 = tmp.path().join("b");
+    let mgmt = tmp.path().join("b.mgmt");
+    let mut sw = SwitchProc::ours(&d2, &["-M", mgmt.to_str().expect("utf-8")]);
+    let mut m = Mgmt::connect(&mgmt);
+    assert_eq!(m.cmd("shutdown"), "9999 END OF SESSION");
+    assert!(sw.child.wait().expect("wait").success());
+    assert!(!d2.exists() && !mgmt.exists());
+    sw.wait_log("Shutdown from mgmt command");
+    // EOF on stdin (vde_switch's console behaviour).
+    let d3 = tmp.path().join("c");
+    let mut sw = SwitchProc::ours(&d3, &[]);
+    drop(sw.child.stdin.take());
+    assert!(sw.child.wait().expect("wait").success());
+    assert!(!d3.exists());
+    sw.wait_log("EOF on stdin, cleaning up and exiting");
+    // -d -p: a daemon with a pid file.
+    let d4 = tmp.path().join("d");
+    let pidfile = tmp.path().join("d.pid");
+    let run = util::umltest(tmp.path(), &["switch", "-d", "-p", "d.pid", "-s", "d"]);
+    run.expect_code(0);
+    wait_until(10, "the pid file", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid number");
+    assert!(d4.join("ctl").exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    wait_until(10, "the daemon to clean up", || {
+        !d4.exists() && !pidfile.exists()
+    });
+}
+
+#[test]
+fn rc_file_modes_and_console() {
+    let tmp = util::tempdir();
+    let dir = tmp.path().join("sw");
+    let rc = tmp.path().join("rc");
+    std::fs::write(
+        &rc,
+        "# comment\nport/setnumports 4\n\nhash/setexpire 50\n  port/create 2\nbogus line\n",
+    )
+    .expect("rc");
+    let mgmt = tmp.path().join("mgmt");
+    let sw = SwitchProc::ours(
+        &dir,
+        &[
+            "-f",
+            rc.to_str().expect("utf-8"),
+            "-m",
+            "660",
+            "-M",
+            mgmt.to_str().expect("utf-8"),
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode(&dir), 0o2770);
+    assert_eq!(mode(&dir.join("ctl")), 0o660);
+    // Port 2 is not allocatable: automatic requests get 1 and 3, then none.
+    let c1 = VdeClient::connect(&dir, 0, "one").expect("c1");
+    let c3 = VdeClient::connect(&dir, 0, "three").expect("c3");
+    assert_eq!((c1.port(), c3.port()), (Some(1), Some(3)));
+    assert!(VdeClient::connect(&dir, 0, "none").is_err());
+    sw.wait_log("port request 0 refused: no free port");
+    let c2 = VdeClient::connect(&dir, 2, "two").expect("explicit port 2");
+    assert_eq!(c2.port(), Some(2));
+    let mut m = Mgmt::connect(&mgmt);
+    assert!(m.cmd("port/showinfo").contains("Numports=4\nHUB=false\n"));
+    assert!(m.cmd("hash/showinfo").contains("GC expire 50 secs\n"));
+    let ports = m.cmd("port/print 3");
+    assert!(
+        ports.contains("Port 0003 untagged_vlan=0000 ACTIVE - Unnamed Allocatable\n"),
+        "{ports}"
+    );
+    assert!(ports.contains(" module unix prog   : three\n"), "{ports}");
+    // Traffic shows up in the counters and the MAC table.
+    c1.send(&eth_frame(
+        MacAddr::BROADCAST,
+        mac("fe:fd:00:00:00:01"),
+        0x0806,
+        42,
+    ))
+    .expect("send");
+    let mut buf = [0u8; 2048];
+    assert_eq!(c3.recv(&mut buf, Duration::from_secs(5)).expect("recv"), 42);
+    let p1 = m.cmd("port/print 1");
+    assert!(
+        p1.contains(" IN:  pkts          1          bytes                   42\n"),
+        "{p1}"
+    );
+    let hash = m.cmd("hash/print");
+    assert!(
+        hash.contains("Addr: fe:fd:00:00:00:01 VLAN 0000 to port: 001  age 0 secs\n"),
+        "{hash}"
+    );
+    // epclose closes the endpoint's sockets too.
+    let id = p1.split("endpoint ID ").nth(1).expect("endpoint id")[..4].to_string();
+    assert_eq!(
+        m.cmd(&format!("port/epclose 1 {id}")),
+        "1000 Success\n\nvde$ "
+    );
+    wait_until(10, "the endpoint's data socket to go", || {
+        !c1.switch_data.exists()
+    });
+    assert_eq!(m.cmd("logout"), "9999 END OF SESSION");
+}
+
+#[test]
+fn daemon_pcap_and_trace_show_arp_exchange() {
+    let Some(tshark) = util::tool("tshark", "tshark") else {
+        return;
+    };
+    let tmp = util::tempdir();
+    let dir = tmp.path().join("sw");
+    let pcap = tmp.path().join("sw.pcap");
+    let trace = tmp.path().join("sw.trace");
+    let mut sw = SwitchProc::ours(
+        &dir,
+        &[
+            "--pcap",
+            pcap.to_str().expect("utf-8"),
+            "--trace",
+            trace.to_str().expect("utf-8"),
+        ],
+    );
+    let (ma, mb) = (mac("fe:fd:0a:4d:00:01"), mac("fe:fd:0a:4d:00:02"));
+    let ip = Ipv4Addr::new(10, 77, 0, 2);
+    let c1 = VdeClient::connect(&dir, 0, "h1").expect("c1");
+    let c2 = VdeClient::connect(&dir, 0, "h2").expect("c2");
+    let req = ArpRepr {
+        op: ArpOp::Request,
+        sha: ma,
+        spa: Ipv4Addr::UNSPECIFIED,
+        tha: MacAddr::ZERO,
+        tpa: ip,
+    }
+    .to_frame(MacAddr::BROADCAST, ma, 16);
+    let rep = ArpRepr {
+        op: ArpOp::Reply,
+        sha: mb,
+        spa: ip,
+        tha: ma,
+        tpa: Ipv4Addr::UNSPECIFIED,
+    }
+    .to_frame(ma, mb, 0);
+    let mut buf = [0u8; 2048];
+    c1.send(&req).expect("send");
+    assert_eq!(c2.recv(&mut buf, Duration::from_secs(5)).expect("recv"), 58);
+    c2.send(&rep).expect("send");
+    assert_eq!(c1.recv(&mut buf, Duration::from_secs(5)).expect("recv"), 42);
+    assert!(sw.terminate().success());
+    let lines: Vec<String> = std::fs::read_to_string(&trace)
+        .expect("trace")
+        .lines()
+        .map(|l| {
+            // Drop the wall-clock-derived time field.
+            let mut w = l.splitn(3, ' ');
+            format!("{} {}", w.next().unwrap_or(""), w.nth(1).unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "1 port 1 -> 2: fe:fd:0a:4d:00:01 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 58: Request who-has 10.77.0.2 tell 0.0.0.0, length 44",
+            "2 port 2 -> 1: fe:fd:0a:4d:00:02 > fe:fd:0a:4d:00:01, ethertype ARP (0x0806), length 42: Reply 10.77.0.2 is-at fe:fd:0a:4d:00:02, length 28",
+        ]
+    );
+    let run = util::run_in(
+        tmp.path(),
+        &tshark,
+        &[
+            "-r",
+            pcap.to_str().expect("utf-8"),
+            "-T",
+            "fields",
+            "-E",
+            "separator=,",
+            "-e",
+            "eth.src",
+            "-e",
+            "eth.dst",
+            "-e",
+            "arp.opcode",
+            "-e",
+            "arp.src.hw_mac",
+            "-e",
+            "arp.dst.hw_mac",
+        ],
+    );
+    run.expect_code(0);
+    assert_eq!(
+        run.stdout(),
+        "fe:fd:0a:4d:00:01,ff:ff:ff:ff:ff:ff,1,fe:fd:0a:4d:00:01,00:00:00:00:00:00\n\
+         fe:fd:0a:4d:00:02,fe:fd:0a:4d:00:01,2,fe:fd:0a:4d:00:02,fe:fd:0a:4d:00:01\n",
+        "{}",
+        run.dump()
+    );
 }

@@ -822,7 +822,7 @@ impl Daemon {
             if let Some(l) = b.lens.get_mut(i) {
                 *l = len;
             }
-            if real < MIN_FRAME || real > MAX_FRAME {
+            if !(MIN_FRAME..=MAX_FRAME).contains(&real) {
                 self.warn_frame(id, in_port, real);
                 if real < MIN_FRAME {
                     continue;

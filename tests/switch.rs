@@ -238,7 +238,11 @@ impl SwitchProc {
             cmdline: format!("{} {}", program.display(), all.join(" ")),
         };
         let ctl = dir.join("ctl");
-        wait_until(10, "the ctl socket", || ctl.exists() || !sw.alive());
+        // Ready = the ctl socket accepts connections (vde_switch binds before it
+        // listens; ours renames a listening socket into place).
+        wait_until(10, "the ctl socket", || {
+            std::os::unix::net::UnixStream::connect(&ctl).is_ok() || !sw.alive()
+        });
         assert!(ctl.exists(), "switch did not start\n{}", sw.dump());
         sw
     }

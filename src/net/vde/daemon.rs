@@ -288,32 +288,34 @@ impl Daemon {
             "Could not set the VDE ctl directory permissions",
             &dir,
         ))?;
+        // A ctl socket left by a crashed switch is taken over only when nothing
+        // answers on it. The new socket is bound and listening under a temporary
+        // name, then renamed: `ctl` appearing means the switch accepts clients.
         let mut stale_note = None;
-        let listener = match UnixListener::bind(&ctl) {
-            Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                if still_used(&ctl) {
-                    return Err(DaemonError::InUse { dir });
-                }
-                let _ = fs::remove_file(&ctl);
-                let removed = remove_stale_data_sockets(&dir);
-                stale_note = Some(format!(
-                    "reusing stale socket dir {}: nothing listened on ctl (removed it and {removed} stale data sockets)",
-                    dir.display()
-                ));
-                UnixListener::bind(&ctl)
-                    .map_err(io_err("Could not bind to socket (second attempt)", &ctl))?
+        if fs::symlink_metadata(&ctl).is_ok() {
+            if still_used(&ctl) {
+                return Err(DaemonError::InUse { dir });
             }
-            Err(e) => return Err(io_err("Could not bind to socket", &ctl)(e)),
-        };
+            let _ = fs::remove_file(&ctl);
+            let removed = remove_stale_data_sockets(&dir);
+            stale_note = Some(format!(
+                "reusing stale socket dir {}: nothing listened on ctl (removed it and {removed} stale data sockets)",
+                dir.display()
+            ));
+        }
+        let tmp = dir.join(format!(".ctl-{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let listener =
+            UnixListener::bind(&tmp).map_err(io_err("Could not bind to socket", &ctl))?;
+        chmod(&tmp, config.ctl_mode()).map_err(io_err("chmod", &tmp))?;
+        if let Some(gid) = config.group {
+            nix::unistd::chown(&tmp, None, Some(gid.into()))
+                .map_err(|e| io_err("Could not chown socket", &ctl)(e.into()))?;
+        }
+        fs::rename(&tmp, &ctl).map_err(io_err("Could not bind to socket", &ctl))?;
         listener
             .set_nonblocking(true)
             .map_err(io_err("set O_NONBLOCK on", &ctl))?;
-        chmod(&ctl, config.ctl_mode()).map_err(io_err("chmod", &ctl))?;
-        if let Some(gid) = config.group {
-            nix::unistd::chown(&ctl, None, Some(gid.into()))
-                .map_err(|e| io_err("Could not chown socket", &ctl)(e.into()))?;
-        }
         let mgmt_listener = match &config.mgmt {
             None => None,
             Some(path) => {

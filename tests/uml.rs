@@ -116,3 +116,209 @@ fn image_build_with_a_missing_program_names_it() {
     assert!(run.stderr().contains("/nonexistent/prog"), "{}", run.dump());
     assert!(!dir.path().join("x.ext4").exists());
 }
+
+mod machine {
+    use std::path::{Path, PathBuf};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    use umltest::uml::args::effective_argv;
+    use umltest::uml::image::{self, ImageSpec};
+    use umltest::uml::machine::{HaltedBy, Machine, MachineConfig};
+
+    use crate::util;
+
+    /// The default image, built once per test run (a shared cache dir under /tmp keeps
+    /// repeated runs cheap; the cache is keyed by content).
+    pub fn default_image() -> Option<PathBuf> {
+        static IMAGE: OnceLock<Option<PathBuf>> = OnceLock::new();
+        IMAGE
+            .get_or_init(|| {
+                util::guest_tools()?;
+                util::tool("arping", "arping")?;
+                util::tool("tcpdump", "tcpdump")?;
+                let dir =
+                    std::env::temp_dir().join(format!("umltest-tests-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).ok()?;
+                let mut spec = ImageSpec::default_with(&[]);
+                spec.cache_dir = Some(std::env::temp_dir().join("umltest-test-cache"));
+                let out = dir.join("fs.ext4");
+                image::build(&spec, &out).unwrap_or_else(|e| panic!("image build: {e}"));
+                Some(out)
+            })
+            .clone()
+    }
+
+    /// A machine booted on the default image (read-only root, shared).
+    pub fn boot(dir: &Path, name: &str, extra: &[&str]) -> Option<Machine> {
+        let image = default_image()?;
+        let mut argv = vec!["mem=64M".to_string(), format!("ubd0r={}", image.display())];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let config = MachineConfig::new(name, dir, effective_argv(&argv, name, 0)).ok()?;
+        let mut m = Machine::start(&config).unwrap_or_else(|e| panic!("{e}"));
+        m.wait_ready(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Some(m)
+    }
+
+    fn run(m: &mut Machine, cmd: &str) -> (String, i32) {
+        let out = m
+            .run(cmd, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}\n{}", m.transcript()));
+        assert!(!out.interrupted, "{cmd:?} interrupted\n{}", m.transcript());
+        (out.output, out.exit_code)
+    }
+
+    #[test]
+    fn console_protocol_returns_output_and_exit_codes_and_interrupts_at_timeout() {
+        let dir = util::tempdir();
+        let Some(mut m) = boot(dir.path(), "p1", &[]) else {
+            return;
+        };
+        assert_eq!(run(&mut m, "echo hi"), ("hi\n".into(), 0));
+        assert_eq!(run(&mut m, "false"), (String::new(), 1));
+        assert_eq!(run(&mut m, "sh -c 'exit 42'"), (String::new(), 42));
+        assert_eq!(run(&mut m, "echo err >&2"), ("err\n".into(), 0));
+        assert_eq!(run(&mut m, "echo a\necho b"), ("a\nb\n".into(), 0));
+        // Quotes, $, %, backslashes, a tab and a control character reach the shell intact.
+        let (out, code) = run(
+            &mut m,
+            "printf '%s|' \"a'b\" '\"c$d%e\\\\' \"$(printf 'x\\ty')\"; echo",
+        );
+        assert_eq!((out.as_str(), code), ("a'b|\"c$d%e\\\\|x\ty|\n", 0));
+        assert_eq!(run(&mut m, "printf '\\003z\\n'"), ("\u{3}z\n".into(), 0));
+        // Shell state persists between commands.
+        run(&mut m, "X=kept; cd /proc");
+        assert_eq!(run(&mut m, "echo $X $(pwd)"), ("kept /proc\n".into(), 0));
+        // A syntax error is reported (exit 2) and does not break the protocol.
+        let (out, code) = run(&mut m, "echo 'unterminated");
+        assert_eq!(code, 2, "{out}");
+        assert_eq!(run(&mut m, "echo alive"), ("alive\n".into(), 0));
+        // stdin is not the console: a command that reads it cannot eat the protocol.
+        assert_eq!(run(&mut m, "cat; echo done"), ("done\n".into(), 0));
+        // The host's arping 2.23, not busybox's applet.
+        let (out, _) = run(&mut m, "arping 2>&1 | head -n 1");
+        assert!(out.starts_with("ARPing 2.23"), "{out}");
+        // The effective command line reached the kernel (UML appends root= and console=).
+        let (cmdline, _) = run(&mut m, "cat /proc/cmdline");
+        assert!(
+            cmdline.contains("con0=fd:0,fd:1 con=null uml_dir=.uml init=/init"),
+            "{cmdline}"
+        );
+        // A command that never ends gets ^C at its timeout; output so far is kept.
+        let started = Instant::now();
+        let out = m
+            .run("echo before; sleep 1000", Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(out.interrupted);
+        assert_eq!((out.output.as_str(), out.exit_code), ("before\n", 130));
+        assert_eq!(run(&mut m, "echo after"), ("after\n".into(), 0));
+        // The mconsole socket is in the run folder (uml_dir=.uml, umid=<machine>).
+        assert!(dir.path().join(".uml/p1/mconsole").exists());
+        assert_eq!(m.halt(Duration::from_secs(20)), HaltedBy::Guest);
+        assert!(
+            m.status().is_some_and(|s| s.success()),
+            "{}",
+            m.transcript()
+        );
+        assert!(!dir.path().join(".uml/p1").exists(), "umid dir left behind");
+    }
+
+    #[test]
+    fn a_guest_that_panics_fails_fast_with_the_panic_text() {
+        let dir = util::tempdir();
+        if default_image().is_none() {
+            return;
+        }
+        let argv = effective_argv(&["mem=64M".into(), "ubd0r=missing.ext4".into()], "bad", 0);
+        let config = MachineConfig::new("bad", dir.path(), argv).expect("linux.uml");
+        let mut m = Machine::start(&config).expect("start");
+        let started = Instant::now();
+        let err = m
+            .wait_ready(Duration::from_secs(60))
+            .expect_err("a guest without a root must not get a shell");
+        let text = err.to_string();
+        assert!(started.elapsed() < Duration::from_secs(30), "slow: {text}");
+        assert!(text.contains("the kernel panicked"), "{text}");
+        assert!(text.contains("VFS: Unable to mount root fs"), "{text}");
+        assert!(m.status().is_some(), "process still running");
+    }
+
+    /// Not a test on its own: the body of `a_killed_harness_leaves_no_linux_uml_behind`,
+    /// run in a child process of the test binary (it does nothing without the variable).
+    #[test]
+    fn helper_boot_then_hang() {
+        let Some(dir) = std::env::var_os("UMLTEST_HELPER_RUN_DIR") else {
+            return;
+        };
+        let m = boot(Path::new(&dir), "orphan", &[]).expect("tools checked by the parent");
+        println!("UMLTEST-HELPER-PID {}", m.pid());
+        std::thread::sleep(Duration::from_secs(120));
+        drop(m);
+    }
+
+    /// Process ids whose process group is `pgid` (from /proc/<pid>/stat).
+    fn group_members(pgid: u32) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        // Fields after the `(comm)`: state, ppid, pgrp.
+                        let rest = &stat[stat.rfind(')')? + 2..];
+                        rest.split(' ').nth(2)?.parse::<u32>().ok()
+                    })
+                    == Some(pgid)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_killed_harness_leaves_no_linux_uml_behind() {
+        if default_image().is_none() {
+            return;
+        }
+        use std::io::BufRead;
+        let dir = util::tempdir();
+        let mut helper = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "uml::machine::helper_boot_then_hang",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("UMLTEST_HELPER_RUN_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn helper");
+        let stdout = helper.stdout.take().expect("helper stdout");
+        let mut pid = None;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.expect("read helper output");
+            // libtest prints `test NAME ... ` before the helper's own output.
+            if let Some((_, p)) = line.split_once("UMLTEST-HELPER-PID ") {
+                pid = p.trim().parse::<u32>().ok();
+                break;
+            }
+        }
+        let pid = pid.expect("helper did not boot a machine");
+        assert!(!group_members(pid).is_empty(), "machine not running");
+        helper.kill().expect("SIGKILL the harness");
+        let _ = helper.wait();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !group_members(pid).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            group_members(pid),
+            Vec::<u32>::new(),
+            "linux.uml survived its harness"
+        );
+    }
+}

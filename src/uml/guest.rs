@@ -270,10 +270,11 @@ pub fn boot(
         .env("TMPDIR", cwd)
         .process_group(0);
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; it makes the kernel
-    // kill the guest if the test process dies, so no stray linux.uml survives.
+    // stop the guest if the test process dies (SIGTERM: UML then kills its own
+    // helpers; after SIGKILL two of them survive), so no stray linux.uml remains.
     unsafe {
         cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())
         });
     }

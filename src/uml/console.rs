@@ -237,7 +237,8 @@ mod tests {
         #[test]
         fn encoding_round_trips_through_octal(cmd in "[^\\x00]{0,50}") {
             let line = encode_command(&cmd, 1).unwrap_or_default();
-            let start = line.find("printf '\\").map(|i| i + 8).unwrap_or(0);
+            let marker = "\"$(printf '";
+            let start = line.find(marker).map(|i| i + marker.len()).unwrap_or(0);
             let rest = &line[start..];
             let escaped = &rest[..rest.find('\'').unwrap_or(0)];
             let decoded: Vec<u8> = escaped

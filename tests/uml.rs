@@ -270,9 +270,13 @@ mod machine {
                 std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .ok()
                     .and_then(|stat| {
-                        // Fields after the `(comm)`: state, ppid, pgrp.
-                        let rest = &stat[stat.rfind(')')? + 2..];
-                        rest.split(' ').nth(2)?.parse::<u32>().ok()
+                        // Fields after the `(comm)`: state, ppid, pgrp. Zombies are
+                        // dead (only waiting for init to reap them).
+                        let rest = stat.get(stat.rfind(')')? + 2..)?;
+                        let mut fields = rest.split(' ');
+                        let state = fields.next()?;
+                        let pgrp = fields.nth(1)?.parse::<u32>().ok()?;
+                        (state != "Z").then_some(pgrp)
                     })
                     == Some(pgid)
             })

@@ -4,7 +4,12 @@
 //! Process hygiene: the machine runs in its own process group (UML's helpers, such
 //! as `vde_plug`, join it), with `PR_SET_PDEATHSIG` (SIGTERM) so the kernel stops it
 //! when the thread that started it dies (umltest killed, Ctrl-C, a panic); the
-//! harness itself always kills the whole group, never only the main process. Halting is
+//! harness itself always kills the whole group, never only the main process.
+//! UML's SIGTERM handler usually kills its helpers, but not always (two helper
+//! processes survived some runs, reparented to init), so each machine also gets a
+//! watchdog in its process group: `sh -c 'read _; kill -KILL 0'` reading a pipe
+//! only the harness holds. When the harness dies, however it dies, the pipe reaches
+//! EOF and the watchdog kills the whole group, itself included. Halting is
 //! graceful first (`sync; poweroff -f` in the guest shell, then mconsole `halt`);
 //! the process group is killed only as a last resort, and the halt report says so.
 //! Dropping a [`Machine`] kills whatever is still running.
@@ -147,6 +152,8 @@ pub struct Machine {
     stdin: Option<ChildStdin>,
     console: Arc<ConsoleBuf>,
     readers: Vec<std::thread::JoinHandle<()>>,
+    /// The watchdog (see the module doc); dropping its stdin would fire it.
+    watchdog: Option<Child>,
     status: Option<ExitStatus>,
     shell_ready: bool,
     seq: u64,
@@ -226,10 +233,12 @@ impl Machine {
                 console.close();
             }));
         }
+        let watchdog = start_watchdog(pgid);
         Ok(Self {
             name: config.name.clone(),
             argv: config.argv.clone(),
             cwd: config.cwd.clone(),
+            watchdog,
             stdin: child.stdin.take(),
             child,
             pgid,
@@ -541,7 +550,26 @@ impl Drop for Machine {
             let _ = self.child.wait();
         }
         self.stdin = None;
+        if let Some(mut w) = self.watchdog.take() {
+            // Already killed with the group; reap it.
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
+}
+
+/// Starts the watchdog of process group `pgid` (see the module doc). `None` if it
+/// cannot join the group (the machine already exited).
+fn start_watchdog(pgid: i32) -> Option<Child> {
+    let sh = find_program("sh")?;
+    Command::new(sh)
+        .args(["-c", "read _; kill -KILL 0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(pgid)
+        .spawn()
+        .ok()
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

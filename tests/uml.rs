@@ -325,4 +325,85 @@ mod machine {
             "linux.uml survived its harness"
         );
     }
+
+    #[test]
+    fn mconsole_commands_against_a_real_guest() {
+        let dir = util::tempdir();
+        let Some(mut m) = boot(dir.path(), "mc1", &[]) else {
+            return;
+        };
+        let socket = m.mconsole_socket().expect("umid set by the harness");
+        let sock = socket.to_string_lossy().into_owned();
+        let con = |args: &[&str]| {
+            let mut all = vec!["console"];
+            all.extend_from_slice(args);
+            util::umltest(dir.path(), &all)
+        };
+        // By umid, found in ./.uml of the run folder; and by socket path.
+        let v = con(&["mc1", "version"]);
+        v.expect_code(0);
+        assert!(
+            v.stdout().starts_with("OK Linux (none) 6.1."),
+            "{}",
+            v.dump()
+        );
+        assert!(v.stdout().trim_end().ends_with("x86_64"), "{}", v.dump());
+        let help = con(&[&sock, "help"]);
+        help.expect_code(0);
+        assert!(
+            help.stdout()
+                .contains("    proc <file> - returns the contents of the UML's /proc/<file>"),
+            "{}",
+            help.dump()
+        );
+        // `proc` replies in several chunks (a "\n", the file, then ""): concatenated.
+        let cmdline = con(&["mc1", "proc", "cmdline"]);
+        cmdline.expect_code(0);
+        assert!(
+            cmdline.stdout().starts_with("OK \ncon0")
+                || cmdline.stdout().contains("con0=fd:0,fd:1"),
+            "{}",
+            cmdline.dump()
+        );
+        let meminfo = con(&["mc1", "proc", "meminfo"]);
+        assert!(meminfo.stdout().contains("MemTotal:"), "{}", meminfo.dump());
+        // sysrq streams the console output it causes.
+        let sysrq = con(&["mc1", "sysrq", "h"]);
+        sysrq.expect_code(0);
+        assert!(sysrq.stdout().contains("sysrq: HELP"), "{}", sysrq.dump());
+        // Errors: ERR and exit status 1, as uml_mconsole.
+        let bogus = con(&["mc1", "bogus"]);
+        bogus.expect_code(1);
+        assert_eq!(bogus.stdout(), "ERR Unknown command\n");
+        let go = con(&["mc1", "go"]);
+        go.expect_code(1);
+        assert_eq!(go.stdout(), "ERR Not stopped\n");
+        // stop / go: stopped twice is an error; after go the guest runs commands again.
+        assert_eq!(con(&["mc1", "stop"]).stdout(), "OK stopped\n");
+        let again = con(&["mc1", "stop"]);
+        assert_eq!(
+            (again.stdout(), again.code()),
+            ("ERR Already stopped\n".to_string(), Some(1))
+        );
+        assert_eq!(con(&["mc1", "go"]).stdout(), "OK \n");
+        let out = m
+            .run("echo running", Duration::from_secs(20))
+            .expect("run after go");
+        assert_eq!(out.output, "running\n");
+        // A missing machine is named in the error.
+        let missing = con(&["nosuchumid", "version"]);
+        missing.expect_code(1);
+        assert!(
+            missing.stderr().contains("nosuchumid"),
+            "{}",
+            missing.dump()
+        );
+        // halt: the reply, then the process exits on its own.
+        assert_eq!(con(&["mc1", "halt"]).stdout(), "OK \n");
+        assert!(
+            m.wait_exit(Duration::from_secs(20)),
+            "still running after mconsole halt"
+        );
+        assert!(!socket.exists(), "socket left behind");
+    }
 }

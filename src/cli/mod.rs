@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 pub mod check;
 pub mod cmdline;
+pub mod console;
 pub mod cow;
 pub mod image;
 pub mod run;
@@ -39,6 +40,8 @@ pub enum Command {
     Version,
     /// Root images for the uml backend.
     Image(image::ImageArgs),
+    /// Send one command to a running machine's management console (uml_mconsole).
+    Console(console::ConsoleArgs),
     /// Predict what linux.uml 6.1 configures from a kernel command line.
     Cmdline(cmdline::CmdlineArgs),
     /// UML copy-on-write disk files: create, merge, rebase, info, diff, check.
@@ -57,6 +60,7 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(args) => image::run(args),
+        Command::Console(args) => console::run(args),
         Command::Cmdline(args) => cmdline::run(args),
         Command::Cow(args) => cow::run(args),
     };

@@ -1,0 +1,661 @@
+//! Thomas Habets' arping 2.23 (IP ping mode), from `src/arping.c` at tag
+//! `arping-2.23` and runs of the real binary in a UML 6.1 guest
+//! (arping-and-arp.md §1–5): option parsing with GNU getopt (clustered flags,
+//! permuted operands), the send/wait loop in virtual time, the reply filter of
+//! `pingip_recv`, every output format and exit code.
+//!
+//! Not emulated: MAC ping mode (an argument that is a MAC address), `-v`
+//! diagnostics, `-V`/`-Q` VLAN tags, `--help`'s long text.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::net::wire::{ArpOp, ArpRepr, MacAddr};
+use crate::sim::programs::getopt::{getopt, Opt};
+use crate::sim::world::{Poll, Program, Sys};
+
+const USAGE: &str = "ARPing 2.23, by Thomas Habets <thomas@habets.se>\n\
+usage: arping [ -0aAbdDeFpPqrRuUvzZ ] [ -w <sec> ] [ -W <sec> ] [ -S <host/ip> ]\n\
+\x20             [ -T <host/ip ] [ -s <MAC> ] [ -t <MAC> ] [ -c <count> ]\n\
+\x20             [ -C <count> ] [ -i <interface> ] [ -m <type> ] [ -g <group> ]\n\
+\x20             [ -V <vlan> ] [ -Q <priority> ] <host/ip/MAC | -B>\n\
+For complete usage info, use --help or check the manpage.\n";
+
+const OPTSTRING: &str = "0aAbBC:c:dDeFg:hi:I:m:pPqQ:rRs:S:t:T:uUvV:w:W:zZ";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Display {
+    Normal,
+    Quiet,
+    Dot,
+    Raw,
+    RRaw,
+    RawRaw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for replies to the last request until `until`.
+    Waiting { until: Duration, old_received: u32 },
+    Done,
+}
+
+/// A running arping.
+#[derive(Debug)]
+pub struct Arping {
+    args: Vec<String>,
+    iface: usize,
+    srcmac: MacAddr,
+    dstmac: MacAddr,
+    srcip: Ipv4Addr,
+    dstip: Ipv4Addr,
+    target: String,
+    display: Display,
+    max_count: i64,
+    max_replies: u32,
+    deadline: Option<Duration>,
+    packetwait: Duration,
+    promisc: bool,
+    addr_must_be_same: bool,
+    unsolicited: bool,
+    send_reply: bool,
+    also_total: bool,
+    beep: bool,
+    reverse_beep: bool,
+    finddup: bool,
+    dupfound: bool,
+    last_reply_mac: Option<MacAddr>,
+    sent: u32,
+    received: u32,
+    count: i64,
+    last_sent: Duration,
+    time_to_die: bool,
+    stats: Vec<f64>,
+    phase: Phase,
+}
+
+impl Arping {
+    pub fn new(args: &[String]) -> Self {
+        Self {
+            args: args.to_vec(),
+            iface: 0,
+            srcmac: MacAddr([0; 6]),
+            dstmac: MacAddr([0xff; 6]),
+            srcip: Ipv4Addr::UNSPECIFIED,
+            dstip: Ipv4Addr::BROADCAST,
+            target: String::new(),
+            display: Display::Normal,
+            max_count: -1,
+            max_replies: u32::MAX,
+            deadline: None,
+            packetwait: Duration::from_secs(1),
+            promisc: false,
+            addr_must_be_same: false,
+            unsolicited: false,
+            send_reply: false,
+            also_total: false,
+            beep: false,
+            reverse_beep: false,
+            finddup: false,
+            dupfound: false,
+            last_reply_mac: None,
+            sent: 0,
+            received: 0,
+            count: 0,
+            last_sent: Duration::ZERO,
+            time_to_die: false,
+            stats: Vec::new(),
+            phase: Phase::Done,
+        }
+    }
+
+    /// Everything before the first request; `Err(code)` exits early.
+    fn setup(&mut self, sys: &mut Sys) -> Result<(), i32> {
+        let parsed = match getopt("arping", &self.args, OPTSTRING) {
+            Ok(p) => p,
+            Err(msg) => {
+                sys.err(&msg);
+                sys.out(USAGE);
+                return Err(1);
+            }
+        };
+        let (mut srcip_opt, mut dstip_opt): (Option<String>, Option<String>) = (None, None);
+        let (mut dstip_given, mut srcmac_opt, mut dstmac_opt) = (false, None, None);
+        let mut ifname: Option<String> = None;
+        for opt in &parsed.opts {
+            let Opt { flag, arg } = opt;
+            let arg = arg.clone().unwrap_or_default();
+            match flag {
+                '0' => srcip_opt = Some("0.0.0.0".into()),
+                'a' => self.beep = true,
+                'A' => self.addr_must_be_same = true,
+                'b' => srcip_opt = Some("255.255.255.255".into()),
+                'B' => {
+                    dstip_opt = Some("255.255.255.255".into());
+                    dstip_given = true;
+                }
+                'c' => self.max_count = i64::from(atoi(&arg)),
+                'C' => self.max_replies = u32::try_from(atoi(&arg)).unwrap_or(0),
+                'd' => self.finddup = true,
+                'D' => self.display = Display::Dot,
+                'e' => self.reverse_beep = true,
+                'h' => {
+                    sys.out(USAGE);
+                    return Err(0);
+                }
+                'i' => {
+                    if arg.contains(':') {
+                        sys.err(
+                            "arping: If you're trying to feed me an interface alias then you don't really\n\
+                             know what this programs does, do you?\n\
+                             Use -I if you really mean it (undocumented on purpose)\n",
+                        );
+                        return Err(1);
+                    }
+                    ifname = Some(arg);
+                }
+                'I' => ifname = Some(arg),
+                'p' => self.promisc = true,
+                'P' => self.send_reply = true,
+                'q' => self.display = Display::Quiet,
+                'r' => {
+                    self.display = if self.display == Display::RRaw {
+                        Display::RawRaw
+                    } else {
+                        Display::Raw
+                    }
+                }
+                'R' => {
+                    self.display = if self.display == Display::Raw {
+                        Display::RawRaw
+                    } else {
+                        Display::RRaw
+                    }
+                }
+                's' => srcmac_opt = Some(arg),
+                'S' => srcip_opt = Some(arg),
+                't' => dstmac_opt = Some(arg),
+                'T' => {
+                    sys.err("arping: MAC ping mode (-T) is not emulated by the sim\n");
+                    return Err(1);
+                }
+                'u' => self.also_total = true,
+                'U' => self.unsolicited = true,
+                'w' => {
+                    self.deadline = Some(secs(atof(&arg)));
+                }
+                'W' => self.packetwait = Duration::from_micros((1_000_000.0 * atof(&arg)) as u64),
+                'V' => {
+                    let v = atoi(&arg);
+                    if !(0..=4095).contains(&v) {
+                        sys.err(&format!("arping: vlan tag must 0-4095. Is {v}\n"));
+                        return Err(1);
+                    }
+                    sys.err("arping: 802.1Q tagging (-V) is not emulated by the sim\n");
+                    return Err(1);
+                }
+                'Q' => {
+                    let v = atoi(&arg);
+                    if !(0..=7).contains(&v) {
+                        sys.err(&format!("arping: 802.1p priority must be 0-7. It's {v}\n"));
+                        return Err(1);
+                    }
+                }
+                // -F -g -m -v -z -Z change nothing the sim models.
+                _ => {}
+            }
+        }
+        if parsed.operands.len() > 1 {
+            sys.err("arping: Too many args on command line. Expected at most one.\n");
+            return Err(1);
+        }
+        if let Some(mac) = &srcmac_opt {
+            match mac.parse::<MacAddr>() {
+                Ok(m) => self.srcmac = m,
+                Err(_) => {
+                    sys.err(&format!("arping: Weird MAC addr {mac}\n"));
+                    return Err(1);
+                }
+            }
+        }
+        if let Some(mac) = &dstmac_opt {
+            match mac.parse::<MacAddr>() {
+                Ok(m) => self.dstmac = m,
+                Err(_) => {
+                    sys.err(&format!("Illegal MAC addr {mac}\n"));
+                    return Err(1);
+                }
+            }
+        }
+        if let Some(src) = &srcip_opt {
+            self.iface = libnet_init(sys, ifname.as_deref())?;
+            match src.parse::<Ipv4Addr>() {
+                Ok(ip) => self.srcip = ip,
+                Err(_) => {
+                    sys.err(&format!(
+                        "arping: Can't resolve {src}, or {src} is broadcast. If it is, use -b instead of -S\n"
+                    ));
+                    return Err(1);
+                }
+            }
+        }
+        if let Some(dst) = &dstip_opt {
+            self.iface = libnet_init(sys, ifname.as_deref())?;
+            self.dstip = dst.parse().unwrap_or(Ipv4Addr::BROADCAST);
+        }
+        if self.finddup && self.max_count == -1 {
+            self.max_count = 3;
+        }
+        let mut parm = parsed.operands.first().cloned();
+        if self.finddup && parm.is_none() {
+            dstip_given = true;
+            self.iface = libnet_init(sys, ifname.as_deref())?;
+            self.dstip = own_ip(sys, self.iface).unwrap_or(Ipv4Addr::BROADCAST);
+        }
+        if parm.is_none() && dstip_given {
+            self.iface = libnet_init(sys, ifname.as_deref())?;
+            parm = Some(self.dstip.to_string());
+        }
+        let Some(parm) = parm else {
+            sys.out(USAGE);
+            return Err(1);
+        };
+        if parm.parse::<MacAddr>().is_ok() {
+            sys.err("arping: MAC ping mode is not emulated by the sim\n");
+            return Err(1);
+        }
+        self.iface = libnet_init(sys, ifname.as_deref())?;
+        if !dstip_given {
+            match parm.parse::<Ipv4Addr>() {
+                Ok(ip) => self.dstip = ip,
+                Err(_) => {
+                    sys.err(&format!("arping: Can't resolve {parm}\n"));
+                    return Err(1);
+                }
+            }
+        }
+        self.target = if dstip_given {
+            parm
+        } else {
+            self.dstip.to_string()
+        };
+        if srcip_opt.is_none() {
+            match own_ip(sys, self.iface) {
+                Some(ip) => self.srcip = ip,
+                None => {
+                    let name = iface_name(sys, self.iface);
+                    sys.err(&format!(
+                        "arping: Unable to get the IPv4 address of interface {name}:\n\
+                         arping: libnet_get_ipaddr4(): ioctl(): Cannot assign requested address\n\
+                         arping: Use -S to specify address manually.\n"
+                    ));
+                    return Err(1);
+                }
+            }
+        }
+        if srcmac_opt.is_none() {
+            self.srcmac = sys
+                .m
+                .stack
+                .ifaces
+                .get(self.iface)
+                .map(|i| i.mac)
+                .unwrap_or(MacAddr([0; 6]));
+        }
+        sys.capture(self.iface, true, self.promisc);
+        if self.display == Display::Normal {
+            sys.out(&format!("ARPING {}\n", self.target));
+        }
+        if let Some(d) = self.deadline.as_mut() {
+            *d += sys.now;
+        }
+        Ok(())
+    }
+
+    /// `pingip_send` then `wait_time`: starts the next wait, or ends the loop.
+    fn next_request(&mut self, sys: &mut Sys) -> Poll {
+        if (self.max_count >= 0 && self.count >= self.max_count) || self.time_to_die {
+            return self.finish(sys);
+        }
+        let tha = if self.unsolicited {
+            MacAddr([0xff; 6])
+        } else if self.send_reply {
+            self.dstmac
+        } else {
+            MacAddr([0; 6])
+        };
+        let frame = ArpRepr {
+            op: if self.send_reply {
+                ArpOp::Reply
+            } else {
+                ArpOp::Request
+            },
+            sha: self.srcmac,
+            spa: self.srcip,
+            tha,
+            tpa: self.dstip,
+        }
+        .to_frame(self.dstmac, self.srcmac, 16);
+        sys.send(self.iface, frame);
+        self.last_sent = sys.now;
+        self.sent += 1;
+        let wait = match self.deadline {
+            None => self.packetwait,
+            Some(deadline) => {
+                let left = deadline.saturating_sub(sys.now);
+                left.min(self.packetwait)
+            }
+        };
+        if wait.is_zero() {
+            return self.finish(sys);
+        }
+        let until = sys.now + wait;
+        self.phase = Phase::Waiting {
+            until,
+            old_received: self.received,
+        };
+        sys.wake_at(until);
+        Poll::Pending
+    }
+
+    fn finish(&mut self, sys: &mut Sys) -> Poll {
+        self.phase = Phase::Done;
+        sys.capture(self.iface, false, self.promisc);
+        let sent = self.sent.max(1) as f32;
+        let succ = 100.0 - 100.0 * self.received as f32 / sent;
+        let (shown, extra) = if succ < 0.0 {
+            (0.0, self.received as i64 - self.sent as i64)
+        } else {
+            (succ, 0)
+        };
+        match self.display {
+            Display::Dot => sys.out(&format!("\t{shown:3.0}% packet loss ({extra} extra)\n")),
+            Display::Normal => {
+                let mut s = format!(
+                    "\n--- {} statistics ---\n{} packets transmitted, {} packets received, {shown:3.0}% unanswered ({extra} extra)\n",
+                    self.target, self.sent, self.received
+                );
+                if self.received > 0 {
+                    let n = self.stats.len() as f64;
+                    let min = self.stats.iter().copied().fold(f64::INFINITY, f64::min);
+                    let max = self.stats.iter().copied().fold(0.0, f64::max);
+                    let total: f64 = self.stats.iter().sum();
+                    let sq: f64 = self.stats.iter().map(|t| t * t).sum();
+                    let avg = total / n;
+                    s.push_str(&format!(
+                        "rtt min/avg/max/std-dev = {:.3}/{:.3}/{:.3}/{:.3} ms",
+                        1000.0 * min,
+                        1000.0 * avg,
+                        1000.0 * max,
+                        1000.0 * (sq / n - avg * avg).max(0.0).sqrt()
+                    ));
+                }
+                s.push('\n');
+                sys.out(&s);
+            }
+            _ => {}
+        }
+        let code = if self.finddup {
+            i32::from(self.dupfound)
+        } else {
+            i32::from(self.received == 0)
+        };
+        Poll::Exit(code)
+    }
+
+    /// `pingip_recv`: counts and prints a matching reply.
+    fn on_reply(&mut self, sys: &mut Sys, frame: &[u8]) -> bool {
+        if frame.len() < 42 || frame.get(12..14) != Some(&[0x08, 0x06]) {
+            return false;
+        }
+        let Ok((eth, arp)) = ArpRepr::parse_frame(frame) else {
+            return false;
+        };
+        if arp.op != ArpOp::Reply {
+            return false;
+        }
+        if self.addr_must_be_same && arp.sha != self.dstmac {
+            return false;
+        }
+        if !self.promisc && arp.tha != self.srcmac {
+            return false;
+        }
+        if arp.spa != self.dstip {
+            return false;
+        }
+        let rtt = sys.now.saturating_sub(self.last_sent);
+        self.stats.push(rtt.as_secs_f64());
+        let mut s = String::new();
+        if self.beep {
+            s.push('\x07');
+        }
+        let mac = eth.src;
+        match self.display {
+            Display::Dot => s.push('!'),
+            Display::Normal => {
+                s.push_str(&format!(
+                    "{} bytes from {} ({}): index={}",
+                    frame.len(),
+                    mac,
+                    arp.spa,
+                    self.received
+                ));
+                if self.also_total {
+                    s.push_str(&format!("/{}", self.sent.saturating_sub(1)));
+                }
+                s.push_str(&format!(" time={}", ts2str(rtt)));
+            }
+            Display::Quiet => {}
+            Display::RawRaw => s.push_str(&format!("{mac} {}", arp.spa)),
+            Display::RRaw => s.push_str(&arp.spa.to_string()),
+            Display::Raw => s.push_str(&mac.to_string()),
+        }
+        if !matches!(self.display, Display::Quiet | Display::Dot) {
+            s.push('\n');
+        }
+        sys.out(&s);
+        if self.received > 0 && self.last_reply_mac != Some(mac) {
+            self.dupfound = true;
+        }
+        self.last_reply_mac = Some(mac);
+        self.received += 1;
+        if self.received >= self.max_replies {
+            self.time_to_die = true;
+        }
+        true
+    }
+}
+
+/// `do_libnet_init`: the interface must exist and be up.
+fn libnet_init(sys: &mut Sys, ifname: Option<&str>) -> Result<usize, i32> {
+    let stack = &sys.m.stack;
+    let (index, name) = match ifname {
+        Some(n) => (stack.find(n), n.to_string()),
+        None => {
+            // arping_lookupdev finds no route in a lab guest; it then guesses
+            // the first up non-loopback interface and says so.
+            let guess = stack
+                .ifaces
+                .iter()
+                .position(|i| !i.loopback && i.up)
+                .or_else(|| stack.ifaces.iter().position(|i| !i.loopback));
+            let name = guess
+                .and_then(|g| stack.ifaces.get(g))
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| "lo".into());
+            sys.err(&format!(
+                "arping: Unable to automatically find interface to use. Is it on the local LAN?\n\
+                 arping: Use -i to manually specify interface. Guessing interface {name}.\n"
+            ));
+            (guess, name)
+        }
+    };
+    match index {
+        None => {
+            sys.err(&format!(
+                "arping: libnet_init(LIBNET_LINK, {name}): libnet_check_iface() ioctl: No such device\n"
+            ));
+            Err(1)
+        }
+        Some(i) if !sys.m.stack.ifaces.get(i).is_some_and(|d| d.up) => {
+            sys.err(&format!(
+                "arping: libnet_init(LIBNET_LINK, {name}): libnet_check_iface(): {name} is down\n"
+            ));
+            Err(1)
+        }
+        Some(i) => Ok(i),
+    }
+}
+
+fn own_ip(sys: &Sys, iface: usize) -> Option<Ipv4Addr> {
+    sys.m.stack.ifaces.get(iface)?.addrs.first().map(|a| a.addr)
+}
+
+fn iface_name(sys: &Sys, iface: usize) -> String {
+    sys.m
+        .stack
+        .ifaces
+        .get(iface)
+        .map(|i| i.name.clone())
+        .unwrap_or_default()
+}
+
+fn secs(f: f64) -> Duration {
+    if f.is_finite() && f > 0.0 {
+        Duration::from_secs_f64(f.min(1e9))
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// C `atoi`: leading whitespace, sign, digits; anything else stops; 0 if none.
+pub fn atoi(s: &str) -> i32 {
+    let t = s.trim_start();
+    let (neg, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let mut v: i64 = 0;
+    for c in digits.bytes().take_while(u8::is_ascii_digit) {
+        v = (v * 10 + i64::from(c - b'0')).min(i64::from(i32::MAX) + 1);
+    }
+    let v = if neg { -v } else { v };
+    v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
+/// C `atof` for the forms labs use (`2`, `0.5`, `1e-1`): the longest prefix that parses.
+pub fn atof(s: &str) -> f64 {
+    let t = s.trim_start();
+    (1..=t.len())
+        .rev()
+        .filter(|&n| t.is_char_boundary(n))
+        .find_map(|n| t[..n].parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// arping's `ts2str`: nanoseconds scaled by 1000 while above 1000.
+pub fn ts2str(d: Duration) -> String {
+    let mut f = d.as_nanos() as f64;
+    let mut exp = 0;
+    while f > 1000.0 {
+        exp += 3;
+        f /= 1000.0;
+    }
+    match exp {
+        0 => format!("{f:.3} nsec"),
+        3 => format!("{f:.3} usec"),
+        6 => format!("{f:.3} msec"),
+        9 => format!("{f:.3} sec"),
+        12 => format!("{:.3} sec", f * 1000.0),
+        _ => format!("{f:.3}e{} sec", exp - 9),
+    }
+}
+
+impl Program for Arping {
+    fn start(&mut self, sys: &mut Sys) -> Poll {
+        match self.setup(sys) {
+            Ok(()) => self.next_request(sys),
+            Err(code) => Poll::Exit(code),
+        }
+    }
+
+    fn wake(&mut self, sys: &mut Sys) -> Poll {
+        let Phase::Waiting {
+            until,
+            old_received,
+        } = self.phase
+        else {
+            return Poll::Pending;
+        };
+        if sys.now < until {
+            return Poll::Pending;
+        }
+        if self.received == old_received {
+            let mut s = String::new();
+            if self.reverse_beep {
+                s.push('\x07');
+            }
+            match self.display {
+                Display::Normal => s.push_str("Timeout\n"),
+                Display::Dot => s.push('.'),
+                _ => {}
+            }
+            sys.out(&s);
+        }
+        self.count += 1;
+        self.next_request(sys)
+    }
+
+    fn frame(&mut self, sys: &mut Sys, _iface: usize, frame: &[u8], outgoing: bool) -> Poll {
+        if outgoing || !matches!(self.phase, Phase::Waiting { .. }) {
+            return Poll::Pending;
+        }
+        // Without -p the socket is not promiscuous: the NIC only hands up
+        // frames for our MAC, broadcast and multicast.
+        let nic = sys.m.stack.ifaces.get(self.iface);
+        let to_us = self.promisc
+            || nic.is_some_and(|i| i.promisc > 0)
+            || frame
+                .get(..6)
+                .is_some_and(|d| d[0] & 1 == 1 || nic.is_some_and(|i| i.mac.0 == d));
+        if !to_us {
+            return Poll::Pending;
+        }
+        if self.on_reply(sys, frame) && self.time_to_die {
+            // -C reached: ping_recv returns at once, no Timeout line.
+            return self.finish(sys);
+        }
+        Poll::Pending
+    }
+
+    fn interrupt(&mut self, sys: &mut Sys) -> Poll {
+        self.time_to_die = true;
+        if self.phase == Phase::Done {
+            return Poll::Exit(1);
+        }
+        self.finish(sys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ts2str_scales_like_arping() {
+        assert_eq!(ts2str(Duration::from_nanos(738_560)), "738.560 usec");
+        assert_eq!(ts2str(Duration::from_nanos(1_328_000)), "1.328 msec");
+        assert_eq!(ts2str(Duration::from_nanos(999)), "999.000 nsec");
+        assert_eq!(ts2str(Duration::from_secs(2)), "2.000 sec");
+    }
+
+    #[test]
+    fn c_number_parsing() {
+        assert_eq!(atoi("12abc"), 12);
+        assert_eq!(atoi("x"), 0);
+        assert_eq!(atoi("-3"), -3);
+        assert_eq!(atof("0.5s"), 0.5);
+        assert_eq!(atof("abc"), 0.0);
+    }
+}

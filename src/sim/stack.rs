@@ -1,0 +1,487 @@
+//! A machine's IPv4 link layer: interfaces, addresses, sysctls, the neighbour
+//! table, and ARP answering as Linux 6.1 does it (`net/ipv4/arp.c`, digest in
+//! `../shared/spec/arping-and-arp.md` §6).
+//!
+//! Pure: [`Stack::receive`] takes a frame and the virtual time and returns what
+//! the kernel sends in answer; nothing here touches a clock, a socket or a file.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::net::wire::{ArpOp, ArpRepr, EthernetRepr, MacAddr, ETHERTYPE_ARP};
+
+/// Length of an ARP frame without padding: what Linux (and UML's transports) send.
+pub const ARP_FRAME_LEN: usize = 42;
+
+/// An IPv4 address on an interface (`ip addr add 1.1.1.1/24 dev eth0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IfAddr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+    /// The broadcast address; `ip addr add` without `brd` leaves 0.0.0.0.
+    pub brd: Ipv4Addr,
+}
+
+impl IfAddr {
+    fn mask(&self) -> u32 {
+        match self.prefix {
+            0 => 0,
+            p => u32::MAX << (32 - u32::from(p.min(32))),
+        }
+    }
+    /// The netmask as an address (`255.255.255.0`).
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
+    }
+    /// True if `ip` is in this address's subnet (`inet_ifa_match`).
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(ip) ^ u32::from(self.addr)) & self.mask() == 0
+    }
+}
+
+/// Interface counters, as `ifconfig` shows them. UML counts received bytes after
+/// the Ethernet header was pulled (a 42-byte frame counts 28), sent bytes whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// A network interface (`lo` or a UML `ethN`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface {
+    pub name: String,
+    pub mac: MacAddr,
+    pub loopback: bool,
+    /// Administratively up (`ip link set eth0 up`).
+    pub up: bool,
+    /// Carrier: the cable is in the switch (scenario `link down/up`).
+    pub carrier: bool,
+    /// Set once the interface was up: the qdisc then reads `pfifo_fast`.
+    pub was_up: bool,
+    /// Number of open promiscuous captures (tcpdump).
+    pub promisc: u32,
+    pub addrs: Vec<IfAddr>,
+    pub counters: Counters,
+}
+
+impl Iface {
+    /// The loopback interface as a fresh UML guest has it: down, no address.
+    pub fn loopback() -> Self {
+        Self {
+            name: "lo".into(),
+            mac: MacAddr([0; 6]),
+            loopback: true,
+            up: false,
+            carrier: true,
+            was_up: false,
+            promisc: 0,
+            addrs: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// A UML Ethernet device, down, with its cable in.
+    pub fn ethernet(name: &str, mac: MacAddr) -> Self {
+        Self {
+            name: name.into(),
+            mac,
+            loopback: false,
+            up: false,
+            carrier: true,
+            was_up: false,
+            promisc: 0,
+            addrs: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Up and carrier: frames flow (`IFF_RUNNING`).
+    pub fn running(&self) -> bool {
+        self.up && self.carrier
+    }
+}
+
+/// Neighbour states (`include/net/neighbour.h` NUD_*), as `ip neigh` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NudState {
+    Reachable,
+    Stale,
+}
+
+impl NudState {
+    pub fn name(self) -> &'static str {
+        match self {
+            NudState::Reachable => "REACHABLE",
+            NudState::Stale => "STALE",
+        }
+    }
+}
+
+/// A neighbour table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    pub lladdr: MacAddr,
+    pub state: NudState,
+    pub updated: Duration,
+}
+
+/// Why a received frame produced no answer (for tests and traces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not ARP, or not for this host: ignored by the ARP layer.
+    NotArp,
+    /// Dropped by `arp_rcv`/`arp_process` before any decision.
+    Dropped(&'static str),
+    /// Processed: maybe answered, maybe the neighbour table changed.
+    Processed,
+}
+
+/// The per-machine IPv4 link layer.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// Index 0 is `lo`; then the Ethernet devices in ifindex order.
+    pub ifaces: Vec<Iface>,
+    /// Neighbour table keyed by (interface index, address): ordered for output.
+    pub neigh: BTreeMap<(usize, Ipv4Addr), Neighbour>,
+    /// `net.ipv4.conf.*` and friends (see [`crate::sim::sysctl`]).
+    pub sysctl: BTreeMap<String, String>,
+}
+
+fn is_multicast(ip: Ipv4Addr) -> bool {
+    ip.octets()[0] & 0xf0 == 0xe0
+}
+
+impl Stack {
+    /// A stack with `lo` and the given Ethernet devices.
+    pub fn new(eths: Vec<Iface>) -> Self {
+        let mut ifaces = vec![Iface::loopback()];
+        ifaces.extend(eths);
+        let mut stack = Self {
+            ifaces,
+            neigh: BTreeMap::new(),
+            sysctl: BTreeMap::new(),
+        };
+        stack.sysctl = crate::sim::sysctl::defaults(&stack.iface_names());
+        stack
+    }
+
+    pub fn iface_names(&self) -> Vec<String> {
+        self.ifaces.iter().map(|i| i.name.clone()).collect()
+    }
+
+    /// Index of the interface called `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.ifaces.iter().position(|i| i.name == name)
+    }
+
+    /// A per-interface `net.ipv4.conf` value combined with `all` as the kernel
+    /// does: `max` for `arp_ignore` (IN_DEV_MAXCONF), `or` for the booleans.
+    fn conf(&self, iface: usize, key: &str, max: bool) -> i64 {
+        let get = |scope: &str| {
+            self.sysctl
+                .get(&format!("net.ipv4.conf.{scope}.{key}"))
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        let all = get("all");
+        let dev = self
+            .ifaces
+            .get(iface)
+            .map(|i| get(&i.name.replace('.', "/")))
+            .unwrap_or(0);
+        if max {
+            all.max(dev)
+        } else {
+            i64::from(all != 0 || dev != 0)
+        }
+    }
+
+    /// True if `ip` is a local address of the host on any interface
+    /// (`inet_addr_type == RTN_LOCAL`).
+    pub fn is_local(&self, ip: Ipv4Addr) -> bool {
+        self.ifaces
+            .iter()
+            .any(|i| i.up && i.addrs.iter().any(|a| a.addr == ip))
+    }
+
+    /// True if `ip` is a broadcast address for this host (RTN_BROADCAST).
+    fn is_broadcast(&self, ip: Ipv4Addr) -> bool {
+        ip == Ipv4Addr::BROADCAST
+            || self.ifaces.iter().any(|i| {
+                i.up && i
+                    .addrs
+                    .iter()
+                    .any(|a| a.brd == ip && a.brd != Ipv4Addr::UNSPECIFIED)
+            })
+    }
+
+    /// `arp_ignore(in_dev, sip, tip)`: true means "do not answer".
+    fn arp_ignore(&self, iface: usize, sip: Ipv4Addr, tip: Ipv4Addr) -> bool {
+        let on_dev = |dev: usize, sip: Option<Ipv4Addr>| {
+            self.ifaces.get(dev).is_some_and(|i| {
+                i.addrs
+                    .iter()
+                    .any(|a| a.addr == tip && sip.is_none_or(|s| a.contains(s)))
+            })
+        };
+        match self.conf(iface, "arp_ignore", true) {
+            1 => !on_dev(iface, None),
+            2 => !on_dev(iface, (sip != Ipv4Addr::UNSPECIFIED).then_some(sip)),
+            // Scope link or wider, on any device: every address `ip addr add`
+            // makes is global; only loopback addresses are host scope.
+            3 => !self
+                .ifaces
+                .iter()
+                .any(|i| !i.loopback && i.addrs.iter().any(|a| a.addr == tip)),
+            8 => true,
+            _ => false,
+        }
+    }
+
+    /// A frame arrived on interface `iface` (already counted by the NIC).
+    /// Returns the kernel's answers to send on that interface.
+    pub fn receive(
+        &mut self,
+        iface: usize,
+        frame: &[u8],
+        now: Duration,
+    ) -> (Verdict, Option<Vec<u8>>) {
+        let Some(dev) = self.ifaces.get(iface) else {
+            return (Verdict::NotArp, None);
+        };
+        let Ok(eth) = EthernetRepr::parse(frame) else {
+            return (Verdict::NotArp, None);
+        };
+        if eth.ethertype != ETHERTYPE_ARP {
+            return (Verdict::NotArp, None);
+        }
+        // arp_rcv: PACKET_OTHERHOST frames are dropped even in promiscuous mode.
+        if eth.dst != dev.mac && !eth.dst.is_multicast() {
+            return (Verdict::Dropped("unicast to another host"), None);
+        }
+        if frame.len() < ARP_FRAME_LEN {
+            return (Verdict::Dropped("shorter than an ARP header"), None);
+        }
+        // Header fields checked by arp_rcv/arp_process before ArpRepr's
+        // Ethernet/IPv4 restriction: hrd may also be 6 (IEEE 802).
+        let field = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+        let (hrd, pro, hln, pln) = (field(14), field(16), frame[18], frame[19]);
+        if hln != 6 || pln != 4 {
+            return (Verdict::Dropped("address lengths are not 6 and 4"), None);
+        }
+        if !(hrd == 1 || hrd == 6) || pro != 0x0800 {
+            return (Verdict::Dropped("not Ethernet/IPv4"), None);
+        }
+        // ArpRepr insists on hrd 1; parse a copy with hrd normalised.
+        let mut body = [0u8; 28];
+        body.copy_from_slice(&frame[14..42]);
+        body[0..2].copy_from_slice(&1u16.to_be_bytes());
+        let Ok(arp) = ArpRepr::parse(&body) else {
+            return (Verdict::Dropped("malformed"), None);
+        };
+        if !matches!(arp.op, ArpOp::Request | ArpOp::Reply) {
+            return (Verdict::Dropped("neither request nor reply"), None);
+        }
+        let (sip, tip, sha) = (arp.spa, arp.tpa, arp.sha);
+        if is_multicast(tip) {
+            return (Verdict::Dropped("target is multicast"), None);
+        }
+        if tip.is_loopback() && self.conf(iface, "route_localnet", false) == 0 {
+            return (Verdict::Dropped("target is loopback"), None);
+        }
+        if sip == tip && self.conf(iface, "drop_gratuitous_arp", false) != 0 {
+            return (Verdict::Dropped("gratuitous ARP"), None);
+        }
+        let dev_mac = dev.mac;
+        let reply = |tip: Ipv4Addr| {
+            ArpRepr {
+                op: ArpOp::Reply,
+                sha: dev_mac,
+                spa: tip,
+                tha: sha,
+                tpa: sip,
+            }
+            .to_frame(sha, dev_mac, 0)
+        };
+        // RFC 2131 duplicate address probe: answered only for local addresses,
+        // never creates a neighbour entry.
+        if sip == Ipv4Addr::UNSPECIFIED {
+            if arp.op == ArpOp::Request && self.is_local(tip) && !self.arp_ignore(iface, sip, tip)
+            {
+                return (Verdict::Processed, Some(reply(tip)));
+            }
+            return (Verdict::Processed, None);
+        }
+        let mut answer = None;
+        if arp.op == ArpOp::Request && self.route_input_ok(sip) {
+            if self.is_local(tip) && !self.is_broadcast(tip) {
+                if !self.arp_ignore(iface, sip, tip) {
+                    // neigh_event_ns: create or refresh the requester's entry.
+                    self.neigh.insert(
+                        (iface, sip),
+                        Neighbour {
+                            lladdr: sha,
+                            state: NudState::Stale,
+                            updated: now,
+                        },
+                    );
+                    answer = Some(reply(tip));
+                }
+                return (Verdict::Processed, answer);
+            }
+            // Not local: only proxy ARP could answer; it is off by default.
+        }
+        // Update an existing entry; create one only with arp_accept for a
+        // gratuitous ARP or an unsolicited reply.
+        let key = (iface, sip);
+        let is_garp = tip == sip;
+        let exists = self.neigh.contains_key(&key);
+        if exists
+            || (self.conf(iface, "arp_accept", false) != 0
+                && (is_garp || arp.op == ArpOp::Reply)
+                && self.ifaces.get(iface).is_some_and(|d| d.addrs.iter().any(|a| a.contains(sip))))
+        {
+            let state = if arp.op == ArpOp::Reply && eth.dst == dev_mac {
+                NudState::Reachable
+            } else {
+                NudState::Stale
+            };
+            self.neigh.insert(
+                key,
+                Neighbour {
+                    lladdr: sha,
+                    state,
+                    updated: now,
+                },
+            );
+        }
+        (Verdict::Processed, answer)
+    }
+
+    /// `ip_route_input` on the request's source: martian sources (broadcast,
+    /// multicast, 0/8, loopback, or one of our own addresses) fail.
+    fn route_input_ok(&self, sip: Ipv4Addr) -> bool {
+        !(sip == Ipv4Addr::BROADCAST
+            || is_multicast(sip)
+            || sip.octets()[0] == 0
+            || sip.is_loopback()
+            || self.is_local(sip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H1: MacAddr = MacAddr([0xfe, 0xfd, 0, 0, 0, 1]);
+    const H2: MacAddr = MacAddr([0xfe, 0xfd, 0, 0, 0, 2]);
+
+    fn host_with(addr: Option<[u8; 4]>) -> Stack {
+        let mut eth = Iface::ethernet("eth0", H2);
+        eth.up = true;
+        if let Some(a) = addr {
+            eth.addrs.push(IfAddr {
+                addr: Ipv4Addr::from(a),
+                prefix: 24,
+                brd: Ipv4Addr::UNSPECIFIED,
+            });
+        }
+        Stack::new(vec![eth])
+    }
+
+    fn request(sip: [u8; 4], tip: [u8; 4]) -> Vec<u8> {
+        ArpRepr {
+            op: ArpOp::Request,
+            sha: H1,
+            spa: Ipv4Addr::from(sip),
+            tha: MacAddr([0; 6]),
+            tpa: Ipv4Addr::from(tip),
+        }
+        .to_frame(MacAddr([0xff; 6]), H1, 16)
+    }
+
+    /// The reply bytes captured from a UML 6.1 guest answering a DAD probe
+    /// (arping-and-arp.md §6), with this test's MACs and addresses.
+    #[test]
+    fn dad_probe_for_a_local_address_gets_the_kernels_42_byte_reply() {
+        let mut s = host_with(Some([1, 1, 1, 1]));
+        let (_, reply) = s.receive(1, &request([0, 0, 0, 0], [1, 1, 1, 1]), Duration::ZERO);
+        let reply = reply.expect("a reply");
+        assert_eq!(
+            reply,
+            [
+                0xfe, 0xfd, 0, 0, 0, 1, 0xfe, 0xfd, 0, 0, 0, 2, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0,
+                2, 0xfe, 0xfd, 0, 0, 0, 2, 1, 1, 1, 1, 0xfe, 0xfd, 0, 0, 0, 1, 0, 0, 0, 0
+            ]
+        );
+        assert!(s.neigh.is_empty(), "DAD probes create no neighbour entry");
+    }
+
+    #[test]
+    fn no_answer_for_broadcast_target_or_foreign_address_or_martian_source() {
+        let mut s = host_with(Some([1, 1, 1, 1]));
+        for (sip, tip) in [
+            ([0, 0, 0, 0], [255, 255, 255, 255]),
+            ([0, 0, 0, 0], [1, 1, 1, 2]),
+            ([255, 255, 255, 255], [1, 1, 1, 1]),
+            ([1, 1, 1, 5], [255, 255, 255, 255]),
+            ([1, 1, 1, 1], [1, 1, 1, 1]),
+        ] {
+            let (_, reply) = s.receive(1, &request(sip, tip), Duration::ZERO);
+            assert_eq!(reply, None, "{sip:?} asking for {tip:?}");
+        }
+    }
+
+    #[test]
+    fn normal_request_is_answered_and_leaves_a_stale_entry() {
+        let mut s = host_with(Some([1, 1, 1, 1]));
+        let (_, reply) = s.receive(1, &request([1, 1, 1, 5], [1, 1, 1, 1]), Duration::ZERO);
+        let reply = reply.expect("reply");
+        assert_eq!(&reply[38..42], &[1, 1, 1, 5], "target IP is the requester's");
+        let entry = s.neigh.get(&(1, Ipv4Addr::new(1, 1, 1, 5))).expect("entry");
+        assert_eq!((entry.lladdr, entry.state), (H1, NudState::Stale));
+    }
+
+    #[test]
+    fn arp_ignore_1_needs_the_address_on_the_receiving_interface() {
+        let mut s = host_with(None);
+        let mut eth1 = Iface::ethernet("eth1", MacAddr([0xfe, 0xfd, 0, 0, 0, 3]));
+        eth1.up = true;
+        eth1.addrs.push(IfAddr {
+            addr: Ipv4Addr::new(1, 1, 1, 1),
+            prefix: 24,
+            brd: Ipv4Addr::UNSPECIFIED,
+        });
+        s.ifaces.push(eth1);
+        let probe = request([0, 0, 0, 0], [1, 1, 1, 1]);
+        assert!(s.receive(1, &probe, Duration::ZERO).1.is_some(), "default 0: any interface");
+        s.sysctl
+            .insert("net.ipv4.conf.all.arp_ignore".into(), "1".into());
+        assert!(s.receive(1, &probe, Duration::ZERO).1.is_none());
+        assert!(s.receive(2, &probe, Duration::ZERO).1.is_some());
+    }
+
+    #[test]
+    fn frames_unicast_to_another_mac_are_dropped() {
+        let mut s = host_with(Some([1, 1, 1, 1]));
+        let mut f = request([0, 0, 0, 0], [1, 1, 1, 1]);
+        f[..6].copy_from_slice(&[0xfe, 0xfd, 0, 0, 0, 9]);
+        assert_eq!(
+            s.receive(1, &f, Duration::ZERO),
+            (Verdict::Dropped("unicast to another host"), None)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn receive_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            let mut s = host_with(Some([1, 1, 1, 1]));
+            let _ = s.receive(1, &bytes, Duration::ZERO);
+            let _ = s.receive(7, &bytes, Duration::ZERO);
+        }
+    }
+}

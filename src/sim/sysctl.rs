@@ -1,0 +1,158 @@
+//! The sysctl keys the sim models, with a UML 6.1 guest's defaults, and the
+//! busybox `sysctl` applet over them.
+//!
+//! Only the keys labs read exist (a real guest has about 560); `sysctl -a`
+//! lists these, sorted by name as busybox walks `/proc/sys`.
+
+use std::collections::BTreeMap;
+
+/// Per-interface `net.ipv4.conf.<scope>` keys and their defaults.
+const CONF_KEYS: &[(&str, &str)] = &[
+    ("arp_accept", "0"),
+    ("arp_announce", "0"),
+    ("arp_filter", "0"),
+    ("arp_ignore", "0"),
+    ("drop_gratuitous_arp", "0"),
+    ("forwarding", "0"),
+    ("proxy_arp", "0"),
+    ("route_localnet", "0"),
+    ("rp_filter", "0"),
+];
+
+/// Global keys and their defaults in the guest.
+const GLOBAL_KEYS: &[(&str, &str)] = &[
+    ("kernel.hostname", "(none)"),
+    ("kernel.osrelease", "6.1.176"),
+    ("kernel.ostype", "Linux"),
+    ("net.ipv4.ip_forward", "0"),
+    ("net.ipv4.neigh.default.gc_stale_time", "60"),
+];
+
+/// The default table for a machine with these interfaces.
+pub fn defaults(ifaces: &[String]) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    for (k, v) in GLOBAL_KEYS {
+        map.insert((*k).to_string(), (*v).to_string());
+    }
+    let scopes = ["all".to_string(), "default".to_string()]
+        .into_iter()
+        .chain(ifaces.iter().map(|i| i.replace('.', "/")));
+    for scope in scopes {
+        for (k, v) in CONF_KEYS {
+            map.insert(format!("net.ipv4.conf.{scope}.{k}"), (*v).to_string());
+        }
+    }
+    map
+}
+
+/// busybox 1.35 `sysctl [-n] [-w] [-a] KEY[=VALUE]...`: returns (stdout, stderr, exit code).
+pub fn run(table: &mut BTreeMap<String, String>, args: &[String]) -> (String, String, i32) {
+    let (mut out, mut err, mut code) = (String::new(), String::new(), 0);
+    let (mut names_only_values, mut write, mut all) = (false, false, false);
+    let mut keys = Vec::new();
+    for a in args {
+        match a.strip_prefix('-') {
+            Some(flags) if !flags.is_empty() && keys.is_empty() => {
+                for f in flags.chars() {
+                    match f {
+                        'n' => names_only_values = true,
+                        'w' => write = true,
+                        'a' | 'A' => all = true,
+                        'e' | 'q' | 'p' => {}
+                        other => {
+                            err.push_str(&format!("sysctl: invalid option -- '{other}'\n"));
+                            err.push_str(USAGE);
+                            return (out, err, 1);
+                        }
+                    }
+                }
+            }
+            _ => keys.push(a.clone()),
+        }
+    }
+    let show = |k: &str, v: &str| {
+        if names_only_values {
+            format!("{v}\n")
+        } else {
+            format!("{k} = {v}\n")
+        }
+    };
+    if all {
+        for (k, v) in table.iter() {
+            out.push_str(&show(k, v));
+        }
+        return (out, err, 0);
+    }
+    if keys.is_empty() {
+        err.push_str(USAGE);
+        return (out, err, 1);
+    }
+    for key in keys {
+        // busybox accepts `/` as separator too, and `KEY=VALUE` writes even without -w.
+        let (name, value) = match key.split_once('=') {
+            Some((k, v)) => (k.trim().replace('/', "."), Some(v.trim().to_string())),
+            None => (key.replace('/', "."), None),
+        };
+        match (value, table.get_mut(&name)) {
+            (Some(v), Some(slot)) => {
+                *slot = v.clone();
+                out.push_str(&show(&name, &v));
+            }
+            (None, Some(v)) if !write => out.push_str(&show(&name, v)),
+            (None, Some(_)) => {
+                err.push_str(&format!(
+                    "sysctl: error: '{name}' must be of the form name=value\n"
+                ));
+                code = 1;
+            }
+            (_, None) => {
+                err.push_str(&format!(
+                    "sysctl: error: '{}' is an unknown key\n",
+                    name.replace('.', "/")
+                ));
+                code = 1;
+            }
+        }
+    }
+    (out, err, code)
+}
+
+const USAGE: &str = "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary.\n\n\
+Usage: sysctl [-enq] { -a | -p [FILE]... | [-w] [KEY[=VALUE]]... }\n\n\
+Show/set kernel parameters\n\n\
+\t-e\tDon't warn about unknown keys\n\
+\t-n\tDon't show key names\n\
+\t-q      Quiet\n\
+\t-a\tShow all values\n\
+\t-w\tSet values\n\
+\t-p FILE\tSet values from FILE (default /etc/sysctl.conf)\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> BTreeMap<String, String> {
+        defaults(&["lo".into(), "eth0".into()])
+    }
+
+    /// Outputs captured from busybox 1.35 in a UML 6.1 guest.
+    #[test]
+    fn read_and_write_as_busybox_prints_them() {
+        let mut table = t();
+        let run1 = run(&mut table, &["net.ipv4.conf.eth0.arp_ignore".into()]);
+        assert_eq!(run1, ("net.ipv4.conf.eth0.arp_ignore = 0\n".into(), String::new(), 0));
+        let run2 = run(
+            &mut table,
+            &["-w".into(), "net.ipv4.conf.all.arp_ignore=1".into()],
+        );
+        assert_eq!(run2.0, "net.ipv4.conf.all.arp_ignore = 1\n");
+        assert_eq!(table["net.ipv4.conf.all.arp_ignore"], "1");
+    }
+
+    #[test]
+    fn unknown_key_fails() {
+        let (_, err, code) = run(&mut t(), &["net.nope".into()]);
+        assert_eq!(code, 1);
+        assert!(err.contains("unknown key"), "{err}");
+    }
+}

@@ -1,0 +1,865 @@
+//! The deterministic world: a virtual clock, one event queue ordered by
+//! `(time, seq)`, machines with their jobs, and the switches between them.
+//!
+//! Everything that happens is an event: a frame reaching a switch, a frame
+//! reaching a NIC, a program's timer. Nothing reads the wall clock; every
+//! random number comes from a stream derived from the scenario seed; every
+//! collection that is iterated is ordered. Same seed, same events, same bytes.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::net::wire::MacAddr;
+use crate::scenario::backend::TraceRecord;
+use crate::sim::disk::Disk;
+use crate::sim::rng::{self, Rng};
+use crate::sim::shell::{self, Join, Simple, Target};
+use crate::sim::stack::Stack;
+
+/// Time a frame takes from a NIC into the switch, and from the switch to a NIC.
+pub const WIRE_DELAY: Duration = Duration::from_micros(40);
+/// Up to this much extra wire time, drawn per frame from the port's stream.
+pub const WIRE_JITTER_US: u64 = 20;
+/// Time the guest kernel takes to answer an ARP request.
+pub const KERNEL_DELAY: Duration = Duration::from_micros(15);
+
+/// Per-port fault injection, applied to frames entering the switch from that port.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PortFaults {
+    /// Probability (0..=1) that a frame is lost.
+    pub loss: f64,
+    /// Probability (0..=1) that a frame is delivered twice.
+    pub duplicate: f64,
+    /// Extra delay for every frame.
+    pub delay: Duration,
+}
+
+/// One port of a sim switch: which NIC is plugged in.
+#[derive(Debug)]
+pub struct Port {
+    pub number: u32,
+    pub machine: usize,
+    pub iface: usize,
+    pub faults: PortFaults,
+    rng: Rng,
+}
+
+/// A switch as the sim runs it: ports, a MAC table, a trace.
+#[derive(Debug)]
+pub struct Switch {
+    pub name: String,
+    pub hub: bool,
+    pub numports: u32,
+    pub ports: Vec<Port>,
+    /// MAC → (port index, learned at); iterated never, ordered anyway.
+    macs: BTreeMap<MacAddr, (usize, Duration)>,
+    pub trace: Vec<TraceRecord>,
+}
+
+/// VDE's MAC table ageing (`vde_switch` default 300 s).
+const MAC_AGE: Duration = Duration::from_secs(300);
+
+impl Switch {
+    pub fn new(name: &str, hub: bool, numports: u32) -> Self {
+        Self {
+            name: name.into(),
+            hub,
+            numports,
+            ports: Vec::new(),
+            macs: BTreeMap::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    /// The output ports (indices) for a frame from port index `from`.
+    fn forward(&mut self, from: usize, frame: &[u8], now: Duration) -> Vec<usize> {
+        let all_others = |ports: &[Port]| (0..ports.len()).filter(|&p| p != from).collect();
+        if self.hub || frame.len() < 14 {
+            return all_others(&self.ports);
+        }
+        let dst = MacAddr([frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]]);
+        let src = MacAddr([frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]]);
+        if !src.is_multicast() {
+            self.macs.insert(src, (from, now));
+        }
+        if dst.is_multicast() {
+            return all_others(&self.ports);
+        }
+        match self.macs.get(&dst) {
+            Some(&(port, at)) if now.saturating_sub(at) < MAC_AGE => {
+                if port == from {
+                    Vec::new()
+                } else {
+                    vec![port]
+                }
+            }
+            _ => all_others(&self.ports),
+        }
+    }
+}
+
+/// What a program asked for during a call.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send a frame on an interface (a packet socket write).
+    Send { iface: usize, frame: Vec<u8> },
+    /// Start/stop receiving frames of an interface (a packet socket),
+    /// promiscuous or not.
+    Capture { iface: usize, on: bool, promisc: bool },
+    /// Wake the job at this time.
+    WakeAt(Duration),
+    /// Power the machine off (`halt`, `poweroff`, `shutdown -h now`).
+    PowerOff,
+    /// A kernel message for the console.
+    Kernel(String),
+}
+
+/// The result of a program call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    Exit(i32),
+    Pending,
+}
+
+/// Where a running program's output goes.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub stdout: Target0,
+    pub stderr: Target0,
+}
+
+/// A resolved output target.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Target0 {
+    #[default]
+    Console,
+    Null,
+    File(String),
+}
+
+/// What a program sees of its machine while it runs.
+pub struct Sys<'a> {
+    pub now: Duration,
+    pub m: &'a mut MachineCore,
+    fx: &'a mut Vec<Effect>,
+    out: &'a Output,
+    job_out: &'a mut String,
+}
+
+impl Sys<'_> {
+    fn write(&mut self, target: &Target0, s: &str) {
+        match target {
+            Target0::Console => {
+                self.job_out.push_str(s);
+                self.m.console.push_str(s);
+            }
+            Target0::Null => {}
+            Target0::File(path) => {
+                self.m
+                    .files
+                    .entry(path.clone())
+                    .or_default()
+                    .extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+    /// Writes to the program's stdout.
+    pub fn out(&mut self, s: &str) {
+        let t = self.out.stdout.clone();
+        self.write(&t, s);
+    }
+    /// Writes to the program's stderr.
+    pub fn err(&mut self, s: &str) {
+        let t = self.out.stderr.clone();
+        self.write(&t, s);
+    }
+    pub fn send(&mut self, iface: usize, frame: Vec<u8>) {
+        self.fx.push(Effect::Send { iface, frame });
+    }
+    pub fn capture(&mut self, iface: usize, on: bool, promisc: bool) {
+        self.fx.push(Effect::Capture { iface, on, promisc });
+    }
+    pub fn wake_at(&mut self, at: Duration) {
+        self.fx.push(Effect::WakeAt(at));
+    }
+    pub fn power_off(&mut self) {
+        self.fx.push(Effect::PowerOff);
+    }
+    pub fn kernel(&mut self, line: String) {
+        self.fx.push(Effect::Kernel(line));
+    }
+}
+
+/// An emulated guest program: a state machine driven by the world.
+pub trait Program {
+    /// Runs until it exits or waits (for a timer or for frames).
+    fn start(&mut self, sys: &mut Sys) -> Poll;
+    /// Its timer fired.
+    fn wake(&mut self, _sys: &mut Sys) -> Poll {
+        Poll::Pending
+    }
+    /// A frame seen on a captured interface (`outgoing` for our own sends).
+    fn frame(&mut self, _sys: &mut Sys, _iface: usize, _frame: &[u8], _outgoing: bool) -> Poll {
+        Poll::Pending
+    }
+    /// SIGINT (Ctrl-C); the default dies of it (status 130).
+    fn interrupt(&mut self, _sys: &mut Sys) -> Poll {
+        Poll::Exit(130)
+    }
+}
+
+/// A machine's state apart from its jobs (what programs may touch).
+pub struct MachineCore {
+    pub name: String,
+    pub console: String,
+    pub stack: Stack,
+    pub disks: BTreeMap<u32, Disk>,
+    /// Files written by redirections (`> /tmp/x`), and readable by `cat`.
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub proc_cmdline: String,
+    /// Memory in bytes (`mem=`), for /proc/meminfo.
+    pub mem: u64,
+    /// `/proc/mounts` as busybox `mount` lists it.
+    pub mounts: String,
+    pub rng: Rng,
+    /// Per interface: the switch and port index it is plugged into.
+    pub links: Vec<Option<(usize, usize)>>,
+}
+
+/// A running command line.
+pub struct Job {
+    list: Vec<Simple>,
+    pc: usize,
+    status: i32,
+    running: Option<(Box<dyn Program>, Output)>,
+    pub output: String,
+    pub done: Option<i32>,
+    pub interrupted: bool,
+    wake_at: Option<Duration>,
+    /// (interface, promiscuous) per open capture.
+    captures: Vec<(usize, bool)>,
+}
+
+/// A machine's life cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Power {
+    Off,
+    Running,
+    /// Halted cleanly, panicked, or killed: the reason is on the console.
+    Down(String),
+}
+
+pub struct Machine {
+    pub core: MachineCore,
+    pub power: Power,
+    pub jobs: BTreeMap<u32, Job>,
+    next_job: u32,
+}
+
+#[derive(Debug)]
+enum EventKind {
+    ToSwitch {
+        switch: usize,
+        port: usize,
+        frame: Rc<[u8]>,
+    },
+    ToNic {
+        machine: usize,
+        iface: usize,
+        frame: Rc<[u8]>,
+    },
+    Wake {
+        machine: usize,
+        job: u32,
+    },
+}
+
+#[derive(Debug)]
+struct Event {
+    time: Duration,
+    seq: u64,
+    kind: EventKind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    // Reversed: BinaryHeap is a max-heap, the earliest event must come first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.time, other.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+/// Looks up a program by name: the guest image's programs (one table, in
+/// `programs`). `None` means `sh: X: not found`.
+pub type ProgramTable = fn(&str, &[String]) -> Option<Box<dyn Program>>;
+
+pub struct World {
+    pub now: Duration,
+    seq: u64,
+    queue: BinaryHeap<Event>,
+    pub seed: u64,
+    pub machines: Vec<Machine>,
+    pub switches: Vec<Switch>,
+    programs: ProgramTable,
+    fx: Vec<Effect>,
+}
+
+/// Which job to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobRef {
+    pub machine: usize,
+    pub job: u32,
+}
+
+impl World {
+    pub fn new(seed: u64, programs: ProgramTable) -> Self {
+        Self {
+            now: Duration::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            seed,
+            machines: Vec::new(),
+            switches: Vec::new(),
+            programs,
+            fx: Vec::new(),
+        }
+    }
+
+    pub fn rng(&self, name: &str) -> Rng {
+        rng::stream(self.seed, name)
+    }
+
+    pub fn add_switch(&mut self, switch: Switch) -> usize {
+        self.switches.push(switch);
+        self.switches.len() - 1
+    }
+
+    pub fn add_machine(&mut self, core: MachineCore) -> usize {
+        self.machines.push(Machine {
+            core,
+            power: Power::Off,
+            jobs: BTreeMap::new(),
+            next_job: 1,
+        });
+        self.machines.len() - 1
+    }
+
+    /// Plugs interface `iface` of `machine` into `switch`, at `port` (VDE
+    /// numbering from 1) or the first free one. Returns the port number, or
+    /// None if the switch is full or the port taken.
+    pub fn plug(&mut self, machine: usize, iface: usize, switch: usize, port: Option<u32>) -> Option<u32> {
+        let sw = self.switches.get_mut(switch)?;
+        let taken = |n: u32| sw.ports.iter().any(|p| p.number == n);
+        let number = match port {
+            Some(n) if n >= 1 && n <= sw.numports && !taken(n) => n,
+            Some(_) => return None,
+            None => (1..=sw.numports).find(|&n| !taken(n))?,
+        };
+        let rng = rng::stream(self.seed, &format!("switch {} port {}", sw.name, number));
+        sw.ports.push(Port {
+            number,
+            machine,
+            iface,
+            faults: PortFaults::default(),
+            rng,
+        });
+        let index = sw.ports.len() - 1;
+        let links = &mut self.machines.get_mut(machine)?.core.links;
+        if links.len() <= iface {
+            links.resize(iface + 1, None);
+        }
+        links[iface] = Some((switch, index));
+        Some(number)
+    }
+
+    fn push(&mut self, time: Duration, kind: EventKind) {
+        self.seq += 1;
+        self.queue.push(Event {
+            time,
+            seq: self.seq,
+            kind,
+        });
+    }
+
+    /// Starts a command line on a machine; it runs until it first waits.
+    pub fn spawn(&mut self, machine: usize, command: &str) -> Option<JobRef> {
+        let m = self.machines.get_mut(machine)?;
+        let id = m.next_job;
+        m.next_job += 1;
+        m.core.console.push_str(&format!("# {command}\n"));
+        let mut job = Job {
+            list: Vec::new(),
+            pc: 0,
+            status: 0,
+            running: None,
+            output: String::new(),
+            done: None,
+            interrupted: false,
+            wake_at: None,
+            captures: Vec::new(),
+        };
+        match shell::parse(command) {
+            Ok(list) => job.list = list,
+            Err(e) => {
+                let msg = e.ash_message();
+                m.core.console.push_str(&msg);
+                job.output.push_str(&msg);
+                job.done = Some(2);
+            }
+        }
+        if m.power != Power::Running {
+            job.done = Some(-1);
+        }
+        m.jobs.insert(id, job);
+        let r = JobRef { machine, job: id };
+        self.advance(r, None);
+        Some(r)
+    }
+
+    /// Runs the job's list from where it stands, after the current program
+    /// returned `poll` (None: nothing is running yet).
+    fn advance(&mut self, r: JobRef, mut poll: Option<Poll>) {
+        let programs = self.programs;
+        loop {
+            let Some(m) = self.machines.get_mut(r.machine) else {
+                return;
+            };
+            let Some(job) = m.jobs.get_mut(&r.job) else {
+                return;
+            };
+            if job.done.is_some() {
+                return;
+            }
+            match poll {
+                Some(Poll::Pending) => return,
+                Some(Poll::Exit(code)) => {
+                    job.running = None;
+                    job.status = code;
+                }
+                None => {}
+            }
+            if job.running.is_some() {
+                return;
+            }
+            // Next simple command whose join condition holds.
+            let next = loop {
+                let Some(simple) = job.list.get(job.pc) else {
+                    break None;
+                };
+                job.pc += 1;
+                let run = match simple.join {
+                    Join::Always => true,
+                    Join::And => job.status == 0,
+                    Join::Or => job.status != 0,
+                };
+                if run {
+                    break Some(simple.clone());
+                }
+            };
+            let Some(simple) = next else {
+                job.done = Some(job.status);
+                let caps = std::mem::take(&mut job.captures);
+                for (iface, promisc) in caps {
+                    if promisc {
+                        Self::promisc(&mut m.core, iface, false);
+                    }
+                }
+                return;
+            };
+            let argv: Vec<String> = simple.words.iter().map(|w| w.expand(job.status)).collect();
+            let resolve = |t: &Target| match t {
+                Target::Console | Target::Stdout => Target0::Console,
+                Target::Null => Target0::Null,
+                Target::File { path, .. } => Target0::File(path.clone()),
+            };
+            let stdout = resolve(&simple.stdout);
+            let stderr = match simple.stderr {
+                Target::Stdout => stdout.clone(),
+                ref t => resolve(t),
+            };
+            for t in [&simple.stdout, &simple.stderr] {
+                if let Target::File {
+                    path,
+                    append: false,
+                } = t
+                {
+                    m.core.files.insert(path.clone(), Vec::new());
+                }
+            }
+            let output = Output { stdout, stderr };
+            let Some(name) = argv.first().cloned() else {
+                poll = Some(Poll::Exit(job.status));
+                continue;
+            };
+            let args = argv.get(1..).unwrap_or_default();
+            match programs(&name, args) {
+                Some(prog) => {
+                    job.running = Some((prog, output));
+                    poll = Some(self.call(r, |p, sys| p.start(sys)));
+                }
+                None => {
+                    let msg = format!("sh: {name}: not found\n");
+                    let mut sys_out = String::new();
+                    let mut fx = Vec::new();
+                    let mut sys = Sys {
+                        now: self.now,
+                        m: &mut m.core,
+                        fx: &mut fx,
+                        out: &output,
+                        job_out: &mut sys_out,
+                    };
+                    sys.err(&msg);
+                    job.output.push_str(&sys_out);
+                    poll = Some(Poll::Exit(127));
+                }
+            }
+        }
+    }
+
+    /// Calls the job's running program with its machine, then applies effects.
+    fn call(&mut self, r: JobRef, f: impl FnOnce(&mut dyn Program, &mut Sys) -> Poll) -> Poll {
+        let mut fx = std::mem::take(&mut self.fx);
+        fx.clear();
+        let Some(m) = self.machines.get_mut(r.machine) else {
+            return Poll::Exit(1);
+        };
+        let Some(job) = m.jobs.get_mut(&r.job) else {
+            return Poll::Exit(1);
+        };
+        let Some((mut prog, output)) = job.running.take() else {
+            return Poll::Exit(job.status);
+        };
+        let poll = {
+            let mut sys = Sys {
+                now: self.now,
+                m: &mut m.core,
+                fx: &mut fx,
+                out: &output,
+                job_out: &mut job.output,
+            };
+            f(prog.as_mut(), &mut sys)
+        };
+        job.running = Some((prog, output));
+        if poll != Poll::Pending {
+            job.wake_at = None;
+        }
+        for e in fx.drain(..) {
+            match e {
+                Effect::Send { iface, frame } => self.transmit(r.machine, iface, frame, Duration::ZERO),
+                Effect::Capture { iface, on, promisc } => {
+                    let Some(m) = self.machines.get_mut(r.machine) else {
+                        continue;
+                    };
+                    let Some(job) = m.jobs.get_mut(&r.job) else {
+                        continue;
+                    };
+                    if on {
+                        job.captures.push((iface, promisc));
+                        if promisc {
+                            Self::promisc(&mut m.core, iface, true);
+                        }
+                    } else if let Some(at) = job.captures.iter().position(|&c| c.0 == iface) {
+                        let (_, was_promisc) = job.captures.remove(at);
+                        if was_promisc {
+                            Self::promisc(&mut m.core, iface, false);
+                        }
+                    }
+                }
+                Effect::WakeAt(at) => {
+                    if let Some(job) = self
+                        .machines
+                        .get_mut(r.machine)
+                        .and_then(|m| m.jobs.get_mut(&r.job))
+                    {
+                        job.wake_at = Some(at);
+                    }
+                    self.push(at.max(self.now), EventKind::Wake {
+                        machine: r.machine,
+                        job: r.job,
+                    });
+                }
+                Effect::PowerOff => {
+                    self.power_down(r.machine, "reboot: System halted\n".into(), None);
+                }
+                Effect::Kernel(line) => {
+                    if let Some(m) = self.machines.get_mut(r.machine) {
+                        m.core.console.push_str(&line);
+                    }
+                }
+            }
+        }
+        self.fx = fx;
+        poll
+    }
+
+    /// Counts a promiscuous capture in or out; the kernel logs the 0↔1 edges.
+    fn promisc(core: &mut MachineCore, iface: usize, on: bool) {
+        let Some(i) = core.stack.ifaces.get_mut(iface) else {
+            return;
+        };
+        let before = i.promisc;
+        i.promisc = if on {
+            before + 1
+        } else {
+            before.saturating_sub(1)
+        };
+        let verb = match (before, i.promisc) {
+            (0, 1) => "entered",
+            (1, 0) => "left",
+            _ => return,
+        };
+        let line = format!("device {} {verb} promiscuous mode\n", i.name);
+        core.console.push_str(&line);
+    }
+
+    /// Stops a machine: every job ends (`status` for a clean halt, None when
+    /// killed), the console gets `line`.
+    pub fn power_down(&mut self, machine: usize, line: String, status: Option<i32>) {
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
+        if m.power != Power::Running {
+            return;
+        }
+        m.core.console.push_str(&line);
+        m.power = Power::Down(line.trim_end().to_string());
+        for job in m.jobs.values_mut() {
+            if job.done.is_none() {
+                job.running = None;
+                job.done = Some(status.unwrap_or(job.status));
+            }
+        }
+        for d in m.core.disks.values_mut() {
+            let _ = d.io.flush();
+        }
+    }
+
+    /// Sends a frame from a machine's interface (after `delay`).
+    pub fn transmit(&mut self, machine: usize, iface: usize, frame: Vec<u8>, delay: Duration) {
+        let now = self.now;
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
+        if m.power != Power::Running {
+            return;
+        }
+        let Some(dev) = m.core.stack.ifaces.get_mut(iface) else {
+            return;
+        };
+        if !dev.up {
+            return;
+        }
+        dev.counters.tx_packets += 1;
+        dev.counters.tx_bytes += frame.len() as u64;
+        let carrier = dev.carrier;
+        let frame: Rc<[u8]> = frame.into();
+        // Packet sockets see outgoing frames too (tcpdump shows our replies).
+        self.deliver_captures(machine, iface, &frame, true);
+        if !carrier {
+            return;
+        }
+        let link = self
+            .machines
+            .get(machine)
+            .and_then(|m| m.core.links.get(iface).copied().flatten());
+        if let Some((switch, port)) = link {
+            self.push(now + delay + WIRE_DELAY, EventKind::ToSwitch {
+                switch,
+                port,
+                frame,
+            });
+        }
+    }
+
+    fn deliver_captures(&mut self, machine: usize, iface: usize, frame: &Rc<[u8]>, outgoing: bool) {
+        let listeners: Vec<u32> = match self.machines.get(machine) {
+            Some(m) => m
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.done.is_none() && j.captures.iter().any(|c| c.0 == iface))
+                .map(|(&id, _)| id)
+                .collect(),
+            None => return,
+        };
+        for job in listeners {
+            let r = JobRef { machine, job };
+            let f = Rc::clone(frame);
+            let poll = self.call(r, |p, sys| p.frame(sys, iface, &f, outgoing));
+            self.advance(r, Some(poll));
+        }
+    }
+
+    /// Runs events until `stop` holds or the next event is after `until`;
+    /// the clock then stands at the stop time or at `until`.
+    pub fn run_until(&mut self, until: Duration, mut stop: impl FnMut(&World) -> bool) -> bool {
+        loop {
+            if stop(self) {
+                return true;
+            }
+            match self.queue.peek() {
+                Some(e) if e.time <= until => {}
+                _ => {
+                    self.now = self.now.max(until);
+                    return stop(self);
+                }
+            }
+            let Some(ev) = self.queue.pop() else {
+                continue;
+            };
+            self.now = self.now.max(ev.time);
+            self.dispatch(ev.kind);
+        }
+    }
+
+    fn dispatch(&mut self, kind: EventKind) {
+        match kind {
+            EventKind::Wake { machine, job } => {
+                let due = self
+                    .machines
+                    .get(machine)
+                    .and_then(|m| m.jobs.get(&job))
+                    .is_some_and(|j| j.done.is_none() && j.wake_at == Some(self.now));
+                if due {
+                    let r = JobRef { machine, job };
+                    if let Some(j) = self.machines[machine].jobs.get_mut(&job) {
+                        j.wake_at = None;
+                    }
+                    let poll = self.call(r, |p, sys| p.wake(sys));
+                    self.advance(r, Some(poll));
+                }
+            }
+            EventKind::ToSwitch { switch, port, frame } => self.switch_in(switch, port, frame),
+            EventKind::ToNic {
+                machine,
+                iface,
+                frame,
+            } => self.nic_in(machine, iface, frame),
+        }
+    }
+
+    fn switch_in(&mut self, switch: usize, port: usize, frame: Rc<[u8]>) {
+        let now = self.now;
+        let Some(sw) = self.switches.get_mut(switch) else {
+            return;
+        };
+        let Some(p) = sw.ports.get_mut(port) else {
+            return;
+        };
+        // Faults act on the way in, before forwarding and tracing.
+        let faults = p.faults;
+        if faults.loss > 0.0 && p.rng.chance(faults.loss) {
+            return;
+        }
+        let copies = if faults.duplicate > 0.0 && p.rng.chance(faults.duplicate) {
+            2
+        } else {
+            1
+        };
+        let in_port = p.number;
+        let mut deliveries = Vec::new();
+        for _ in 0..copies {
+            let outs = sw.forward(port, &frame, now);
+            sw.trace.push(TraceRecord {
+                time: now,
+                in_port,
+                out_ports: outs
+                    .iter()
+                    .filter_map(|&o| sw.ports.get(o))
+                    .map(|p| p.number)
+                    .collect(),
+                frame: frame.to_vec(),
+            });
+            for o in outs {
+                let Some(op) = sw.ports.get_mut(o) else {
+                    continue;
+                };
+                let jitter = Duration::from_micros(op.rng.below(WIRE_JITTER_US + 1));
+                deliveries.push((op.machine, op.iface, WIRE_DELAY + jitter + faults.delay));
+            }
+        }
+        for (machine, iface, d) in deliveries {
+            self.push(
+                now + d,
+                EventKind::ToNic {
+                    machine,
+                    iface,
+                    frame: Rc::clone(&frame),
+                },
+            );
+        }
+    }
+
+    fn nic_in(&mut self, machine: usize, iface: usize, frame: Rc<[u8]>) {
+        let now = self.now;
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
+        if m.power != Power::Running {
+            return;
+        }
+        let Some(dev) = m.core.stack.ifaces.get_mut(iface) else {
+            return;
+        };
+        if !dev.running() {
+            return;
+        }
+        dev.counters.rx_packets += 1;
+        dev.counters.rx_bytes += frame.len().saturating_sub(14) as u64;
+        self.deliver_captures(machine, iface, &frame, false);
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
+        let (_, reply) = m.core.stack.receive(iface, &frame, now);
+        if let Some(reply) = reply {
+            let jitter = Duration::from_micros(m.core.rng.below(10));
+            self.transmit(machine, iface, reply, KERNEL_DELAY + jitter);
+        }
+    }
+
+    /// Delivers SIGINT to a job's running program (Ctrl-C at a step timeout);
+    /// like ash, the rest of the command line does not run.
+    pub fn interrupt(&mut self, r: JobRef) {
+        let running = self
+            .machines
+            .get(r.machine)
+            .and_then(|m| m.jobs.get(&r.job))
+            .is_some_and(|j| j.done.is_none() && j.running.is_some());
+        if !running {
+            return;
+        }
+        let poll = self.call(r, |p, sys| p.interrupt(sys));
+        let Some(job) = self.machines.get_mut(r.machine).and_then(|m| m.jobs.get_mut(&r.job)) else {
+            return;
+        };
+        job.interrupted = true;
+        let code = match poll {
+            Poll::Exit(c) => c,
+            Poll::Pending => 130,
+        };
+        job.running = None;
+        job.status = code;
+        job.pc = job.list.len();
+        self.advance(r, None);
+    }
+
+    pub fn job(&self, r: JobRef) -> Option<&Job> {
+        self.machines.get(r.machine)?.jobs.get(&r.job)
+    }
+
+    /// Takes a finished job out of its machine.
+    pub fn take_job(&mut self, r: JobRef) -> Option<Job> {
+        self.machines.get_mut(r.machine)?.jobs.remove(&r.job)
+    }
+}

@@ -3,15 +3,7 @@
 
 use std::io;
 
-/// What the sim needs from a block device (implemented over `block::Ubd`).
-pub trait BlockIo {
-    /// Reads `buf.len()` bytes at `offset` (short at the end of the device).
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
-    /// Writes all of `buf` at `offset`.
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
-    /// Flushes to the host files (`sync`).
-    fn flush(&mut self) -> io::Result<()>;
-}
+use crate::block::{BlockDevice, Ubd};
 
 /// Fault injection on a disk: the `n`-th write (1-based, counted in guest
 /// blocks) fails with EIO.
@@ -27,7 +19,7 @@ pub struct Disk {
     pub read_only: bool,
     /// `/sys/block/ubdX/serial`: `(null)` when none was given.
     pub serial: Option<String>,
-    pub io: Box<dyn BlockIo>,
+    pub io: Ubd,
     pub faults: DiskFaults,
     /// Guest block writes done so far (for [`DiskFaults::fail_write`]).
     pub writes: u64,
@@ -86,8 +78,7 @@ impl Disk {
             let buf = &mut buf[..len];
             let (from, to) = (offset.max(block), end.min(block_end));
             if from > block || to < block_end {
-                let got = self.io.read_at(block, buf)?;
-                buf[got..].fill(0);
+                self.io.read_at(buf, block).map_err(io::Error::other)?;
             }
             let src = (from - offset) as usize..(to - offset) as usize;
             buf[(from - block) as usize..(to - block) as usize].copy_from_slice(&data[src]);
@@ -95,10 +86,23 @@ impl Disk {
             if self.faults.fail_write == Some(self.writes) {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
-            self.io.write_at(block, buf)?;
+            self.io.write_at(buf, block).map_err(io::Error::other)?;
             block += bs;
         }
         Ok(())
+    }
+}
+
+impl Disk {
+    /// Reads up to `buf.len()` bytes at `offset`, short at the end of the device.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        if n > 0 {
+            self.io
+                .read_at(&mut buf[..n], offset)
+                .map_err(io::Error::other)?;
+        }
+        Ok(n)
     }
 }
 
@@ -151,31 +155,6 @@ pub fn probe_fs(head: &[u8]) -> Option<FsInfo> {
         block_size,
         label,
     })
-}
-
-/// A plain host file as a block device (used in tests and for `ubdN=FILE`
-/// until the block layer provides its own).
-pub struct FileIo(pub std::fs::File);
-
-impl BlockIo for FileIo {
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let mut done = 0;
-        while done < buf.len() {
-            match self.0.read_at(&mut buf[done..], offset + done as u64)? {
-                0 => break,
-                n => done += n,
-            }
-        }
-        Ok(done)
-    }
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        self.0.write_all_at(buf, offset)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.sync_data()
-    }
 }
 
 #[cfg(test)]

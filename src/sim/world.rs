@@ -642,7 +642,7 @@ impl World {
             }
         }
         for d in m.core.disks.values_mut() {
-            let _ = d.io.flush();
+            let _ = crate::block::BlockDevice::flush(&mut d.io);
         }
     }
 

@@ -141,7 +141,7 @@ impl Dd {
                     return Ok(Vec::new());
                 };
                 let avail = d.size.saturating_sub(self.ipos).min(len) as usize;
-                match d.io.read_at(self.ipos, &mut buf[..avail]) {
+                match d.read(self.ipos, &mut buf[..avail]) {
                     Ok(n) => n,
                     Err(e) => return Err(format!("dd: error reading '/dev/{}': {}\n", dev_name(*unit), os_msg(&e))),
                 }

@@ -175,7 +175,7 @@ fn cat(sys: &mut Sys, args: &[String]) -> i32 {
 
 fn sync(sys: &mut Sys, _args: &[String]) -> i32 {
     for d in sys.m.disks.values_mut() {
-        let _ = d.io.flush();
+        let _ = crate::block::BlockDevice::flush(&mut d.io);
     }
     0
 }

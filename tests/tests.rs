@@ -6,5 +6,6 @@ mod cmdline;
 mod cow;
 mod guest;
 mod scenario;
+mod sim;
 mod switch;
 mod uml;

@@ -160,9 +160,7 @@ pub fn load_all(files: &[PathBuf]) -> Option<Vec<Plan>> {
 /// The backend for `kind`, or why it cannot be had here.
 fn make_backend(kind: BackendKind) -> Result<Box<dyn Backend>, String> {
     match kind {
-        BackendKind::Sim => {
-            Err("the sim backend is not built yet in this version of umltest".into())
-        }
+        BackendKind::Sim => Ok(Box::new(crate::sim::SimBackend::new())),
         BackendKind::Uml | BackendKind::Both => Err(format!(
             "the {} backend is not built yet in this version of umltest",
             kind.flag()

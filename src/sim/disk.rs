@@ -147,7 +147,8 @@ pub fn probe_fs(head: &[u8]) -> Option<FsInfo> {
     );
     let label_raw = &sb[0x78..0x88];
     let label_len = label_raw.iter().position(|&b| b == 0).unwrap_or(16);
-    let label = (label_len > 0).then(|| String::from_utf8_lossy(&label_raw[..label_len]).into_owned());
+    let label =
+        (label_len > 0).then(|| String::from_utf8_lossy(&label_raw[..label_len]).into_owned());
     let block_size = 1024u32.checked_shl(le32(0x18)).unwrap_or(1024);
     Some(FsInfo {
         kind,

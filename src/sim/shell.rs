@@ -21,13 +21,13 @@ impl ShellError {
     /// The message as busybox ash prints it (`sh: syntax error: ...`).
     pub fn ash_message(&self) -> String {
         match self {
-            ShellError::Unterminated { .. } => "sh: syntax error: unterminated quoted string\n".into(),
+            ShellError::Unterminated { .. } => {
+                "sh: syntax error: unterminated quoted string\n".into()
+            }
             ShellError::Unexpected { token, .. } => {
                 format!("sh: syntax error: unexpected \"{token}\"\n")
             }
-            ShellError::MissingTarget { .. } => {
-                "sh: syntax error: unexpected newline\n".into()
-            }
+            ShellError::MissingTarget { .. } => "sh: syntax error: unexpected newline\n".into(),
         }
     }
 }
@@ -48,7 +48,10 @@ pub enum Join {
 pub enum Target {
     Console,
     Null,
-    File { path: String, append: bool },
+    File {
+        path: String,
+        append: bool,
+    },
     /// `2>&1`: stderr follows stdout.
     Stdout,
 }
@@ -93,7 +96,11 @@ enum Tok {
     And,
     Or,
     /// `>`/`>>` with the fd (1 or 2); the target follows as a word or `&1`.
-    Redirect { fd: u8, append: bool, dup: Option<u8> },
+    Redirect {
+        fd: u8,
+        append: bool,
+        dup: Option<u8>,
+    },
 }
 
 fn tokenize(src: &str) -> Result<Vec<(Tok, usize)>, ShellError> {
@@ -146,7 +153,8 @@ fn tokenize(src: &str) -> Result<Vec<(Tok, usize)>, ShellError> {
                         pieces.push(Piece::Text(std::mem::take(text)));
                     }
                 };
-                while i < b.len() && !matches!(b[i], b' ' | b'\t' | b'\n' | b';' | b'>' | b'<')
+                while i < b.len()
+                    && !matches!(b[i], b' ' | b'\t' | b'\n' | b';' | b'>' | b'<')
                     && !(b[i] == b'&' || b[i] == b'|')
                 {
                     match b[i] {
@@ -345,10 +353,14 @@ mod tests {
 
     #[test]
     fn lists_quotes_status_and_redirections() {
-        let l = parse("echo 'a  b' \"c $?\" d\\ e; false || echo x && cat f > /tmp/o 2>&1").unwrap();
+        let l =
+            parse("echo 'a  b' \"c $?\" d\\ e; false || echo x && cat f > /tmp/o 2>&1").unwrap();
         assert_eq!(l.len(), 4);
         assert_eq!(words(&l[0]), ["echo", "a  b", "c 7", "d e"]);
-        assert_eq!((l[1].join, l[2].join, l[3].join), (Join::Always, Join::Or, Join::And));
+        assert_eq!(
+            (l[1].join, l[2].join, l[3].join),
+            (Join::Always, Join::Or, Join::And)
+        );
         assert_eq!(
             l[3].stdout,
             Target::File {
@@ -363,7 +375,10 @@ mod tests {
     fn errors_name_the_offset() {
         assert_eq!(parse("echo 'x"), Err(ShellError::Unterminated { at: 5 }));
         assert!(matches!(parse("&& x"), Err(ShellError::Unexpected { .. })));
-        assert!(matches!(parse("x >"), Err(ShellError::MissingTarget { at: 2 })));
+        assert!(matches!(
+            parse("x >"),
+            Err(ShellError::MissingTarget { at: 2 })
+        ));
     }
 
     proptest::proptest! {

@@ -310,30 +310,31 @@ impl Stack {
         // RFC 2131 duplicate address probe: answered only for local addresses,
         // never creates a neighbour entry.
         if sip == Ipv4Addr::UNSPECIFIED {
-            if arp.op == ArpOp::Request && self.is_local(tip) && !self.arp_ignore(iface, sip, tip)
-            {
+            if arp.op == ArpOp::Request && self.is_local(tip) && !self.arp_ignore(iface, sip, tip) {
                 return (Verdict::Processed, Some(reply(tip)));
             }
             return (Verdict::Processed, None);
         }
         let mut answer = None;
-        if arp.op == ArpOp::Request && self.route_input_ok(sip) {
-            if self.is_local(tip) && !self.is_broadcast(tip) {
-                if !self.arp_ignore(iface, sip, tip) {
-                    // neigh_event_ns: create or refresh the requester's entry.
-                    self.neigh.insert(
-                        (iface, sip),
-                        Neighbour {
-                            lladdr: sha,
-                            state: NudState::Stale,
-                            updated: now,
-                        },
-                    );
-                    answer = Some(reply(tip));
-                }
-                return (Verdict::Processed, answer);
+        // Not local (or broadcast): only proxy ARP could answer; it is off by default.
+        if arp.op == ArpOp::Request
+            && self.route_input_ok(sip)
+            && self.is_local(tip)
+            && !self.is_broadcast(tip)
+        {
+            if !self.arp_ignore(iface, sip, tip) {
+                // neigh_event_ns: create or refresh the requester's entry.
+                self.neigh.insert(
+                    (iface, sip),
+                    Neighbour {
+                        lladdr: sha,
+                        state: NudState::Stale,
+                        updated: now,
+                    },
+                );
+                answer = Some(reply(tip));
             }
-            // Not local: only proxy ARP could answer; it is off by default.
+            return (Verdict::Processed, answer);
         }
         // Update an existing entry; create one only with arp_accept for a
         // gratuitous ARP or an unsolicited reply.
@@ -343,7 +344,10 @@ impl Stack {
         if exists
             || (self.conf(iface, "arp_accept", false) != 0
                 && (is_garp || arp.op == ArpOp::Reply)
-                && self.ifaces.get(iface).is_some_and(|d| d.addrs.iter().any(|a| a.contains(sip))))
+                && self
+                    .ifaces
+                    .get(iface)
+                    .is_some_and(|d| d.addrs.iter().any(|a| a.contains(sip))))
         {
             let state = if arp.op == ArpOp::Reply && eth.dst == dev_mac {
                 NudState::Reachable
@@ -414,8 +418,8 @@ mod tests {
         assert_eq!(
             reply,
             [
-                0xfe, 0xfd, 0, 0, 0, 1, 0xfe, 0xfd, 0, 0, 0, 2, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0,
-                2, 0xfe, 0xfd, 0, 0, 0, 2, 1, 1, 1, 1, 0xfe, 0xfd, 0, 0, 0, 1, 0, 0, 0, 0
+                0xfe, 0xfd, 0, 0, 0, 1, 0xfe, 0xfd, 0, 0, 0, 2, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2,
+                0xfe, 0xfd, 0, 0, 0, 2, 1, 1, 1, 1, 0xfe, 0xfd, 0, 0, 0, 1, 0, 0, 0, 0
             ]
         );
         assert!(s.neigh.is_empty(), "DAD probes create no neighbour entry");
@@ -441,7 +445,11 @@ mod tests {
         let mut s = host_with(Some([1, 1, 1, 1]));
         let (_, reply) = s.receive(1, &request([1, 1, 1, 5], [1, 1, 1, 1]), Duration::ZERO);
         let reply = reply.expect("reply");
-        assert_eq!(&reply[38..42], &[1, 1, 1, 5], "target IP is the requester's");
+        assert_eq!(
+            &reply[38..42],
+            &[1, 1, 1, 5],
+            "target IP is the requester's"
+        );
         let entry = s.neigh.get(&(1, Ipv4Addr::new(1, 1, 1, 5))).expect("entry");
         assert_eq!((entry.lladdr, entry.state), (H1, NudState::Stale));
     }
@@ -458,7 +466,10 @@ mod tests {
         });
         s.ifaces.push(eth1);
         let probe = request([0, 0, 0, 0], [1, 1, 1, 1]);
-        assert!(s.receive(1, &probe, Duration::ZERO).1.is_some(), "default 0: any interface");
+        assert!(
+            s.receive(1, &probe, Duration::ZERO).1.is_some(),
+            "default 0: any interface"
+        );
         s.sysctl
             .insert("net.ipv4.conf.all.arp_ignore".into(), "1".into());
         assert!(s.receive(1, &probe, Duration::ZERO).1.is_none());

@@ -140,7 +140,14 @@ mod tests {
     fn read_and_write_as_busybox_prints_them() {
         let mut table = t();
         let run1 = run(&mut table, &["net.ipv4.conf.eth0.arp_ignore".into()]);
-        assert_eq!(run1, ("net.ipv4.conf.eth0.arp_ignore = 0\n".into(), String::new(), 0));
+        assert_eq!(
+            run1,
+            (
+                "net.ipv4.conf.eth0.arp_ignore = 0\n".into(),
+                String::new(),
+                0
+            )
+        );
         let run2 = run(
             &mut table,
             &["-w".into(), "net.ipv4.conf.all.arp_ignore=1".into()],

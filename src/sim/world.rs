@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::net::wire::MacAddr;
+use crate::net::switch::{PortRequest, Switch as CoreSwitch, SwitchConfig};
 use crate::scenario::backend::TraceRecord;
 use crate::sim::disk::Disk;
 use crate::sim::rng::{self, Rng};
@@ -36,66 +36,44 @@ pub struct PortFaults {
     pub delay: Duration,
 }
 
-/// One port of a sim switch: which NIC is plugged in.
+/// One NIC plugged into a sim switch.
 #[derive(Debug)]
 pub struct Port {
-    pub number: u32,
+    /// The VDE port number.
+    pub number: u16,
     pub machine: usize,
     pub iface: usize,
     pub faults: PortFaults,
+    /// False while the cable is out (scenario `link down`).
+    pub connected: bool,
     rng: Rng,
 }
 
-/// A switch as the sim runs it: ports, a MAC table, a trace.
+/// A lab switch: the shared `net::switch` core (the VDE daemon drives the same
+/// one), the NICs plugged into it, and its trace.
 #[derive(Debug)]
 pub struct Switch {
     pub name: String,
-    pub hub: bool,
-    pub numports: u32,
+    pub core: CoreSwitch,
+    /// Plugged NICs; the endpoint id in the core is the index here.
     pub ports: Vec<Port>,
-    /// MAC → (port index, learned at); iterated never, ordered anyway.
-    macs: BTreeMap<MacAddr, (usize, Duration)>,
     pub trace: Vec<TraceRecord>,
+    outs: Vec<u16>,
 }
-
-/// VDE's MAC table ageing (`vde_switch` default 300 s).
-const MAC_AGE: Duration = Duration::from_secs(300);
 
 impl Switch {
     pub fn new(name: &str, hub: bool, numports: u32) -> Self {
+        let config = SwitchConfig {
+            numports: u16::try_from(numports).unwrap_or(u16::MAX),
+            hub,
+            ..SwitchConfig::default()
+        };
         Self {
             name: name.into(),
-            hub,
-            numports,
+            core: CoreSwitch::new(config),
             ports: Vec::new(),
-            macs: BTreeMap::new(),
             trace: Vec::new(),
-        }
-    }
-
-    /// The output ports (indices) for a frame from port index `from`.
-    fn forward(&mut self, from: usize, frame: &[u8], now: Duration) -> Vec<usize> {
-        let all_others = |ports: &[Port]| (0..ports.len()).filter(|&p| p != from).collect();
-        if self.hub || frame.len() < 14 {
-            return all_others(&self.ports);
-        }
-        let dst = MacAddr([frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]]);
-        let src = MacAddr([frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]]);
-        if !src.is_multicast() {
-            self.macs.insert(src, (from, now));
-        }
-        if dst.is_multicast() {
-            return all_others(&self.ports);
-        }
-        match self.macs.get(&dst) {
-            Some(&(port, at)) if now.saturating_sub(at) < MAC_AGE => {
-                if port == from {
-                    Vec::new()
-                } else {
-                    vec![port]
-                }
-            }
-            _ => all_others(&self.ports),
+            outs: Vec::new(),
         }
     }
 }
@@ -107,7 +85,11 @@ pub enum Effect {
     Send { iface: usize, frame: Vec<u8> },
     /// Start/stop receiving frames of an interface (a packet socket),
     /// promiscuous or not.
-    Capture { iface: usize, on: bool, promisc: bool },
+    Capture {
+        iface: usize,
+        on: bool,
+        promisc: bool,
+    },
     /// Wake the job at this time.
     WakeAt(Duration),
     /// Power the machine off (`halt`, `poweroff`, `shutdown -h now`).
@@ -226,6 +208,24 @@ pub struct MachineCore {
     pub rng: Rng,
     /// Per interface: the switch and port index it is plugged into.
     pub links: Vec<Option<(usize, usize)>>,
+}
+
+impl MachineCore {
+    /// A machine that has not booted: no devices, empty console.
+    pub fn empty(name: &str, rng: Rng) -> Self {
+        Self {
+            name: name.to_string(),
+            console: String::new(),
+            stack: Stack::new(Vec::new()),
+            disks: BTreeMap::new(),
+            files: BTreeMap::new(),
+            proc_cmdline: String::new(),
+            mem: 0,
+            mounts: String::new(),
+            rng,
+            links: Vec::new(),
+        }
+    }
 }
 
 /// A running command line.
@@ -356,32 +356,76 @@ impl World {
         self.machines.len() - 1
     }
 
-    /// Plugs interface `iface` of `machine` into `switch`, at `port` (VDE
-    /// numbering from 1) or the first free one. Returns the port number, or
-    /// None if the switch is full or the port taken.
-    pub fn plug(&mut self, machine: usize, iface: usize, switch: usize, port: Option<u32>) -> Option<u32> {
-        let sw = self.switches.get_mut(switch)?;
-        let taken = |n: u32| sw.ports.iter().any(|p| p.number == n);
-        let number = match port {
-            Some(n) if n >= 1 && n <= sw.numports && !taken(n) => n,
-            Some(_) => return None,
-            None => (1..=sw.numports).find(|&n| !taken(n))?,
+    /// Plugs interface `iface` of `machine` into `switch`, at VDE port `port`
+    /// (0: the first free one). Returns the port number or the switch's refusal.
+    pub fn plug(
+        &mut self,
+        machine: usize,
+        iface: usize,
+        switch: usize,
+        port: u32,
+    ) -> Result<u16, crate::net::switch::SwitchError> {
+        let now = self.now;
+        let seed = self.seed;
+        let Some(sw) = self.switches.get_mut(switch) else {
+            return Err(crate::net::switch::SwitchError::NoSuchPort { port: 0 });
         };
-        let rng = rng::stream(self.seed, &format!("switch {} port {}", sw.name, number));
+        let id = sw.ports.len() as u32;
+        let desc = format!("{} eth{}", machine, iface);
+        let number = sw
+            .core
+            .add_endpoint(PortRequest::from_number(port), id, None, &desc, now)?;
+        let rng = rng::stream(seed, &format!("switch {} port {}", sw.name, number));
         sw.ports.push(Port {
             number,
             machine,
             iface,
             faults: PortFaults::default(),
+            connected: true,
             rng,
         });
         let index = sw.ports.len() - 1;
-        let links = &mut self.machines.get_mut(machine)?.core.links;
-        if links.len() <= iface {
-            links.resize(iface + 1, None);
+        if let Some(m) = self.machines.get_mut(machine) {
+            let links = &mut m.core.links;
+            if links.len() <= iface {
+                links.resize(iface + 1, None);
+            }
+            links[iface] = Some((switch, index));
         }
-        links[iface] = Some((switch, index));
-        Some(number)
+        Ok(number)
+    }
+
+    /// Takes a NIC's cable out of its switch (`up == false`) or puts it back
+    /// into the same port. Returns false if the NIC is not plugged anywhere.
+    pub fn set_cable(&mut self, machine: usize, iface: usize, up: bool) -> bool {
+        let now = self.now;
+        let Some((switch, index)) = self
+            .machines
+            .get(machine)
+            .and_then(|m| m.core.links.get(iface).copied().flatten())
+        else {
+            return false;
+        };
+        let Some(sw) = self.switches.get_mut(switch) else {
+            return false;
+        };
+        let Some(port) = sw.ports.get_mut(index) else {
+            return false;
+        };
+        if port.connected == up {
+            return true;
+        }
+        port.connected = up;
+        let (number, id) = (port.number, index as u32);
+        if up {
+            let desc = format!("{machine} eth{iface}");
+            let _ = sw
+                .core
+                .add_endpoint(PortRequest::Number(number), id, None, &desc, now);
+        } else {
+            sw.core.remove_endpoint(id);
+        }
+        true
     }
 
     fn push(&mut self, time: Duration, kind: EventKind) {
@@ -557,7 +601,9 @@ impl World {
         }
         for e in fx.drain(..) {
             match e {
-                Effect::Send { iface, frame } => self.transmit(r.machine, iface, frame, Duration::ZERO),
+                Effect::Send { iface, frame } => {
+                    self.transmit(r.machine, iface, frame, Duration::ZERO)
+                }
                 Effect::Capture { iface, on, promisc } => {
                     let Some(m) = self.machines.get_mut(r.machine) else {
                         continue;
@@ -585,10 +631,13 @@ impl World {
                     {
                         job.wake_at = Some(at);
                     }
-                    self.push(at.max(self.now), EventKind::Wake {
-                        machine: r.machine,
-                        job: r.job,
-                    });
+                    self.push(
+                        at.max(self.now),
+                        EventKind::Wake {
+                            machine: r.machine,
+                            job: r.job,
+                        },
+                    );
                 }
                 Effect::PowerOff => {
                     self.power_down(r.machine, "reboot: System halted\n".into(), None);
@@ -675,11 +724,21 @@ impl World {
             .get(machine)
             .and_then(|m| m.core.links.get(iface).copied().flatten());
         if let Some((switch, port)) = link {
-            self.push(now + delay + WIRE_DELAY, EventKind::ToSwitch {
-                switch,
-                port,
-                frame,
-            });
+            // A port's delay fault holds the frame back before the switch sees it.
+            let fault_delay = self
+                .switches
+                .get(switch)
+                .and_then(|s| s.ports.get(port))
+                .map(|p| p.faults.delay)
+                .unwrap_or_default();
+            self.push(
+                now + delay + WIRE_DELAY + fault_delay,
+                EventKind::ToSwitch {
+                    switch,
+                    port,
+                    frame,
+                },
+            );
         }
     }
 
@@ -740,7 +799,11 @@ impl World {
                     self.advance(r, Some(poll));
                 }
             }
-            EventKind::ToSwitch { switch, port, frame } => self.switch_in(switch, port, frame),
+            EventKind::ToSwitch {
+                switch,
+                port,
+                frame,
+            } => self.switch_in(switch, port, frame),
             EventKind::ToNic {
                 machine,
                 iface,
@@ -757,6 +820,9 @@ impl World {
         let Some(p) = sw.ports.get_mut(port) else {
             return;
         };
+        if !p.connected {
+            return;
+        }
         // Faults act on the way in, before forwarding and tracing.
         let faults = p.faults;
         if faults.loss > 0.0 && p.rng.chance(faults.loss) {
@@ -770,24 +836,24 @@ impl World {
         let in_port = p.number;
         let mut deliveries = Vec::new();
         for _ in 0..copies {
-            let outs = sw.forward(port, &frame, now);
+            let mut outs = std::mem::take(&mut sw.outs);
+            sw.core.forward_into(in_port, &frame, now, &mut outs);
             sw.trace.push(TraceRecord {
                 time: now,
-                in_port,
-                out_ports: outs
-                    .iter()
-                    .filter_map(|&o| sw.ports.get(o))
-                    .map(|p| p.number)
-                    .collect(),
+                in_port: u32::from(in_port),
+                out_ports: outs.iter().map(|&o| u32::from(o)).collect(),
                 frame: frame.to_vec(),
             });
-            for o in outs {
-                let Some(op) = sw.ports.get_mut(o) else {
-                    continue;
-                };
-                let jitter = Duration::from_micros(op.rng.below(WIRE_JITTER_US + 1));
-                deliveries.push((op.machine, op.iface, WIRE_DELAY + jitter + faults.delay));
+            for &o in &outs {
+                for ep in sw.core.endpoints(o) {
+                    let Some(op) = sw.ports.get_mut(ep.id as usize) else {
+                        continue;
+                    };
+                    let jitter = Duration::from_micros(op.rng.below(WIRE_JITTER_US + 1));
+                    deliveries.push((op.machine, op.iface, WIRE_DELAY + jitter));
+                }
             }
+            sw.outs = outs;
         }
         for (machine, iface, d) in deliveries {
             self.push(
@@ -840,7 +906,11 @@ impl World {
             return;
         }
         let poll = self.call(r, |p, sys| p.interrupt(sys));
-        let Some(job) = self.machines.get_mut(r.machine).and_then(|m| m.jobs.get_mut(&r.job)) else {
+        let Some(job) = self
+            .machines
+            .get_mut(r.machine)
+            .and_then(|m| m.jobs.get_mut(&r.job))
+        else {
             return;
         };
         job.interrupted = true;

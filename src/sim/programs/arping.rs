@@ -33,10 +33,19 @@ enum Display {
     RawRaw,
 }
 
+/// Time from exec to the first request (libnet and pcap setup): frames
+/// still in flight from an earlier command are gone by then.
+pub const STARTUP: Duration = Duration::from_millis(1);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Setting up; the first request goes out at the end of it.
+    Starting,
     /// Waiting for replies to the last request until `until`.
-    Waiting { until: Duration, old_received: u32 },
+    Waiting {
+        until: Duration,
+        old_received: u32,
+    },
     Done,
 }
 
@@ -302,12 +311,8 @@ impl Arping {
                 .map(|i| i.mac)
                 .unwrap_or(MacAddr([0; 6]));
         }
-        sys.capture(self.iface, true, self.promisc);
         if self.display == Display::Normal {
             sys.out(&format!("ARPING {}\n", self.target));
-        }
-        if let Some(d) = self.deadline.as_mut() {
-            *d += sys.now;
         }
         Ok(())
     }
@@ -359,8 +364,10 @@ impl Arping {
     }
 
     fn finish(&mut self, sys: &mut Sys) -> Poll {
+        if self.phase != Phase::Starting {
+            sys.capture(self.iface, false, self.promisc);
+        }
         self.phase = Phase::Done;
-        sys.capture(self.iface, false, self.promisc);
         let sent = self.sent.max(1) as f32;
         let succ = 100.0 - 100.0 * self.received as f32 / sent;
         let (shown, extra) = if succ < 0.0 {
@@ -575,12 +582,23 @@ pub fn ts2str(d: Duration) -> String {
 impl Program for Arping {
     fn start(&mut self, sys: &mut Sys) -> Poll {
         match self.setup(sys) {
-            Ok(()) => self.next_request(sys),
+            Ok(()) => {
+                self.phase = Phase::Starting;
+                sys.wake_at(sys.now + STARTUP);
+                Poll::Pending
+            }
             Err(code) => Poll::Exit(code),
         }
     }
 
     fn wake(&mut self, sys: &mut Sys) -> Poll {
+        if self.phase == Phase::Starting {
+            sys.capture(self.iface, true, self.promisc);
+            if let Some(d) = self.deadline.as_mut() {
+                *d += sys.now;
+            }
+            return self.next_request(sys);
+        }
         let Phase::Waiting {
             until,
             old_received,

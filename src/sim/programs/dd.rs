@@ -113,12 +113,16 @@ impl Dd {
                 }
                 return Ok(End::Disk(d.unit));
             }
-            return Err(format!("dd: can't open '{path}': No such file or directory\n"));
+            return Err(format!(
+                "dd: can't open '{path}': No such file or directory\n"
+            ));
         }
         if write || sys.m.files.contains_key(path) {
             Ok(End::File(path.to_string()))
         } else {
-            Err(format!("dd: can't open '{path}': No such file or directory\n"))
+            Err(format!(
+                "dd: can't open '{path}': No such file or directory\n"
+            ))
         }
     }
 
@@ -143,7 +147,13 @@ impl Dd {
                 let avail = d.size.saturating_sub(self.ipos).min(len) as usize;
                 match d.read(self.ipos, &mut buf[..avail]) {
                     Ok(n) => n,
-                    Err(e) => return Err(format!("dd: error reading '/dev/{}': {}\n", dev_name(*unit), os_msg(&e))),
+                    Err(e) => {
+                        return Err(format!(
+                            "dd: error reading '/dev/{}': {}\n",
+                            dev_name(*unit),
+                            os_msg(&e)
+                        ))
+                    }
                 }
             }
             End::File(p) => {
@@ -172,7 +182,11 @@ impl Dd {
                 let n = room.min(data.len());
                 if n > 0 {
                     if let Err(e) = d.guest_write(at, &data[..n]) {
-                        return Err(format!("dd: error writing '{}': {}\n", self.out_name, os_msg(&e)));
+                        return Err(format!(
+                            "dd: error writing '{}': {}\n",
+                            self.out_name,
+                            os_msg(&e)
+                        ));
                     }
                 }
                 if n < data.len() {

@@ -84,9 +84,18 @@ mod tests {
         assert_eq!(
             p.opts,
             [
-                Opt { flag: '0', arg: None },
-                Opt { flag: 'i', arg: Some("eth0".into()) },
-                Opt { flag: 'c', arg: Some("1".into()) },
+                Opt {
+                    flag: '0',
+                    arg: None
+                },
+                Opt {
+                    flag: 'i',
+                    arg: Some("eth0".into())
+                },
+                Opt {
+                    flag: 'c',
+                    arg: Some("1".into())
+                },
             ]
         );
         assert_eq!(p.operands, ["1.1.1.1"]);

@@ -44,7 +44,10 @@ fn link_lines(index: usize, i: &Iface) -> String {
     }
     if i.promisc > 0 {
         // busybox prints flags in bit order: PROMISC (0x100) before MULTICAST (0x1000)
-        let at = flags.iter().position(|f| *f == "MULTICAST").unwrap_or(flags.len());
+        let at = flags
+            .iter()
+            .position(|f| *f == "MULTICAST")
+            .unwrap_or(flags.len());
         flags.insert(at, "PROMISC");
     }
     if i.up {
@@ -80,7 +83,11 @@ fn addr_lines(i: &Iface) -> String {
         } else {
             String::new()
         };
-        let scope = if a.addr.is_loopback() { "host" } else { "global" };
+        let scope = if a.addr.is_loopback() {
+            "host"
+        } else {
+            "global"
+        };
         s.push_str(&format!(
             "    inet {}/{} {brd}scope {scope} {}\n       valid_lft forever preferred_lft forever\n",
             a.addr, a.prefix, i.name
@@ -176,7 +183,9 @@ fn ip_link(sys: &mut Sys, args: &[String]) -> i32 {
                     }
                     other if dev.is_none() => dev = Some(other.to_string()),
                     other => {
-                        sys.err(&format!("ip: either \"dev\" is duplicate, or \"{other}\" is garbage\n"));
+                        sys.err(&format!(
+                            "ip: either \"dev\" is duplicate, or \"{other}\" is garbage\n"
+                        ));
                         return 1;
                     }
                 }
@@ -294,7 +303,11 @@ fn ip_addr(sys: &mut Sys, args: &[String]) -> i32 {
                 }
             },
         };
-        if iface.addrs.iter().any(|a| a.addr == addr && a.prefix == prefix) {
+        if iface
+            .addrs
+            .iter()
+            .any(|a| a.addr == addr && a.prefix == prefix)
+        {
             sys.err("ip: RTNETLINK answers: File exists\n");
             return 2;
         }
@@ -328,10 +341,13 @@ fn ip_neigh(sys: &mut Sys, args: &[String]) -> i32 {
         None => None,
     };
     if kw(verb, "flush") {
-        sys.m.stack.neigh.retain(|(i, _), _| filter.is_some_and(|f| f != *i));
+        sys.m
+            .stack
+            .neigh
+            .retain(|(i, _), _| filter.is_some_and(|f| f != *i));
         return 0;
     }
-    if !(kw(verb, "show") || kw(verb, "list")) && !args.is_empty() {
+    if !(kw(verb, "show") || kw(verb, "list") || args.is_empty()) {
         sys.err(IP_USAGE);
         return 1;
     }
@@ -342,7 +358,10 @@ fn ip_neigh(sys: &mut Sys, args: &[String]) -> i32 {
             continue;
         }
         let dev = if filter.is_none() {
-            format!("dev {} ", stack.ifaces.get(*i).map(|d| d.name.as_str()).unwrap_or("?"))
+            format!(
+                "dev {} ",
+                stack.ifaces.get(*i).map(|d| d.name.as_str()).unwrap_or("?")
+            )
         } else {
             String::new()
         };
@@ -381,7 +400,11 @@ fn ifconfig_block(i: &Iface) -> String {
     };
     if let Some(a) = i.addrs.first() {
         if i.loopback {
-            s.push_str(&format!("          inet addr:{}  Mask:{}\n", a.addr, a.netmask()));
+            s.push_str(&format!(
+                "          inet addr:{}  Mask:{}\n",
+                a.addr,
+                a.netmask()
+            ));
         } else {
             s.push_str(&format!(
                 "          inet addr:{}  Bcast:{}  Mask:{}\n",
@@ -410,7 +433,10 @@ fn ifconfig_block(i: &Iface) -> String {
         flags.push("MULTICAST");
     }
     let mtu = if i.loopback { 65536 } else { 1500 };
-    s.push_str(&format!("          {}  MTU:{mtu}  Metric:1\n", flags.join(" ")));
+    s.push_str(&format!(
+        "          {}  MTU:{mtu}  Metric:1\n",
+        flags.join(" ")
+    ));
     let c = i.counters;
     s.push_str(&format!(
         "          RX packets:{} errors:0 dropped:0 overruns:0 frame:0\n\
@@ -490,10 +516,12 @@ pub fn ifconfig(sys: &mut Sys, args: &[String]) -> i32 {
                     return 1;
                 };
                 if a.as_str() == "netmask" {
-                    let old_brd = Ipv4Addr::from(u32::from(first.addr) | !u32::from(first.netmask()));
+                    let old_brd =
+                        Ipv4Addr::from(u32::from(first.addr) | !u32::from(first.netmask()));
                     first.prefix = u32::from(v).leading_ones() as u8;
                     if first.brd == old_brd {
-                        first.brd = Ipv4Addr::from(u32::from(first.addr) | !u32::from(first.netmask()));
+                        first.brd =
+                            Ipv4Addr::from(u32::from(first.addr) | !u32::from(first.netmask()));
                     }
                 } else {
                     first.brd = v;

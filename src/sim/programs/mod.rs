@@ -51,7 +51,9 @@ fn echo(sys: &mut Sys, args: &[String]) -> i32 {
     let (mut newline, mut escapes) = (true, false);
     let mut words = args;
     while let Some(first) = words.first() {
-        let flags = first.strip_prefix('-').filter(|f| !f.is_empty() && f.chars().all(|c| "neE".contains(c)));
+        let flags = first
+            .strip_prefix('-')
+            .filter(|f| !f.is_empty() && f.chars().all(|c| "neE".contains(c)));
         let Some(flags) = flags else {
             break;
         };
@@ -151,7 +153,11 @@ fn read_file(sys: &Sys, path: &str) -> Option<Vec<u8>> {
     }
     if let Some(key) = path.strip_prefix("/proc/sys/") {
         let key = key.replace('/', ".");
-        return m.stack.sysctl.get(&key).map(|v| format!("{v}\n").into_bytes());
+        return m
+            .stack
+            .sysctl
+            .get(&key)
+            .map(|v| format!("{v}\n").into_bytes());
     }
     m.files.get(path).cloned()
 }
@@ -165,7 +171,9 @@ fn cat(sys: &mut Sys, args: &[String]) -> i32 {
                 sys.out(&text);
             }
             None => {
-                sys.err(&format!("cat: can't open '{path}': No such file or directory\n"));
+                sys.err(&format!(
+                    "cat: can't open '{path}': No such file or directory\n"
+                ));
                 code = 1;
             }
         }

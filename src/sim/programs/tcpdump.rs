@@ -178,6 +178,9 @@ mod tests {
             resolve_names("ARP, Reply 1.1.1.1 is-at fe:fd:00:00:00:02, length 28".into()),
             "ARP, Reply 1.1.1.1 is-at fe:fd:00:00:00:02 (oui Unknown), length 28"
         );
-        assert_eq!(time_of_day(Duration::from_micros(3_725_000_042)), "01:02:05.000042");
+        assert_eq!(
+            time_of_day(Duration::from_micros(3_725_000_042)),
+            "01:02:05.000042"
+        );
     }
 }

@@ -1,0 +1,364 @@
+//! `impl Backend for SimBackend`: the engine's steps on the [`World`].
+//!
+//! Every wait is in virtual time: `run` with a 5 s timeout on `arping -0Bi
+//! eth0` advances the clock by exactly 5 s, delivers SIGINT, and returns at
+//! once in wall-clock terms.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::scenario::backend::{
+    Backend, BackendArtifacts, BackendError, CommandOutcome, JobId, Lab, MachineSpec,
+};
+use crate::sim::boot;
+use crate::sim::disk::DiskFaults;
+use crate::sim::programs;
+use crate::sim::world::{JobRef, MachineCore, PortFaults, Power, Switch, World};
+
+/// The deterministic sim backend.
+pub struct SimBackend {
+    world: World,
+    run_dir: PathBuf,
+    specs: Vec<MachineSpec>,
+    machines: BTreeMap<String, usize>,
+    switches: BTreeMap<String, usize>,
+    jobs: BTreeMap<JobId, JobRef>,
+    next_job: u32,
+    port_faults: BTreeMap<(String, String), PortFaults>,
+    disk_faults: BTreeMap<(String, u32), DiskFaults>,
+}
+
+impl Default for SimBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How many console lines a failure shows.
+const LAST_LINES: usize = 12;
+
+impl SimBackend {
+    pub fn new() -> Self {
+        Self {
+            world: World::new(0, programs::lookup),
+            run_dir: PathBuf::new(),
+            specs: Vec::new(),
+            machines: BTreeMap::new(),
+            switches: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            next_job: 1,
+            port_faults: BTreeMap::new(),
+            disk_faults: BTreeMap::new(),
+        }
+    }
+
+    /// Fault injection on the switch port of `machine`'s `nic` (applies now
+    /// if it is plugged, else when it boots).
+    pub fn set_port_faults(&mut self, machine: &str, nic: &str, faults: PortFaults) {
+        self.port_faults
+            .insert((machine.to_string(), nic.to_string()), faults);
+        self.apply_port_faults();
+    }
+
+    /// Fault injection on `machine`'s ubd unit (when it boots, or now).
+    pub fn set_disk_faults(&mut self, machine: &str, unit: u32, faults: DiskFaults) {
+        self.disk_faults.insert((machine.to_string(), unit), faults);
+        if let Some(&m) = self.machines.get(machine) {
+            if let Some(d) = self
+                .world
+                .machines
+                .get_mut(m)
+                .and_then(|m| m.core.disks.get_mut(&unit))
+            {
+                d.faults = faults;
+            }
+        }
+    }
+
+    /// The world, for tests and benchmarks.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    fn apply_port_faults(&mut self) {
+        for ((machine, nic), f) in &self.port_faults {
+            let Some(&m) = self.machines.get(machine) else {
+                continue;
+            };
+            let Some(mach) = self.world.machines.get(m) else {
+                continue;
+            };
+            let Some(iface) = mach.core.stack.find(nic) else {
+                continue;
+            };
+            let Some((sw, port)) = mach.core.links.get(iface).copied().flatten() else {
+                continue;
+            };
+            if let Some(p) = self
+                .world
+                .switches
+                .get_mut(sw)
+                .and_then(|s| s.ports.get_mut(port))
+            {
+                p.faults = *f;
+            }
+        }
+    }
+
+    fn machine(&self, name: &str) -> Result<usize, BackendError> {
+        self.machines
+            .get(name)
+            .copied()
+            .ok_or_else(|| BackendError::UnknownMachine(name.to_string()))
+    }
+
+    fn last_lines(&self, m: usize) -> String {
+        let console = self
+            .world
+            .machines
+            .get(m)
+            .map(|m| m.core.console.as_str())
+            .unwrap_or("");
+        let lines: Vec<&str> = console.lines().collect();
+        lines[lines.len().saturating_sub(LAST_LINES)..].join("\n")
+    }
+
+    fn running(&self, name: &str) -> Result<usize, BackendError> {
+        let m = self.machine(name)?;
+        match self.world.machines.get(m).map(|m| &m.power) {
+            Some(Power::Running) => Ok(m),
+            Some(Power::Off) => Err(BackendError::Machine {
+                machine: name.to_string(),
+                message: "is not booted".into(),
+                last_lines: self.last_lines(m),
+            }),
+            Some(Power::Down(why)) => Err(BackendError::Machine {
+                machine: name.to_string(),
+                message: format!("is not running ({why})"),
+                last_lines: self.last_lines(m),
+            }),
+            None => Err(BackendError::UnknownMachine(name.to_string())),
+        }
+    }
+
+    /// Runs the world until job `r` ends or `timeout` passes, then SIGINT.
+    fn finish_job(&mut self, r: JobRef, timeout: Duration) -> CommandOutcome {
+        let deadline = self.world.now + timeout;
+        let done = |w: &World| w.job(r).is_none_or(|j| j.done.is_some());
+        if !self.world.run_until(deadline, done) {
+            self.world.interrupt(r);
+        }
+        match self.world.take_job(r) {
+            Some(job) => CommandOutcome {
+                output: job.output,
+                exit_code: job.done.unwrap_or(130),
+                interrupted: job.interrupted,
+            },
+            None => CommandOutcome {
+                output: String::new(),
+                exit_code: 1,
+                interrupted: false,
+            },
+        }
+    }
+}
+
+impl Backend for SimBackend {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    fn start(&mut self, lab: &Lab) -> Result<(), BackendError> {
+        self.world = World::new(lab.seed, programs::lookup);
+        self.run_dir = lab.run_dir.clone();
+        self.specs = lab.machines.clone();
+        self.machines.clear();
+        self.switches.clear();
+        for s in &lab.switches {
+            let i = self
+                .world
+                .add_switch(Switch::new(&s.name, s.hub, s.numports));
+            self.switches.insert(s.name.clone(), i);
+        }
+        for (i, m) in lab.machines.iter().enumerate() {
+            self.machines.insert(m.name.clone(), i);
+            let rng = self.world.rng(&format!("machine {}", m.name));
+            self.world.add_machine(MachineCore::empty(&m.name, rng));
+        }
+        Ok(())
+    }
+
+    fn boot(&mut self, machines: &[String], _timeout: Duration) -> Result<(), BackendError> {
+        for name in machines {
+            let index = self.machine(name)?;
+            if self
+                .world
+                .machines
+                .get(index)
+                .is_some_and(|m| m.power != Power::Off)
+            {
+                continue;
+            }
+            let Some(spec) = self.specs.get(index).cloned() else {
+                return Err(BackendError::UnknownMachine(name.clone()));
+            };
+            let rng = self.world.rng(&format!("machine {}", spec.name));
+            let booted = boot::boot(index, &spec.name, &spec.argv, &self.run_dir, rng);
+            let Some(m) = self.world.machines.get_mut(index) else {
+                return Err(BackendError::UnknownMachine(name.clone()));
+            };
+            m.core = booted.core;
+            for ((mname, unit), f) in &self.disk_faults {
+                if mname == name {
+                    if let Some(d) = m.core.disks.get_mut(unit) {
+                        d.faults = *f;
+                    }
+                }
+            }
+            m.power = match &booted.failed {
+                Some(why) => Power::Down(why.clone()),
+                None => Power::Running,
+            };
+            if booted.failed.is_some() {
+                continue;
+            }
+            for plug in booted.plugs {
+                let Some(&sw) = self.switches.get(&plug.switch) else {
+                    // A socket outside the lab: the transport fails to connect.
+                    continue;
+                };
+                if let Err(e) = self.world.plug(index, plug.iface, sw, plug.port) {
+                    let line = format!("vde_plug: {e}\n");
+                    if let Some(m) = self.world.machines.get_mut(index) {
+                        m.core.console.push_str(&line);
+                    }
+                }
+            }
+        }
+        self.apply_port_faults();
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        machine: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, BackendError> {
+        let m = self.running(machine)?;
+        let Some(r) = self.world.spawn(m, command) else {
+            return Err(BackendError::UnknownMachine(machine.to_string()));
+        };
+        Ok(self.finish_job(r, timeout))
+    }
+
+    fn spawn(&mut self, machine: &str, command: &str) -> Result<JobId, BackendError> {
+        let m = self.running(machine)?;
+        let Some(r) = self.world.spawn(m, command) else {
+            return Err(BackendError::UnknownMachine(machine.to_string()));
+        };
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        self.jobs.insert(id, r);
+        Ok(id)
+    }
+
+    fn wait_job(
+        &mut self,
+        machine: &str,
+        job: JobId,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, BackendError> {
+        let m = self.machine(machine)?;
+        match self.jobs.remove(&job) {
+            Some(r) if r.machine == m => Ok(self.finish_job(r, timeout)),
+            _ => Err(BackendError::Machine {
+                machine: machine.to_string(),
+                message: format!("has no background job {}", job.0),
+                last_lines: self.last_lines(m),
+            }),
+        }
+    }
+
+    fn set_link(&mut self, machine: &str, nic: &str, up: bool) -> Result<(), BackendError> {
+        let m = self.machine(machine)?;
+        let iface = self
+            .world
+            .machines
+            .get(m)
+            .and_then(|mm| mm.core.stack.find(nic));
+        match iface {
+            Some(i) if self.world.set_cable(m, i, up) => Ok(()),
+            _ => Err(BackendError::Machine {
+                machine: machine.to_string(),
+                message: format!("has no {nic} plugged into a switch of the lab"),
+                last_lines: self.last_lines(m),
+            }),
+        }
+    }
+
+    fn wait_console(
+        &mut self,
+        machine: &str,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        let m = self.machine(machine)?;
+        let deadline = self.world.now + timeout;
+        let seen = |w: &World| {
+            w.machines
+                .get(m)
+                .is_some_and(|mm| mm.core.console.contains(pattern))
+        };
+        Ok(self.world.run_until(deadline, seen))
+    }
+
+    fn sleep(&mut self, duration: Duration) -> Result<(), BackendError> {
+        let until = self.world.now + duration;
+        self.world.run_until(until, |_| false);
+        Ok(())
+    }
+
+    fn halt(&mut self, machines: &[String], _timeout: Duration) -> Result<(), BackendError> {
+        for name in machines {
+            let m = self.machine(name)?;
+            self.world
+                .power_down(m, "reboot: System halted\n".into(), None);
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self, machine: &str) -> Result<(), BackendError> {
+        let m = self.machine(machine)?;
+        self.world.power_down(m, String::new(), Some(137));
+        if let Some(mm) = self.world.machines.get_mut(m) {
+            mm.power = Power::Down("killed".into());
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<BackendArtifacts, BackendError> {
+        let running: Vec<usize> = (0..self.world.machines.len()).collect();
+        for m in running {
+            self.world.power_down(m, String::new(), None);
+        }
+        let mut out = BackendArtifacts::default();
+        for spec in &self.specs {
+            let console = self
+                .machines
+                .get(&spec.name)
+                .and_then(|&i| self.world.machines.get(i))
+                .map(|m| m.core.console.clone())
+                .unwrap_or_default();
+            out.consoles.insert(spec.name.clone(), console);
+        }
+        for s in &mut self.world.switches {
+            out.traces
+                .insert(s.name.clone(), std::mem::take(&mut s.trace));
+        }
+        // Drop the machines: their disks flush and release their locks.
+        self.world.machines.clear();
+        Ok(out)
+    }
+}

@@ -1,0 +1,424 @@
+//! The sim backend end to end through the `Backend` trait: the seed's arping
+//! lab (outputs compared with the real arping 2.23 / tcpdump 4.99 / busybox
+//! in a UML 6.1 guest, times aside), determinism, disks through the block
+//! layer, faults.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use umltest::scenario::backend::{Backend, Lab, MachineSpec, SwitchSpec};
+use umltest::sim::{DiskFaults, PortFaults, SimBackend};
+
+use crate::util;
+
+/// A sparse image with just an ext4 superblock (magic, extents feature, a
+/// fixed UUID): enough for the sim to mount it as root; no mkfs needed.
+fn fake_ext4(path: &Path, size: u64) {
+    let mut f = std::fs::File::create(path).expect("create image");
+    f.set_len(size).expect("size image");
+    let mut sb = [0u8; 1024];
+    sb[0x18] = 0; // log block size: 1024
+    sb[0x38..0x3a].copy_from_slice(&0xef53u16.to_le_bytes());
+    sb[0x60..0x64].copy_from_slice(&0x40u32.to_le_bytes()); // extents
+    for (i, b) in sb[0x68..0x78].iter_mut().enumerate() {
+        *b = i as u8 * 17;
+    }
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&sb, 1024).expect("write superblock");
+    f.flush().expect("flush");
+}
+
+fn lab(dir: &Path, machines: &[(&str, &str)], hub: bool) -> Lab {
+    Lab {
+        name: "test".into(),
+        seed: 1,
+        run_dir: dir.to_path_buf(),
+        switches: vec![SwitchSpec {
+            name: "sw1".into(),
+            hub,
+            numports: 32,
+        }],
+        machines: machines
+            .iter()
+            .map(|(name, cmdline)| MachineSpec {
+                name: name.to_string(),
+                argv: cmdline.split_whitespace().map(String::from).collect(),
+            })
+            .collect(),
+    }
+}
+
+const H1: &str =
+    "mem=64M ubd0=h1.cow,fs.ext4 root=/dev/ubda init=/init eth0=vde,sw1,fe:fd:00:00:00:01";
+const H2: &str =
+    "mem=64M ubd0=h2.cow,fs.ext4 root=/dev/ubda init=/init eth0=vde,sw1,fe:fd:00:00:00:02";
+
+fn two_hosts(dir: &Path) -> SimBackend {
+    fake_ext4(&dir.join("fs.ext4"), 64 << 20);
+    let mut sim = SimBackend::new();
+    sim.start(&lab(dir, &[("h1", H1), ("h2", H2)], false))
+        .expect("start");
+    sim.boot(&["h1".into(), "h2".into()], Duration::from_secs(10))
+        .expect("boot");
+    sim
+}
+
+fn run(sim: &mut SimBackend, m: &str, cmd: &str) -> (String, i32) {
+    let out = sim
+        .run(m, cmd, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{m}: {cmd}: {e}"));
+    (out.output, out.exit_code)
+}
+
+/// Replaces the digits of `time=...` and `rtt ...` values, which depend on timing.
+fn mask_times(s: &str) -> String {
+    s.lines()
+        .map(|l| {
+            if let Some(at) = l.find(" time=") {
+                format!("{} time=T", &l[..at])
+            } else if l.starts_with("rtt min/avg/max/std-dev = ") {
+                "rtt min/avg/max/std-dev = T".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn arping_lab_matches_the_real_tools() {
+    let dir = util::tempdir();
+    let mut sim = two_hosts(dir.path());
+    let console = sim.world().machines[0].core.console.clone();
+    assert!(
+        console.contains("Creating \"h1.cow\" as COW file for \"fs.ext4\"\n"),
+        "{console}"
+    );
+    assert!(
+        console.ends_with("Run /init as init process\n"),
+        "{console}"
+    );
+    assert!(dir.path().join("h1.cow").exists());
+
+    // Interface down: libnet's error, exit 1 (captured in the guest).
+    assert_eq!(
+        run(&mut sim, "h1", "arping -0 -B -i eth0 -c 1"),
+        (
+            "arping: libnet_init(LIBNET_LINK, eth0): libnet_check_iface(): eth0 is down\n".into(),
+            1
+        )
+    );
+    run(
+        &mut sim,
+        "h2",
+        "ip link set eth0 up && ip addr add 1.1.1.1/24 dev eth0",
+    );
+    run(&mut sim, "h1", "ip link set eth0 up");
+    let td = sim
+        .spawn("h2", "tcpdump -i eth0 -c 6 -n -e arp")
+        .expect("spawn");
+
+    let (out, code) = run(&mut sim, "h1", "arping -0 -B -i eth0 -c 2");
+    assert_eq!(
+        (out.as_str(), code),
+        (
+            "ARPING 255.255.255.255\nTimeout\nTimeout\n\n--- 255.255.255.255 statistics ---\n\
+             2 packets transmitted, 0 packets received, 100% unanswered (0 extra)\n\n",
+            1
+        )
+    );
+    let (out, code) = run(&mut sim, "h1", "arping -0 -i eth0 1.1.1.1 -c 2");
+    assert_eq!(
+        (mask_times(&out).as_str(), code),
+        (
+            "ARPING 1.1.1.1\n\
+             42 bytes from fe:fd:00:00:00:02 (1.1.1.1): index=0 time=T\n\
+             42 bytes from fe:fd:00:00:00:02 (1.1.1.1): index=1 time=T\n\
+             \n--- 1.1.1.1 statistics ---\n\
+             2 packets transmitted, 2 packets received,   0% unanswered (0 extra)\n\
+             rtt min/avg/max/std-dev = T",
+            0
+        )
+    );
+    let td = sim
+        .wait_job("h2", td, Duration::from_secs(5))
+        .expect("tcpdump");
+    let lines: Vec<&str> = td.output.lines().collect();
+    assert_eq!(td.exit_code, 0);
+    assert_eq!(
+        lines[0],
+        "tcpdump: verbose output suppressed, use -v[v]... for full protocol decode"
+    );
+    assert_eq!(
+        lines[1],
+        "listening on eth0, link-type EN10MB (Ethernet), snapshot length 262144 bytes"
+    );
+    let strip = |l: &str| {
+        l.split_once(' ')
+            .map(|x| x.1.to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(strip(lines[2]), "fe:fd:00:00:00:01 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 58: Request who-has 255.255.255.255 tell 0.0.0.0, length 44");
+    assert_eq!(strip(lines[4]), "fe:fd:00:00:00:01 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 58: Request who-has 1.1.1.1 tell 0.0.0.0, length 44");
+    assert_eq!(strip(lines[5]), "fe:fd:00:00:00:02 > fe:fd:00:00:00:01, ethertype ARP (0x0806), length 42: Reply 1.1.1.1 is-at fe:fd:00:00:00:02, length 28");
+    assert_eq!(
+        &lines[8..],
+        [
+            "6 packets captured",
+            "6 packets received by filter",
+            "0 packets dropped by kernel"
+        ]
+    );
+
+    // -w 2: the deadline is checked after sending: 3 sent, 2 answered.
+    let (out, _) = run(&mut sim, "h1", "arping -0 -i eth0 -w 2 1.1.1.1");
+    assert!(
+        out.contains("3 packets transmitted, 2 packets received,  33% unanswered (0 extra)"),
+        "{out}"
+    );
+    assert_eq!(
+        run(&mut sim, "h1", "arping -0 -D -i eth0 -c 3 1.1.1.1"),
+        ("!!!\t  0% packet loss (0 extra)\n".into(), 0)
+    );
+    assert_eq!(
+        run(&mut sim, "h1", "arping -0 -r -R -i eth0 -c 1 1.1.1.1"),
+        ("fe:fd:00:00:00:02 1.1.1.1\n".into(), 0)
+    );
+    assert_eq!(
+        run(&mut sim, "h1", "arping -i eth0 1.1.1.1 -c 1"),
+        (
+            "arping: Unable to get the IPv4 address of interface eth0:\n\
+             arping: libnet_get_ipaddr4(): ioctl(): Cannot assign requested address\n\
+             arping: Use -S to specify address manually.\n"
+                .into(),
+            1
+        )
+    );
+    // A normal request leaves a STALE entry on the answering host.
+    run(&mut sim, "h1", "arping -S 1.1.1.5 -i eth0 -c 1 1.1.1.1");
+    assert_eq!(
+        run(&mut sim, "h2", "ip neigh"),
+        (
+            "1.1.1.5 dev eth0 lladdr fe:fd:00:00:00:01 used 0/0/0 probes 0 STALE\n".into(),
+            0
+        )
+    );
+    assert_eq!(
+        run(&mut sim, "h1", "arping -0 -i eth0 1.1.1.1 2.2.2.2"),
+        (
+            "arping: Too many args on command line. Expected at most one.\n".into(),
+            1
+        )
+    );
+    assert_eq!(
+        run(&mut sim, "h1", "foo; echo $?"),
+        ("sh: foo: not found\n127\n".into(), 0)
+    );
+}
+
+#[test]
+fn sigint_at_the_step_timeout_prints_statistics() {
+    let dir = util::tempdir();
+    let mut sim = two_hosts(dir.path());
+    run(&mut sim, "h1", "ip link set eth0 up");
+    let out = sim
+        .run("h1", "arping -0Bi eth0", Duration::from_millis(1500))
+        .expect("run");
+    assert!(out.interrupted);
+    assert_eq!(out.exit_code, 1);
+    // Observed on the real arping: interrupted after 1.5 s, 2 sent, 1 Timeout.
+    assert_eq!(
+        out.output,
+        "ARPING 255.255.255.255\nTimeout\n\n--- 255.255.255.255 statistics ---\n\
+         2 packets transmitted, 0 packets received, 100% unanswered (0 extra)\n\n"
+    );
+}
+
+fn artifacts_of(dir: &Path) -> String {
+    let mut sim = two_hosts(dir);
+    run(
+        &mut sim,
+        "h2",
+        "ip link set eth0 up; ip addr add 1.1.1.1/24 dev eth0",
+    );
+    run(
+        &mut sim,
+        "h1",
+        "ip link set eth0 up; arping -0 -i eth0 -c 3 1.1.1.1; arping -0Bi eth0 -c 2",
+    );
+    let a = sim.finish().expect("finish");
+    format!("{:?}", a)
+}
+
+#[test]
+fn same_seed_same_artifacts() {
+    let (d1, d2) = (util::tempdir(), util::tempdir());
+    let a1 = artifacts_of(d1.path());
+    let a2 = artifacts_of(d2.path());
+    assert_eq!(a1, a2);
+    assert!(a1.contains("index=2"), "{a1}");
+}
+
+#[test]
+fn frame_loss_fault_drops_every_request() {
+    let dir = util::tempdir();
+    let mut sim = two_hosts(dir.path());
+    sim.set_port_faults(
+        "h1",
+        "eth0",
+        PortFaults {
+            loss: 1.0,
+            ..PortFaults::default()
+        },
+    );
+    run(
+        &mut sim,
+        "h2",
+        "ip link set eth0 up; ip addr add 1.1.1.1/24 dev eth0",
+    );
+    run(&mut sim, "h1", "ip link set eth0 up");
+    let (out, code) = run(&mut sim, "h1", "arping -0 -i eth0 -c 2 1.1.1.1");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("2 packets transmitted, 0 packets received"),
+        "{out}"
+    );
+}
+
+#[test]
+fn link_down_stops_frames_and_link_up_restores_them() {
+    let dir = util::tempdir();
+    let mut sim = two_hosts(dir.path());
+    run(
+        &mut sim,
+        "h2",
+        "ip link set eth0 up; ip addr add 1.1.1.1/24 dev eth0",
+    );
+    run(&mut sim, "h1", "ip link set eth0 up");
+    sim.set_link("h2", "eth0", false).expect("link down");
+    assert_eq!(
+        run(&mut sim, "h1", "arping -0 -q -i eth0 -c 1 1.1.1.1").1,
+        1
+    );
+    sim.set_link("h2", "eth0", true).expect("link up");
+    assert_eq!(
+        run(&mut sim, "h1", "arping -0 -q -i eth0 -c 1 1.1.1.1").1,
+        0
+    );
+}
+
+/// A raw data disk next to the root disk.
+fn with_data_disk(dir: &Path, size: u64) -> SimBackend {
+    fake_ext4(&dir.join("fs.ext4"), 64 << 20);
+    std::fs::File::create(dir.join("data.img"))
+        .and_then(|f| f.set_len(size))
+        .expect("data disk");
+    let mut sim = SimBackend::new();
+    sim.start(&lab(
+        dir,
+        &[("h1", "ubd0r=fs.ext4 ubd1=data.img root=/dev/ubda")],
+        false,
+    ))
+    .expect("start");
+    sim.boot(&["h1".into()], Duration::from_secs(10))
+        .expect("boot");
+    sim
+}
+
+#[test]
+fn dd_writes_through_the_block_layer_with_busybox_output() {
+    let dir = util::tempdir();
+    let mut sim = with_data_disk(dir.path(), 8 << 20);
+    assert_eq!(
+        run(
+            &mut sim,
+            "h1",
+            "dd if=/dev/zero of=/dev/ubdb bs=512 count=3 seek=1"
+        ),
+        ("3+0 records in\n3+0 records out\n".into(), 0)
+    );
+    assert_eq!(
+        run(
+            &mut sim,
+            "h1",
+            "dd if=/dev/zero of=/dev/ubda bs=512 count=1"
+        ),
+        (
+            "dd: can't open '/dev/ubda': Read-only file system\n".into(),
+            1
+        )
+    );
+    assert_eq!(
+        run(
+            &mut sim,
+            "h1",
+            "cat /sys/block/ubdb/size /sys/block/ubda/ro"
+        ),
+        ("16384\n1\n".into(), 0)
+    );
+    assert_eq!(
+        run(&mut sim, "h1", "cat /sys/block/ubdb/serial"),
+        ("(null)".into(), 0)
+    );
+    assert_eq!(
+        run(&mut sim, "h1", "lsblk"),
+        (
+            "NAME MAJ:MIN RM SIZE RO TYPE MOUNTPOINTS\nubda  98:0    0  64M  1 disk /\nubdb  98:16   0   8M  0 disk \n".into(),
+            0
+        )
+    );
+}
+
+#[test]
+fn disk_write_fault_fails_the_nth_block_and_keeps_the_others() {
+    let dir = util::tempdir();
+    let mut sim = with_data_disk(dir.path(), 1 << 20);
+    sim.set_disk_faults(
+        "h1",
+        1,
+        DiskFaults {
+            fail_write: Some(3),
+        },
+    );
+    let (out, code) = run(
+        &mut sim,
+        "h1",
+        "echo x > /tmp/x; dd if=/dev/zero of=/dev/ubdb bs=4096 count=4",
+    );
+    assert_eq!(code, 1);
+    assert_eq!(
+        out,
+        "dd: error writing '/dev/ubdb': Input/output error\n3+0 records in\n2+0 records out\n"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Random dd writes through the sim leave the same bytes as a flat model.
+    #[test]
+    fn dd_scripts_match_a_flat_model(writes in proptest::collection::vec((0u64..60, 1u64..5, prop_oneof![Just(512u64), Just(1024), Just(4096)], any::<u8>()), 1..8)) {
+        let dir = util::tempdir();
+        let size = 256 * 1024u64;
+        let mut sim = with_data_disk(dir.path(), size);
+        let mut model = vec![0u8; size as usize];
+        for (i, (seek, count, bs, byte)) in writes.iter().enumerate() {
+            let name = format!("/tmp/p{i}");
+            // A pattern file written by the shell, then copied by dd.
+            let pattern: String = std::iter::repeat_n(char::from(b'a' + byte % 26), (bs * count) as usize).collect();
+            run(&mut sim, "h1", &format!("echo -n {pattern} > {name}"));
+            let (out, _) = run(&mut sim, "h1", &format!("dd if={name} of=/dev/ubdb bs={bs} count={count} seek={seek}"));
+            let start = (seek * bs) as usize;
+            let end = (start + (bs * count) as usize).min(size as usize);
+            if start < size as usize {
+                model[start..end].fill(b'a' + byte % 26);
+            }
+            prop_assert!(out.contains("records out"), "{}", out);
+        }
+        sim.finish().expect("finish");
+        let disk = std::fs::read(dir.path().join("data.img")).expect("read disk");
+        prop_assert!(disk == model, "disk differs from the model");
+    }
+}

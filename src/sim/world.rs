@@ -274,6 +274,12 @@ enum EventKind {
         machine: usize,
         job: u32,
     },
+    /// The kernel sends a frame it prepared earlier (an ARP reply).
+    Tx {
+        machine: usize,
+        iface: usize,
+        frame: Vec<u8>,
+    },
 }
 
 #[derive(Debug)]
@@ -695,7 +701,8 @@ impl World {
         }
     }
 
-    /// Sends a frame from a machine's interface (after `delay`).
+    /// Sends a frame from a machine's interface now; it reaches the switch
+    /// after `delay` plus the wire time.
     pub fn transmit(&mut self, machine: usize, iface: usize, frame: Vec<u8>, delay: Duration) {
         let now = self.now;
         let Some(m) = self.machines.get_mut(machine) else {
@@ -792,7 +799,11 @@ impl World {
                     .is_some_and(|j| j.done.is_none() && j.wake_at == Some(self.now));
                 if due {
                     let r = JobRef { machine, job };
-                    if let Some(j) = self.machines[machine].jobs.get_mut(&job) {
+                    if let Some(j) = self
+                        .machines
+                        .get_mut(machine)
+                        .and_then(|m| m.jobs.get_mut(&job))
+                    {
                         j.wake_at = None;
                     }
                     let poll = self.call(r, |p, sys| p.wake(sys));
@@ -809,6 +820,11 @@ impl World {
                 iface,
                 frame,
             } => self.nic_in(machine, iface, frame),
+            EventKind::Tx {
+                machine,
+                iface,
+                frame,
+            } => self.transmit(machine, iface, frame, Duration::ZERO),
         }
     }
 
@@ -849,7 +865,7 @@ impl World {
                     let Some(op) = sw.ports.get_mut(ep.id as usize) else {
                         continue;
                     };
-                    let jitter = Duration::from_micros(op.rng.below(WIRE_JITTER_US + 1));
+                    let jitter = Duration::from_nanos(op.rng.below(WIRE_JITTER_US * 1000));
                     deliveries.push((op.machine, op.iface, WIRE_DELAY + jitter));
                 }
             }
@@ -889,8 +905,15 @@ impl World {
         };
         let (_, reply) = m.core.stack.receive(iface, &frame, now);
         if let Some(reply) = reply {
-            let jitter = Duration::from_micros(m.core.rng.below(10));
-            self.transmit(machine, iface, reply, KERNEL_DELAY + jitter);
+            let jitter = Duration::from_nanos(m.core.rng.below(10_000));
+            self.push(
+                now + KERNEL_DELAY + jitter,
+                EventKind::Tx {
+                    machine,
+                    iface,
+                    frame: reply,
+                },
+            );
         }
     }
 

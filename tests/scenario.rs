@@ -725,9 +725,9 @@ proptest! {
 
 #[test]
 fn mkfs_ext4_is_reproducible_and_sparse() {
-    if util::tool("mkfs.ext4", "e2fsprogs").is_none() {
+    let Some(mkfs) = util::tool("mkfs.ext4", "e2fsprogs") else {
         return;
-    }
+    };
     let dir = util::tempdir();
     let (a, b) = (dir.path().join("a.ext4"), dir.path().join("b.ext4"));
     for p in [&a, &b] {
@@ -740,6 +740,14 @@ fn mkfs_ext4_is_reproducible_and_sparse() {
     );
     assert_eq!(da.len(), 16 << 20);
     assert!(da == db, "two images of the same disk differ");
+    // The cached copy is exactly what mkfs makes.
+    let direct = dir.path().join("direct.ext4");
+    umltest::scenario::disk::mkfs_ext4_uncached(&mkfs, &direct, 16 << 20, "fs.ext4")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        std::fs::read(&direct).unwrap_or_default() == da,
+        "cache differs from mkfs"
+    );
     // The ext4 magic, and the UUID derived from the disk's name.
     assert_eq!(&da[1024 + 0x38..1024 + 0x3a], &[0x53, 0xef]);
     let uuid = umltest::scenario::disk::derived_uuid("umltest-fs:fs.ext4").replace('-', "");

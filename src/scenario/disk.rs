@@ -92,8 +92,91 @@ pub fn derived_uuid(label: &str) -> String {
 /// sparse first): fixed UUID and directory hash seed derived from `label`, fixed
 /// time, fixed options, and a mke2fs.conf of our own. The same `mkfs.ext4`
 /// version gives byte-identical images on every run.
+///
+/// Images are cached in `$XDG_CACHE_HOME/umltest/ext4/` by everything that
+/// determines their bytes (options, size, label, and the mkfs binary's identity),
+/// and copied from there hole for hole: mke2fs syncs its output, which alone
+/// takes longer than a whole sim run.
 pub fn mkfs_ext4(path: &Path, size: u64, label: &str) -> Result<(), DiskError> {
     let mkfs = crate::uml::guest::find_program("mkfs.ext4").ok_or(DiskError::NoMkfs)?;
+    let Some(cache) = cache_dir() else {
+        return mkfs_ext4_uncached(&mkfs, path, size, label);
+    };
+    let cached = cache.join(format!("{}.img", cache_key(&mkfs, size, label)));
+    if !cached.is_file() {
+        // An unwritable cache (read-only home) only costs time.
+        let tmp = match std::fs::create_dir_all(&cache)
+            .and_then(|()| tempfile::Builder::new().prefix(".mkfs").tempfile_in(&cache))
+        {
+            Ok(tmp) => tmp,
+            Err(_) => return mkfs_ext4_uncached(&mkfs, path, size, label),
+        };
+        mkfs_ext4_uncached(&mkfs, tmp.path(), size, label)?;
+        // Another process may have made the same image meanwhile: same bytes.
+        tmp.persist(&cached).map_err(|e| DiskError::Io {
+            op: "store in cache",
+            path: cached.clone(),
+            source: e.error,
+        })?;
+    }
+    copy_holes(&cached, path)
+}
+
+/// `$XDG_CACHE_HOME/umltest/ext4`, or `~/.cache/umltest/ext4`.
+fn cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("umltest").join("ext4"))
+}
+
+/// Everything that decides the image's bytes, hashed.
+fn cache_key(mkfs: &Path, size: u64, label: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = Sha256::new();
+    h.update(MKE2FS_CONF.as_bytes());
+    h.update(MKFS_TIME.to_le_bytes());
+    h.update(size.to_le_bytes());
+    h.update(label.as_bytes());
+    h.update(mkfs.as_os_str().as_encoded_bytes());
+    if let Ok(m) = std::fs::metadata(mkfs) {
+        h.update(m.size().to_le_bytes());
+        h.update(m.mtime().to_le_bytes());
+        h.update(m.ino().to_le_bytes());
+    }
+    let digest = h.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Copies `from` to `to` keeping its holes exactly (only data extents are written).
+pub fn copy_holes(from: &Path, to: &Path) -> Result<(), DiskError> {
+    use std::os::unix::fs::FileExt;
+    let src = File::open(from).map_err(io("open", from))?;
+    let len = src.metadata().map_err(io("stat", from))?.len();
+    let dst = File::create(to).map_err(io("create", to))?;
+    let extents = crate::cow::merge::data_extents(&src, len).map_err(io("find data in", from))?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, end) in extents {
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            src.read_exact_at(&mut buf[..n], pos)
+                .map_err(io("read", from))?;
+            dst.write_all_at(&buf[..n], pos).map_err(io("write", to))?;
+            pos += n as u64;
+        }
+    }
+    dst.set_len(len).map_err(io("set size of", to))
+}
+
+/// [`mkfs_ext4`] without the cache: runs `mkfs` (the path of `mkfs.ext4`).
+pub fn mkfs_ext4_uncached(
+    mkfs: &Path,
+    path: &Path,
+    size: u64,
+    label: &str,
+) -> Result<(), DiskError> {
     create_sparse(path, size)?;
     let conf_dir = tempfile::tempdir().map_err(io("create temp dir for", path))?;
     let conf = conf_dir.path().join("mke2fs.conf");

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench_sim;
 pub mod check;
 pub mod cmdline;
 pub mod console;

@@ -407,3 +407,78 @@ mod machine {
         assert!(!socket.exists(), "socket left behind");
     }
 }
+
+mod lab {
+    use std::path::Path;
+
+    use umltest::scenario::{engine, normalize, resolve};
+    use umltest::sim::SimBackend;
+    use umltest::uml::backend::UmlBackend;
+
+    use crate::util;
+
+    /// The ARP lab on real kernels: every step's expectation holds, and the switch
+    /// trace, in sequence order, is the sim's frame for frame and port for port.
+    #[test]
+    fn arping_lab_on_real_kernels_matches_the_sim_trace() {
+        if super::machine::default_image().is_none() || util::tool("vde_plug", "vde2").is_none() {
+            return;
+        }
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/arping.toml");
+        let plan = resolve::load(&file).unwrap_or_else(|d| panic!("{d}"));
+        let dir = util::tempdir();
+        let mut uml = UmlBackend::new();
+        let real = engine::run(&plan, &mut uml, &dir.path().join("uml"), plan.seed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(uml);
+        let failures: Vec<String> = real.failures.iter().map(ToString::to_string).collect();
+        assert!(
+            failures.is_empty(),
+            "{}\n\n{}",
+            failures.join("\n"),
+            real.artifacts
+                .get("h1.console")
+                .cloned()
+                .unwrap_or_default()
+        );
+        let mut sim = SimBackend::new();
+        let simulated = engine::run(&plan, &mut sim, &dir.path().join("sim"), plan.seed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let trace = |r: &engine::RunResult| {
+            normalize::trace(
+                r.artifacts
+                    .get("sw1.trace")
+                    .map(String::as_str)
+                    .unwrap_or(""),
+            )
+        };
+        assert_eq!(trace(&real), trace(&simulated));
+        assert!(trace(&real).contains("Reply 1.1.1.1 is-at fe:fd:00:00:00:02"));
+    }
+}
+
+#[test]
+fn uml_backend_without_linux_uml_says_how_to_install_and_exits_4() {
+    let dir = util::tempdir();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/arping.toml");
+    let started = std::time::Instant::now();
+    let run = umltest_env(
+        dir.path(),
+        &[
+            "run",
+            "--backend",
+            "uml",
+            "--out",
+            "out",
+            &scenario.to_string_lossy(),
+        ],
+        &[("UMLTEST_LINUX", "/nonexistent/linux.uml")],
+    );
+    run.expect_code(4);
+    assert!(
+        run.stderr().contains("apt-get install -y user-mode-linux"),
+        "{}",
+        run.dump()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}

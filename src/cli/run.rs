@@ -161,7 +161,8 @@ pub fn load_all(files: &[PathBuf]) -> Option<Vec<Plan>> {
 fn make_backend(kind: BackendKind) -> Result<Box<dyn Backend>, String> {
     match kind {
         BackendKind::Sim => Ok(Box::new(crate::sim::SimBackend::new())),
-        BackendKind::Uml | BackendKind::Both => Err(format!(
+        BackendKind::Uml => Ok(Box::new(crate::uml::backend::UmlBackend::new())),
+        BackendKind::Both => Err(format!(
             "the {} backend is not built yet in this version of umltest",
             kind.flag()
         )),

@@ -126,7 +126,7 @@ fn fill_mac(word: &str, machine_index: usize) -> String {
 }
 
 /// The value of the first kernel word starting with `prefix` (before any `--`).
-fn first_value<'a>(argv: &'a [String], prefix: &str) -> Option<&'a str> {
+pub fn first_value<'a>(argv: &'a [String], prefix: &str) -> Option<&'a str> {
     argv.iter()
         .take_while(|a| *a != "--")
         .find_map(|a| a.strip_prefix(prefix))

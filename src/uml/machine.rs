@@ -400,6 +400,26 @@ impl Machine {
         }
     }
 
+    /// Waits until `pattern` has appeared `count` times on the console; false at the
+    /// timeout or when the machine exits first.
+    pub fn wait_console_count(&mut self, pattern: &str, count: usize, timeout: Duration) -> bool {
+        let needle = pattern.as_bytes().to_vec();
+        let check = |b: &[u8]| {
+            let n = if needle.is_empty() {
+                0
+            } else {
+                b.windows(needle.len())
+                    .filter(|w| *w == needle.as_slice())
+                    .count()
+            };
+            (n >= count).then_some(())
+        };
+        matches!(
+            self.wait_for(Instant::now() + timeout, check),
+            Wait::Found(())
+        )
+    }
+
     /// Waits for the process to exit by itself; false at the timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

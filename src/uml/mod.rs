@@ -2,12 +2,14 @@
 //!
 //! - [`image`]: the reproducible root image (`umltest image build`).
 //! - [`args`]: what the harness appends to a machine's command line (both backends).
+//! - [`backend`]: `impl Backend` on real machines and the in-process switch daemon.
 //! - [`console`]: the console protocol (pure): command lines, markers, transcripts.
 //! - [`machine`]: one `linux.uml` process: start, readiness, commands, halt, cleanup.
 //! - [`mconsole`]: the management console client (`umltest console`).
 //! - [`guest`]: scripted one-shot guests for interop tests.
 
 pub mod args;
+pub mod backend;
 pub mod console;
 pub mod guest;
 pub mod image;

@@ -1,0 +1,682 @@
+//! `impl Backend` for real `linux.uml` processes: one [`Machine`] per machine, one
+//! in-process switch daemon (`net::vde`) per switch on its own thread, with the
+//! socket dir `run_dir/<switch>` (Debian's linux.uml reaches it through `vde_plug`).
+//!
+//! Traces: each daemon writes a pcap and a trace file into `run_dir/.uml/`; at
+//! [`Backend::finish`] the two are read back in step (same order, one record per
+//! forwarded frame) into [`TraceRecord`]s, optionally keeping only some ethertypes
+//! (kernel background traffic such as IPv6 ND and MLD would make real traces
+//! flaky). Consoles: the raw transcript with the protocol's markers turned into
+//! `# <command>` lines (as the sim writes them) and `\r\n` into `\n`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::console;
+use super::guest::{find_program, require_program};
+use super::image::{self, ImageSpec};
+use super::machine::{HaltedBy, Machine, MachineConfig, MachineError};
+use crate::net::switch::SwitchConfig;
+use crate::net::vde::daemon::{Daemon, DaemonConfig, LogTarget};
+use crate::scenario::backend::{
+    Backend, BackendArtifacts, BackendError, CommandOutcome, JobId, Lab, TraceRecord,
+};
+
+/// Ethertype of ARP, for [`UmlBackend::capture_only`].
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+
+/// How long a halt may take per stage (guest poweroff, then mconsole halt).
+const HALT_TIMEOUT: Duration = Duration::from_secs(15);
+
+struct SwitchRun {
+    name: String,
+    mgmt: PathBuf,
+    pcap: PathBuf,
+    trace: PathBuf,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+struct Job {
+    machine: String,
+    pid: u32,
+    out_file: String,
+}
+
+/// The real backend.
+#[derive(Default)]
+pub struct UmlBackend {
+    lab: Option<Lab>,
+    linux: Option<PathBuf>,
+    machines: BTreeMap<String, Machine>,
+    /// Commands sent per machine, by protocol sequence number (for transcripts).
+    commands: BTreeMap<String, Vec<String>>,
+    switches: Vec<SwitchRun>,
+    jobs: BTreeMap<JobId, Job>,
+    next_job: u32,
+    capture: Option<Vec<u16>>,
+    /// Problems found while stopping (e.g. a machine that had to be killed).
+    notes: Vec<String>,
+}
+
+impl UmlBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keep only frames of these ethertypes in the traces (e.g. `[ETHERTYPE_ARP]`).
+    pub fn capture_only(mut self, ethertypes: &[u16]) -> Self {
+        self.capture = Some(ethertypes.to_vec());
+        self
+    }
+
+    fn machine(&mut self, name: &str) -> Result<&mut Machine, BackendError> {
+        self.machines
+            .get_mut(name)
+            .ok_or_else(|| BackendError::Machine {
+                machine: name.to_string(),
+                message: "not booted".into(),
+                last_lines: String::new(),
+            })
+    }
+
+    fn run_dir(&self) -> Result<PathBuf, BackendError> {
+        self.lab
+            .as_ref()
+            .map(|l| l.run_dir.clone())
+            .ok_or_else(|| BackendError::Io {
+                context: "uml backend".into(),
+                source: std::io::Error::other("start() was not called"),
+            })
+    }
+
+    fn stop_switches(&mut self) {
+        for sw in &mut self.switches {
+            if let Ok(mut s) = UnixStream::connect(&sw.mgmt) {
+                let _ = s.write_all(b"shutdown\n");
+            }
+            if let Some(t) = sw.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn record(&mut self, name: &str, command: &str) {
+        self.commands
+            .entry(name.to_string())
+            .or_default()
+            .push(command.to_string());
+    }
+}
+
+fn machine_error(e: MachineError) -> BackendError {
+    match e {
+        MachineError::Failed {
+            machine,
+            message,
+            last_lines,
+        } => BackendError::Machine {
+            machine,
+            message,
+            last_lines,
+        },
+        MachineError::MissingTool(m) => BackendError::Unavailable {
+            what: format!("{} not found", m.program),
+            package: m.package.to_string(),
+        },
+        other => BackendError::Machine {
+            machine: String::new(),
+            message: other.to_string(),
+            last_lines: String::new(),
+        },
+    }
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
+    let context = context.into();
+    move |source| BackendError::Io { context, source }
+}
+
+/// The kernel: `$UMLTEST_LINUX` if set (another build of UML), else `linux.uml`.
+fn find_linux() -> Result<PathBuf, BackendError> {
+    let unavailable = |what: String| BackendError::Unavailable {
+        what,
+        package: "user-mode-linux".into(),
+    };
+    if let Some(path) = std::env::var_os("UMLTEST_LINUX").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return match find_program(&path.to_string_lossy()) {
+            Some(p) => Ok(p),
+            None => Err(unavailable(format!(
+                "UMLTEST_LINUX={}: no such kernel: the uml backend needs linux.uml",
+                path.display()
+            ))),
+        };
+    }
+    require_program("linux.uml", "user-mode-linux")
+        .map_err(|m| unavailable(format!("{} not found: the uml backend needs it", m.program)))
+}
+
+/// Number of argv words configuring a NIC on the `vde` transport.
+fn vde_nics(argv: &[String]) -> usize {
+    argv.iter()
+        .take_while(|a| *a != "--")
+        .filter(|a| {
+            a.starts_with("eth")
+                && a.split_once('=')
+                    .is_some_and(|(_, v)| v == "vde" || v.starts_with("vde,"))
+        })
+        .count()
+}
+
+fn uses_vde(argv: &[String]) -> bool {
+    vde_nics(argv) > 0
+}
+
+/// Printed by linux.uml once a vde NIC is connected to its switch (at boot).
+const VDE_CONNECTED: &str = "vde backend - connection opened";
+
+impl Backend for UmlBackend {
+    fn name(&self) -> &'static str {
+        "uml"
+    }
+
+    fn prepare_image(&mut self, image: &str, path: &Path, size: u64) -> Result<(), BackendError> {
+        // No kernel, no point building its root: say so before any work.
+        find_linux()?;
+        if image != "default" {
+            return Err(BackendError::Io {
+                context: format!("disk image {image:?}"),
+                source: std::io::Error::other("only image = \"default\" is known"),
+            });
+        }
+        let mut spec = ImageSpec::default_with(&[]);
+        spec.size = size;
+        image::build(&spec, path).map_err(|e| match e {
+            image::ImageError::MissingTool(m) => BackendError::Unavailable {
+                what: format!("{} not found", m.program),
+                package: m.package.to_string(),
+            },
+            other => BackendError::Io {
+                context: format!("root image {}", path.display()),
+                source: std::io::Error::other(other.to_string()),
+            },
+        })?;
+        // mkfs works in whole KiB; a scenario size like 300M+1 keeps its last byte.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(format!("open {}", path.display())))?;
+        let len = file.metadata().map_err(io("stat image"))?.len();
+        if len < size {
+            file.set_len(size).map_err(io("extend image"))?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, lab: &Lab) -> Result<(), BackendError> {
+        let linux = find_linux()?;
+        if lab.machines.iter().any(|m| uses_vde(&m.argv)) && find_program("vde_plug").is_none() {
+            return Err(BackendError::Unavailable {
+                what: "vde_plug not found (Debian's linux.uml reaches a VDE switch through it)"
+                    .into(),
+                package: "vde2".into(),
+            });
+        }
+        self.linux = Some(linux);
+        self.lab = Some(lab.clone());
+        let private = lab.run_dir.join(super::args::UML_DIR);
+        std::fs::create_dir_all(&private).map_err(io(format!("create {}", private.display())))?;
+        for sw in &lab.switches {
+            let mut config = DaemonConfig::new(lab.run_dir.join(&sw.name));
+            config.switch = SwitchConfig {
+                numports: u16::try_from(sw.numports).unwrap_or(u16::MAX),
+                hub: sw.hub,
+                ..SwitchConfig::default()
+            };
+            let run = SwitchRun {
+                name: sw.name.clone(),
+                mgmt: private.join(format!("{}.mgmt", sw.name)),
+                pcap: private.join(format!("{}.pcap", sw.name)),
+                trace: private.join(format!("{}.trace", sw.name)),
+                thread: None,
+            };
+            config.mgmt = Some(run.mgmt.clone());
+            config.pcap = Some(run.pcap.clone());
+            config.trace = Some(run.trace.clone());
+            // No rc file from the user's home: the lab alone configures the switch.
+            config.rcfile = Some(PathBuf::from("/dev/null"));
+            let daemon = Daemon::bind(config, LogTarget::Stderr).map_err(|e| BackendError::Io {
+                context: format!("switch {}", sw.name),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            let thread = std::thread::Builder::new()
+                .name(format!("switch {}", sw.name))
+                .spawn(move || daemon.run())
+                .map_err(io("start switch thread"))?;
+            self.switches.push(SwitchRun {
+                thread: Some(thread),
+                ..run
+            });
+        }
+        Ok(())
+    }
+
+    fn boot(&mut self, machines: &[String], timeout: Duration) -> Result<(), BackendError> {
+        let lab = self.lab.clone().ok_or_else(|| BackendError::Io {
+            context: "uml backend".into(),
+            source: std::io::Error::other("start() was not called"),
+        })?;
+        let linux = self.linux.clone().unwrap_or_default();
+        // Start all first (they boot in parallel), from this thread: the
+        // parent-death signal is tied to the thread that spawns.
+        for name in machines {
+            let spec = lab
+                .machines
+                .iter()
+                .find(|m| &m.name == name)
+                .ok_or_else(|| BackendError::UnknownMachine(name.clone()))?;
+            let config = MachineConfig {
+                name: name.clone(),
+                linux: linux.clone(),
+                cwd: lab.run_dir.clone(),
+                argv: spec.argv.clone(),
+            };
+            let mut m = Machine::start(&config).map_err(machine_error)?;
+            // Switch ports are handed out in connection order: let each machine
+            // connect its vde NICs before the next one starts, so that port numbers
+            // follow the boot list as on the sim. The rest of the boot overlaps.
+            let nics = vde_nics(&spec.argv);
+            if nics > 0 {
+                m.wait_console_count(VDE_CONNECTED, nics, timeout);
+            }
+            self.machines.insert(name.clone(), m);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        for name in machines {
+            let m = self.machine(name)?;
+            let own_init = super::args::first_value(m.argv(), "init=")
+                .is_some_and(|init| init != super::image::INIT_PATH);
+            if own_init {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match m.wait_ready(left) {
+                Ok(()) => {}
+                // Exited during boot (e.g. a panic): the console tells why; commands
+                // on it will fail with that text.
+                Err(_) if m.status().is_some() => {}
+                Err(e) => return Err(machine_error(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        machine: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, BackendError> {
+        self.record(machine, command);
+        self.machine(machine)?
+            .run(command, timeout)
+            .map_err(machine_error)
+    }
+
+    fn spawn(&mut self, machine: &str, command: &str) -> Result<JobId, BackendError> {
+        self.next_job += 1;
+        let id = JobId(self.next_job);
+        let out_file = format!("/tmp/umltest-job-{}", id.0);
+        // A subshell in the background (its own process group under job control),
+        // output and exit status in files: an interactive shell forgets a finished
+        // job once it has reported it, so `wait` alone could lose the status. The
+        // subshell traps INT so that, interrupted, it still records the command's
+        // status. The shell prints `[1] <pid>` first: the pid is the last line.
+        let wrapped = format!(
+            "( trap : INT; command eval \"$(printf '{}')\"; echo $? >{out_file}.rc ) >{out_file}.out 2>&1 </dev/null & echo $!",
+            command
+                .bytes()
+                .map(|b| format!("\\{b:03o}"))
+                .collect::<String>()
+        );
+        self.record(machine, &format!("{command} &"));
+        let out = self
+            .machine(machine)?
+            .run(&wrapped, Duration::from_secs(10))
+            .map_err(machine_error)?;
+        let pid = out
+            .output
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+            .ok_or_else(|| BackendError::Machine {
+                machine: machine.to_string(),
+                message: format!(
+                    "background command {command:?} did not start: {}",
+                    out.output
+                ),
+                last_lines: String::new(),
+            })?;
+        self.jobs.insert(
+            id,
+            Job {
+                machine: machine.to_string(),
+                pid,
+                out_file,
+            },
+        );
+        Ok(id)
+    }
+
+    fn wait_job(
+        &mut self,
+        machine: &str,
+        job: JobId,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, BackendError> {
+        let Some(j) = self.jobs.remove(&job) else {
+            return Err(BackendError::Machine {
+                machine: machine.to_string(),
+                message: format!("no background job {}", job.0),
+                last_lines: String::new(),
+            });
+        };
+        let m = self.machine(&j.machine)?;
+        let (pid, f) = (j.pid, &j.out_file);
+        // `wait` in the foreground; at the timeout ^C interrupts the wait (the
+        // shell traps INT), then the job's process group gets SIGINT.
+        let waited = m
+            .run(&format!("wait {pid} 2>/dev/null; cat {f}.rc"), timeout)
+            .map_err(machine_error)?;
+        let (status, interrupted) = if waited.interrupted {
+            let again = m
+                .run(
+                    &format!("kill -INT -{pid} 2>/dev/null; wait {pid} 2>/dev/null; cat {f}.rc"),
+                    Duration::from_secs(10),
+                )
+                .map_err(machine_error)?;
+            (again, true)
+        } else {
+            (waited, false)
+        };
+        let exit_code = status
+            .output
+            .trim()
+            .parse::<i32>()
+            .map_err(|_| BackendError::Machine {
+                machine: machine.to_string(),
+                message: format!(
+                    "background job {} left no exit status: {:?}",
+                    job.0, status.output
+                ),
+                last_lines: String::new(),
+            })?;
+        let out = m
+            .run(
+                &format!("cat {f}.out; rm -f {f}.out {f}.rc"),
+                Duration::from_secs(10),
+            )
+            .map_err(machine_error)?;
+        Ok(CommandOutcome {
+            output: out.output,
+            exit_code,
+            interrupted,
+        })
+    }
+
+    fn set_link(&mut self, machine: &str, nic: &str, _up: bool) -> Result<(), BackendError> {
+        Err(BackendError::Machine {
+            machine: machine.to_string(),
+            message: format!(
+                "taking {nic}'s cable out is not supported on the uml backend (sim only)"
+            ),
+            last_lines: String::new(),
+        })
+    }
+
+    fn wait_console(
+        &mut self,
+        machine: &str,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        match self.machine(machine)?.wait_console_text(pattern, timeout) {
+            Ok(seen) => Ok(seen),
+            // The machine is gone and never showed it.
+            Err(MachineError::Failed { .. }) => Ok(false),
+            Err(e) => Err(machine_error(e)),
+        }
+    }
+
+    fn sleep(&mut self, duration: Duration) -> Result<(), BackendError> {
+        std::thread::sleep(duration);
+        Ok(())
+    }
+
+    fn halt(&mut self, machines: &[String], timeout: Duration) -> Result<(), BackendError> {
+        let mut killed = Vec::new();
+        for name in machines {
+            let m = self.machine(name)?;
+            if m.halt(timeout.max(HALT_TIMEOUT)) == HaltedBy::Killed {
+                killed.push(name.clone());
+            }
+        }
+        if killed.is_empty() {
+            return Ok(());
+        }
+        Err(BackendError::Machine {
+            machine: killed.join(", "),
+            message: "did not halt (neither `poweroff -f` in the guest nor mconsole `halt`); killed as a last resort".into(),
+            last_lines: String::new(),
+        })
+    }
+
+    fn kill(&mut self, machine: &str) -> Result<(), BackendError> {
+        self.machine(machine)?.kill();
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<BackendArtifacts, BackendError> {
+        let run_dir = self.run_dir();
+        for (name, m) in &mut self.machines {
+            if m.halt(HALT_TIMEOUT) == HaltedBy::Killed {
+                self.notes
+                    .push(format!("{name}: did not halt at the end; killed"));
+            }
+        }
+        self.stop_switches();
+        let mut artifacts = BackendArtifacts::default();
+        for (name, m) in &self.machines {
+            let commands = self.commands.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            artifacts
+                .consoles
+                .insert(name.clone(), transcript(&m.console_bytes(), commands));
+        }
+        for sw in &self.switches {
+            let records = read_capture(&sw.pcap, &sw.trace)
+                .map_err(io(format!("read the capture of switch {}", sw.name)))?;
+            let records = match &self.capture {
+                Some(types) => records
+                    .into_iter()
+                    .filter(|r| {
+                        r.frame
+                            .get(12..14)
+                            .is_some_and(|t| types.contains(&u16::from_be_bytes([t[0], t[1]])))
+                    })
+                    .collect(),
+                None => records,
+            };
+            artifacts.traces.insert(sw.name.clone(), records);
+        }
+        run_dir?;
+        if !self.notes.is_empty() {
+            return Err(BackendError::Machine {
+                machine: String::new(),
+                message: self.notes.join("; "),
+                last_lines: String::new(),
+            });
+        }
+        Ok(artifacts)
+    }
+}
+
+impl Drop for UmlBackend {
+    fn drop(&mut self) {
+        // Machines kill themselves on drop; the switch threads need a shutdown.
+        self.machines.clear();
+        self.stop_switches();
+    }
+}
+
+/// The console artifact: the raw console with `\r\n` as `\n`, each protocol begin
+/// marker shown as `# <command>` and the end markers dropped.
+pub fn transcript(raw: &[u8], commands: &[String]) -> String {
+    let text = console::normalize_newlines(&String::from_utf8_lossy(raw));
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end_matches('\n');
+        if let Some(n) = bare.strip_prefix("UMLTEST-BEGIN-") {
+            if let Some(cmd) = n
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|i| commands.get(i))
+            {
+                out.push_str(&format!("# {cmd}\n"));
+                continue;
+            }
+        }
+        if bare.starts_with("UMLTEST-END-") {
+            continue;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// Reads a daemon's pcap and trace files back into records: the n-th pcap record
+/// is the frame of the n-th trace line (`<seq> <time> port <in> -> <outs>: ...`).
+pub fn read_capture(pcap: &Path, trace: &Path) -> std::io::Result<Vec<TraceRecord>> {
+    let bytes = match std::fs::read(pcap) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let text = std::fs::read_to_string(trace).unwrap_or_default();
+    let frames = parse_pcap(&bytes);
+    let mut records = Vec::new();
+    for (frame, line) in frames.into_iter().zip(text.lines()) {
+        let Some((time, in_port, out_ports)) = parse_trace_head(line) else {
+            continue;
+        };
+        records.push(TraceRecord {
+            time,
+            in_port,
+            out_ports,
+            frame,
+        });
+    }
+    Ok(records)
+}
+
+/// The frames of a classic little-endian pcap file (truncated records end it).
+pub fn parse_pcap(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    if bytes.get(..4) != Some(&0xa1b2_c3d4u32.to_le_bytes()[..]) {
+        return frames;
+    }
+    let mut at = 24;
+    while let Some(head) = bytes.get(at..at + 16) {
+        let incl = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+        let Some(frame) = bytes.get(at + 16..at + 16 + incl) else {
+            break;
+        };
+        frames.push(frame.to_vec());
+        at += 16 + incl;
+    }
+    frames
+}
+
+/// `<seq> <secs.micros> port <in> -> <a,b|->: ...` → (time, in, outs).
+pub fn parse_trace_head(line: &str) -> Option<(Duration, u32, Vec<u32>)> {
+    let (head, _) = line.split_once(": ")?;
+    let words: Vec<&str> = head.split(' ').collect();
+    let [_seq, time, "port", in_port, "->", outs] = words.as_slice() else {
+        return None;
+    };
+    let (secs, micros) = time.split_once('.')?;
+    let time =
+        Duration::from_secs(secs.parse().ok()?) + Duration::from_micros(micros.parse().ok()?);
+    let out_ports = if *outs == "-" {
+        Vec::new()
+    } else {
+        outs.split(',')
+            .map(|p| p.parse().ok())
+            .collect::<Option<Vec<u32>>>()?
+    };
+    Some((time, in_port.parse().ok()?, out_ports))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn trace_heads_parse() {
+        let line = "3 0.001000 port 1 -> 2,3: fe:fd:00:00:00:01 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 58: Request";
+        assert_eq!(
+            parse_trace_head(line),
+            Some((Duration::from_micros(1000), 1, vec![2, 3]))
+        );
+        assert_eq!(
+            parse_trace_head("1 2.000001 port 4 -> -: x"),
+            Some((Duration::from_micros(2_000_001), 4, vec![]))
+        );
+        assert_eq!(parse_trace_head("garbage"), None);
+    }
+
+    #[test]
+    fn pcap_frames_are_read_and_truncation_stops() {
+        let mut p = 0xa1b2_c3d4u32.to_le_bytes().to_vec();
+        p.resize(24, 0);
+        for frame in [&[1u8, 2, 3][..], &[4u8][..]] {
+            p.extend_from_slice(&[0; 8]);
+            p.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            p.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            p.extend_from_slice(frame);
+        }
+        assert_eq!(parse_pcap(&p), vec![vec![1, 2, 3], vec![4]]);
+        assert_eq!(parse_pcap(&p[..p.len() - 1]), vec![vec![1, 2, 3]]);
+        assert!(parse_pcap(b"nope").is_empty());
+    }
+
+    #[test]
+    fn transcript_shows_commands_and_drops_markers() {
+        let raw = b"boot\r\nUMLTEST-SHELL-READY\r\nUMLTEST-BEGIN-1\r\nhi\r\nUMLTEST-END-1:0\r\nUMLTEST-BEGIN-2\r\nUMLTEST-END-2:1\r\n";
+        assert_eq!(
+            transcript(raw, &["echo hi".into(), "false".into()]),
+            "boot\nUMLTEST-SHELL-READY\n# echo hi\nhi\n# false\n"
+        );
+    }
+
+    #[test]
+    fn vde_nics_are_recognised() {
+        let w = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert!(uses_vde(&w("mem=64M eth0=vde,sw1")));
+        assert!(!uses_vde(&w("eth0=daemon eth1=vdex")));
+        assert!(!uses_vde(&w("-- eth0=vde,sw1")));
+    }
+
+    proptest! {
+        #[test]
+        fn capture_parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), line in "\\PC*") {
+            let _ = parse_pcap(&bytes);
+            let _ = parse_trace_head(&line);
+            let _ = transcript(&bytes, &[]);
+        }
+    }
+}

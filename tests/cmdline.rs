@@ -54,3 +54,504 @@ proptest! {
         let _ = split_shell_words(&s);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Differential test: the real linux.uml 6.1 is the judge.
+
+mod differential {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use umltest::cmdline::{self, Channel, Parsed};
+    use umltest::uml::guest::{boot, BootOutput, GuestTools, RootFs};
+
+    use crate::util;
+
+    /// One command line to boot, with the files its machine directory holds.
+    pub struct Case {
+        pub name: String,
+        pub argv: Vec<String>,
+        /// Files to create in the machine's directory: (name, size in bytes).
+        pub files: Vec<(String, u64)>,
+    }
+
+    /// The words a case puts first: the root image on the last unit (so cases
+    /// may define ubd0..ubd14), init, and the console on stdio only.
+    pub const HARNESS: &[&str] = &[
+        "ubdpr=root.ext4",
+        "root=/dev/ubdp",
+        "init=/init",
+        "con=null",
+        "con0=fd:0,fd:1",
+    ];
+
+    impl Case {
+        /// The harness words, then `line` split like sh.
+        pub fn new(name: &str, line: &str) -> Self {
+            let mut argv: Vec<String> = HARNESS.iter().map(|s| s.to_string()).collect();
+            argv.extend(super::argv(line));
+            Self::raw(name, argv)
+        }
+        /// Exactly `argv`.
+        pub fn raw(name: &str, argv: Vec<String>) -> Self {
+            Self {
+                name: name.to_string(),
+                argv,
+                files: Vec::new(),
+            }
+        }
+        pub fn file(mut self, name: &str, size: u64) -> Self {
+            self.files.push((name.to_string(), size));
+            self
+        }
+    }
+
+    const SCRIPT: &str = r#"
+echo BEGIN cmdline; cat /proc/cmdline; echo END cmdline
+echo BEGIN argv; tr '\000' '\n' < /proc/1/cmdline; echo; echo END argv
+echo BEGIN env; tr '\000' '\n' < /proc/1/environ; echo; echo END env
+echo BEGIN ubd
+for d in /sys/block/ubd*; do [ -e "$d" ] && echo "$(basename $d) $(cat $d/size) $(cat $d/ro) $(cat $d/serial 2>/dev/null)"; done
+echo END ubd
+echo BEGIN net
+for i in /sys/class/net/*; do echo "$(basename $i) $(cat $i/address)"; done
+echo END net
+echo BEGIN dmesg; dmesg; echo END dmesg
+"#;
+
+    fn lines(section: Option<String>) -> Vec<String> {
+        section
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.to_string())
+            .collect()
+    }
+
+    /// Kernel log lines without `[    0.000000] ` time stamps.
+    fn dmesg_lines(out: &BootOutput) -> Vec<String> {
+        lines(out.section("dmesg"))
+            .into_iter()
+            .map(|l| match (l.starts_with('['), l.find("] ")) {
+                (true, Some(at)) => l[at + 2..].to_string(),
+                _ => l,
+            })
+            .collect()
+    }
+
+    /// Kernel lines that are messages about the command line: if the kernel
+    /// prints one of these, the prediction must contain it.
+    const DIAG_MARKERS: &[&str] = &[
+        "Failed to initialize",
+        "eth_setup",
+        "vector_setup",
+        "setup_etheraddr",
+        "Attempt to assign",
+        "Warning: Assigning",
+        "Unknown kernel command line",
+        "setup_one_line",
+        "fd_init",
+        "tty_init",
+        "port_init",
+        "Failed to set up",
+        "fake major",
+        "fake_ide",
+        "ubd -> udb",
+        "Extra garbage",
+        "Bad port",
+        "Bad mode",
+        "Bad ttl",
+        "Ignoring",
+        "Missing tap",
+        "mconsole_setup",
+        "Can't specify",
+        "umid",
+        "uml_dir",
+    ];
+
+    /// Compares the prediction with what the guest saw; returns the mismatches.
+    pub fn compare(case: &Case, dir: &Path, p: &Parsed, out: &BootOutput) -> Vec<String> {
+        let mut bad = Vec::new();
+        let stdout_lines: Vec<String> = format!("{}\n{}", out.stdout, out.stderr)
+            .replace("\r\n", "\n")
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let reached_init = out.section("cmdline").is_some();
+        if p.boots != reached_init {
+            bad.push(format!(
+                "boots: predicted {}, the guest {} init",
+                p.boots,
+                if reached_init {
+                    "reached"
+                } else {
+                    "did not reach"
+                }
+            ));
+        }
+        for d in p.diagnostics.iter().filter(|d| d.channel == Channel::Host) {
+            if !stdout_lines
+                .iter()
+                .any(|l| l.trim_end() == d.message.trim_end())
+                && !d.message.starts_with('(')
+            {
+                bad.push(format!("stdout lacks predicted line {:?}", d.message));
+            }
+        }
+        if !reached_init {
+            return bad;
+        }
+        let cmdline = out.section("cmdline").unwrap_or_default();
+        if cmdline.trim_end_matches('\n') != p.proc_cmdline {
+            bad.push(format!(
+                "/proc/cmdline: predicted {:?}, got {:?}",
+                p.proc_cmdline,
+                cmdline.trim_end_matches('\n')
+            ));
+        }
+        // /proc/1/cmdline of the /init script is "/bin/sh /init args...".
+        let mut argv = lines(out.section("argv"));
+        while argv.last().is_some_and(|l| l.is_empty()) {
+            argv.pop();
+        }
+        let argv: Vec<String> = argv.into_iter().skip(1).collect();
+        if argv != p.init_argv {
+            bad.push(format!(
+                "init argv: predicted {:?}, got {:?}",
+                p.init_argv, argv
+            ));
+        }
+        let mut env = lines(out.section("env"));
+        while env.last().is_some_and(|l| l.is_empty()) {
+            env.pop();
+        }
+        if env != p.init_env {
+            bad.push(format!(
+                "init env: predicted {:?}, got {:?}",
+                p.init_env, env
+            ));
+        }
+        // Block devices: name, size in sectors, ro, serial.
+        let mut predicted = p.clone();
+        cmdline::resolve_sizes(&mut predicted, &|f| {
+            umltest::cli::cmdline::host_file(dir, f)
+        });
+        let want: BTreeMap<String, String> = predicted
+            .ubd
+            .iter()
+            .filter_map(|d| {
+                d.size_sectors.map(|s| {
+                    (
+                        d.name.clone(),
+                        format!(
+                            "{} {} {}",
+                            s,
+                            u8::from(d.read_only),
+                            d.serial.as_deref().unwrap_or("(null)")
+                        ),
+                    )
+                })
+            })
+            .collect();
+        let got: BTreeMap<String, String> = lines(out.section("ubd"))
+            .iter()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(a, b)| (a.to_string(), b.trim_end().to_string()))
+            .collect();
+        if want != got {
+            bad.push(format!("ubd: predicted {want:?}, got {got:?}"));
+        }
+        // Network devices.
+        let got: BTreeMap<String, String> = lines(out.section("net"))
+            .iter()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(n, _)| *n != "lo")
+            .map(|(a, b)| (a.to_string(), b.trim().to_string()))
+            .collect();
+        // A daemon device whose control socket does not exist is dropped.
+        let present: Vec<&cmdline::NetDevice> = p
+            .net
+            .iter()
+            .filter(|n| {
+                n.connects_at_boot
+                    .as_ref()
+                    .is_none_or(|s| dir.join(s).exists())
+            })
+            .collect();
+        let want_names: Vec<&String> = present.iter().map(|n| &n.name).collect();
+        let got_names: Vec<&String> = got.keys().collect();
+        let mut want_sorted = want_names.clone();
+        want_sorted.sort();
+        if want_sorted != got_names {
+            bad.push(format!(
+                "net devices: predicted {want_names:?}, got {got:?}"
+            ));
+        }
+        for n in &present {
+            let Some(addr) = got.get(&n.name) else {
+                continue;
+            };
+            match &n.mac {
+                Some(mac) if mac != addr => {
+                    bad.push(format!("{}: predicted MAC {mac}, got {addr}", n.name))
+                }
+                None if n.mac_random => {
+                    let first = u8::from_str_radix(addr.get(..2).unwrap_or(""), 16).unwrap_or(1);
+                    if first & 3 != 2 {
+                        bad.push(format!("{}: random MAC expected, got {addr}", n.name));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Kernel messages: every predicted one is printed, every printed one predicted.
+        let dmesg = dmesg_lines(out);
+        let log: Vec<&str> = predicted
+            .diagnostics
+            .iter()
+            .filter(|d| d.channel == Channel::Log)
+            .map(|d| d.message.as_str())
+            .collect();
+        for m in &log {
+            if !dmesg.iter().any(|l| l.trim_end() == m.trim_end()) {
+                bad.push(format!("kernel log lacks predicted {m:?}"));
+            }
+        }
+        for l in &dmesg {
+            let is_diag = DIAG_MARKERS.iter().any(|m| l.contains(m))
+                && !l.starts_with("Kernel command line:")
+                && !l.starts_with("    ");
+            if is_diag && !log.iter().any(|m| m.trim_end() == l.trim_end()) {
+                bad.push(format!("kernel printed unpredicted {l:?}"));
+            }
+        }
+        // Device configuration messages, in order, random MACs as wildcards.
+        for n in &p.net {
+            let mut from = 0;
+            for m in n.messages.iter().filter(|m| !m.trim().is_empty()) {
+                let found = dmesg.iter().enumerate().skip(from).find(|(_, l)| {
+                    match m.split_once("<random>") {
+                        Some((a, b)) => l.starts_with(a) && l.trim_end().ends_with(b.trim_end()),
+                        None => l.trim_end() == m.trim_end(),
+                    }
+                });
+                match found {
+                    Some((i, _)) => from = i + 1,
+                    None => bad.push(format!("{}: kernel log lacks {m:?} (in order)", n.name)),
+                }
+            }
+        }
+        // Memory: "Memory: a/bK available" has the effective size.
+        let total = dmesg.iter().find_map(|l| {
+            let rest = l.strip_prefix("Memory: ")?;
+            let (_, b) = rest.split_once('/')?;
+            b.split_once("K ")?.0.parse::<u64>().ok()
+        });
+        if total != Some(p.mem_bytes / 1024) {
+            bad.push(format!(
+                "memory: predicted {}K, kernel says {total:?}",
+                p.mem_bytes / 1024
+            ));
+        }
+        let _ = case;
+        bad
+    }
+
+    pub fn run_cases(cases: &[Case]) {
+        let Some(tools) = util::guest_tools() else {
+            return;
+        };
+        let top = util::tempdir();
+        let image = top.path().join("root.ext4");
+        RootFs::with_script(SCRIPT)
+            .build(&tools, &image)
+            .expect("build root image");
+        // UMLTEST_CASE=<substring> boots only the matching cases (for debugging).
+        let only = std::env::var("UMLTEST_CASE").unwrap_or_default();
+        let queue = Mutex::new(
+            (0..cases.len())
+                .filter(|&i| cases[i].name.contains(&only))
+                .rev()
+                .collect::<Vec<_>>(),
+        );
+        let results = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    while let Some(i) = queue.lock().map(|mut q| q.pop()).unwrap_or(None) {
+                        let r = run_case(&tools, top.path(), &image, i, &cases[i]);
+                        if let Ok(mut res) = results.lock() {
+                            res.push((i, r));
+                        }
+                    }
+                });
+            }
+        });
+        let mut results = results.into_inner().unwrap_or_default();
+        results.sort_by_key(|(i, _)| *i);
+        let mut failures = String::new();
+        for (i, (argv, bad, dump)) in &results {
+            if !bad.is_empty() {
+                failures.push_str(&format!(
+                    "\n=== case {} ({}): linux.uml {}\n  - {}\n",
+                    cases[*i].name,
+                    i,
+                    shorten(&argv.join(" ")),
+                    bad.join("\n  - ")
+                ));
+                if std::env::var_os("UMLTEST_DUMP").is_some() {
+                    failures.push_str(dump);
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "the prediction disagrees with linux.uml (UMLTEST_DUMP=1 shows the boots):{failures}"
+        );
+        eprintln!(
+            "differential: {} command lines agree with linux.uml",
+            cases.len()
+        );
+    }
+
+    fn shorten(s: &str) -> String {
+        if s.len() > 300 {
+            format!(
+                "{}... ({} bytes)",
+                s.chars().take(300).collect::<String>(),
+                s.len()
+            )
+        } else {
+            s.to_string()
+        }
+    }
+
+    fn run_case(
+        tools: &GuestTools,
+        top: &Path,
+        image: &Path,
+        i: usize,
+        case: &Case,
+    ) -> (Vec<String>, Vec<String>, String) {
+        let dir = top.join(format!("c{i}"));
+        std::fs::create_dir_all(&dir).expect("case dir");
+        std::os::unix::fs::symlink(image, dir.join("root.ext4")).expect("link root image");
+        for (name, size) in &case.files {
+            let f = std::fs::File::create(dir.join(name)).expect("create case file");
+            f.set_len(*size).expect("size case file");
+        }
+        let argv = case.argv.clone();
+        let p = cmdline::parse(&argv);
+        let out = boot(tools, &dir, &argv, Duration::from_secs(60)).expect("boot linux.uml");
+        if out.timed_out {
+            return (argv, vec!["guest timed out".into()], out.dump());
+        }
+        let bad = compare(case, &dir, &p, &out);
+        (argv, bad, out.dump())
+    }
+}
+
+use differential::Case;
+
+/// The command lines the differential test boots.
+fn differential_cases() -> Vec<Case> {
+    let many_env: String = (0..130).map(|i| format!("V{i}=x ")).collect();
+    let many_args: String = (0..130).map(|i| format!("a{i} ")).collect();
+    let long_word = format!("X={}", "y".repeat(4090));
+    vec![
+        Case::new("plain", "foo a=b"),
+        Case::new(
+            "seed_forms",
+            "mem=64M ubd0=h1.cow,fs.ext4 eth0=daemon,,unix,/tmp/ctl eth1=vde,/tmp/sw1,,5 devfs=mount",
+        )
+        .file("fs.ext4", 1 << 20),
+        Case::new("init_forgets_earlier_args", "foo init=/init bar"),
+        Case::new("dashes", "x -- a=b quiet c"),
+        Case::new("double_dashes", "p -- a -- b c=d"),
+        Case::new("quotes_and_env_replace", r#"'Q1="a b c"' FOO=1 FOO=2 BAR=x HOME=/root"#),
+        Case::new("space_inside_argv_element", "'ubd2=a b'").file("a", 4096),
+        Case::new("mem_128M", "mem=128M"),
+        Case::new("mem_unaligned_K", "mem=64001K"),
+        Case::new("mem_hex_bytes", "mem=0x4000000"),
+        Case::new("mem_last_wins", "mem=32M mem=48m"),
+        Case::new("mem_16M_too_small", "mem=16M"),
+        Case::new("mem_bad_suffix", "mem=64X"),
+        Case::new("mem_24M", "mem=24M"),
+        Case::new(
+            "ubd_units_flags_serial",
+            "ubd1=d1.img ubd2r=d2.img ubd3rs=d3.img,,SER ubd010=d8.img ubdc=dc.img ubd4r=d4.img,,SER:EXTRA,MORE",
+        )
+        .file("d1.img", 1000)
+        .file("d2.img", 1 << 20)
+        .file("d3.img", 4096)
+        .file("d8.img", 512)
+        .file("dc.img", 513)
+        .file("d4.img", 8192),
+        Case::new(
+            "ubd_errors",
+            "ubd0=a ubd16=x ubdq=y ubd2rscdtx=z ubd6 ubd7d=f,g ubd5rscdtrr=c ubd0r=dup ubd08=x ubd9rrrrrrrx=y",
+        )
+        .file("a", 4096),
+        Case::new(
+            "ubd_misc",
+            "ubd=sync ubd=foo fake_ide udb0=x ubdx ubd_foo=1 ubd1=,x ubd2=::serial ubd3=missing.img",
+        ),
+        Case::new("ubd_cow_created", "ubd1=c.cow,back.img ubd2d=plain.img")
+            .file("back.img", 3 << 20)
+            .file("plain.img", 2048),
+        Case::new("eth_unit_errors", "eth=daemon eth8x=daemon ethX=vde ethernet=foo eth0x1=vde,sw"),
+        Case::new(
+            "vde_fields",
+            "eth0=vde,sw,fe:fd:0:0:0:1,5,grp,0770,desc eth1=vde,sw,,abc eth2=vde,sw,,,,9 eth3=vde,a,,1,g,700,d,extra eth4=vde",
+        ),
+        Case::new(
+            "mac_rules",
+            "eth0=vde,sw,fe:fd:1:2:3:104 eth1=vde,sw eth2=mcast,01:00:00:00:00:01 eth3=mcast,0:0:0:0:0:0 eth4=mcast,00:11:22:33:44:55 eth5=mcast,fe:fd:00:00:00:05:junk eth6=ucast,fe:fd:zz",
+        ),
+        Case::new(
+            "mac_continues_into_next_word",
+            "eth9=ucast,00:11:22 eth2=tuntap,,fe:fd:01:02:03:04,1.2.3.4 eth3=mcast,fe:fd:0:0:0,7",
+        ),
+        Case::new(
+            "mcast_ucast_params",
+            "eth0=mcast,,239.1.2.3,2000,4 eth1=mcast,,,x eth2=mcast,,,,y eth3=mcast,,a,1,2,extra eth4=ucast,,10.0.0.1,1,2 eth5=ucast,,,bad eth6=ucast,,,1,bad eth7=ucast,,,,,",
+        ),
+        Case::new(
+            "tap_slip_slirp",
+            "eth0=tuntap,tap0,,1.2.3.4 eth1=ethertap eth2=ethertap,tap1,fe:fd:0:0:0:2,10.0.0.1 eth3=slip eth4=slirp,,/bin/true,a_b,c eth5=tuntap,,,1.2.3.4,extra eth6=tuntap,,, eth7=slip,10.1.1.1",
+        ),
+        Case::new("unknown_transports_and_duplicates", "eth7=pcap,eth0 eth6=bogus eth0=vde,a eth0=mcast eth1=vde,b,fe:fd:0:0:0:3 eth1=vde,c"),
+        Case::new(
+            "vector_devices",
+            "vec0:transport=tap,ifname=tap0,mac=fe:fd:0:0:0:9 vec1:transport=raw vecx:transport=tap vec2 vec3:a=b=c",
+        ),
+        Case::new(
+            "console_lines",
+            "con1=fd:notanumber con2=fd con99=null conx=null ssl64=null ssl=pty ssl-non-raw consolex=1 con3=port con4=tty con5=bogus con6=none con7=fd:1,bogus ssl3=xterm",
+        ),
+        Case::new("umid_and_uml_dir", "umid=abc umid=def uml_dir=ud uml_dir="),
+        Case::new("umid_too_long", &format!("umid={} uml_dir=ud", "u".repeat(64))),
+        Case::new("debug_quiet_loglevel", "debug quiet loglevel=3 debugx quietx"),
+        Case::new("ro_rw_flags", "rw ro=1 rox rootwait rootwait=1"),
+        Case::new("kernel_params_and_module_params", "panic=1 printk.time=1 x.y=3 a.b c-d=1 ro_x=1"),
+        Case::new("other_options", "mconsole=bogus hostfs=/tmp noreboot nosysemu iomem=x devfs=mount fake_major=3"),
+        Case::new("console_given", "console=tty0 -- later"),
+        Case::new("equals_first_and_empty", "=foo == a= =b=c"),
+        Case::new("too_many_env", &many_env),
+        Case::new("too_many_args", &many_args),
+        Case::new("too_long", &long_word),
+        Case::raw(
+            "leading_space_argv1",
+            [" skipped", "ubdpr=root.ext4", "root=/dev/ubdp", "init=/init", "con=null", "con0=fd:0,fd:1", " kept"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ),
+    ]
+}
+
+#[test]
+fn differential_against_linux_uml() {
+    differential::run_cases(&differential_cases());
+}

@@ -61,7 +61,7 @@ pub fn run(args: CmdlineArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Size and COW header of `file` relative to `dir`.
-fn host_file(dir: &Path, file: &str) -> cmdline::HostFile {
+pub fn host_file(dir: &Path, file: &str) -> cmdline::HostFile {
     let path = dir.join(file);
     let Ok(f) = std::fs::File::open(&path) else {
         return cmdline::HostFile::default();
@@ -211,7 +211,7 @@ pub fn render_diagnostic(input: &str, d: &Diagnostic) -> String {
     };
     let origin = match d.channel {
         Channel::Log => "kernel log",
-        Channel::Stdout => "linux.uml stdout",
+        Channel::Host => "linux.uml on the host",
         Channel::Lint => "umltest",
     };
     let _ = writeln!(out, "{sev} [{origin}]: {}", d.message);

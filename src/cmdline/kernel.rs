@@ -115,6 +115,8 @@ pub(crate) struct Kernel {
     ssl: LineConfig,
     mconsole_notify: Option<String>,
     pub(crate) net: Vec<NetDevice>,
+    /// Set by `iomem=` for the current argv element: where parse_iomem cut it.
+    iomem_cut: Option<usize>,
 }
 
 /// Runs the whole pipeline.
@@ -150,6 +152,7 @@ pub(crate) fn run(argv: &[String]) -> Parsed {
         ssl: LineConfig::default(),
         mconsole_notify: None,
         net: Vec::new(),
+        iomem_cut: None,
     };
     if k.linux_main() {
         k.start_kernel();
@@ -183,14 +186,7 @@ impl Kernel {
 
     fn fatal_stdout(&mut self, message: &str, span: Span, effect: &str, help: Option<String>) {
         self.boots = false;
-        self.diag(
-            Severity::Fatal,
-            Channel::Stdout,
-            message,
-            span,
-            effect,
-            help,
-        );
+        self.diag(Severity::Fatal, Channel::Host, message, span, effect, help);
     }
 
     /// Step 1. Returns false when the UML process exits before the kernel starts.
@@ -213,6 +209,10 @@ impl Kernel {
             if !self.uml_checksetup(arg, span, &mut add, &mut have_root, &mut have_console) {
                 return false;
             }
+            let arg = match self.iomem_cut.take() {
+                Some(cut) => arg.get(..cut).unwrap_or(arg),
+                None => arg,
+            };
             if add && !self.add_arg(&mut cmdline, arg, here, span) {
                 return false;
             }
@@ -291,7 +291,7 @@ impl Kernel {
             k.boots = false;
             k.diag(
                 Severity::Fatal,
-                Channel::Stdout,
+                Channel::Host,
                 format!("({what} printed on stdout)"),
                 span,
                 "linux.uml prints it and exits with status 0; the kernel never starts",
@@ -301,6 +301,31 @@ impl Kernel {
         if arg.starts_with("--showconfig") {
             exit0(self, "the build configuration");
             return false;
+        }
+        if let Some(rest) = arg.strip_prefix("iomem=") {
+            // parse_iomem cuts the argv element at the ',' in place, so only
+            // `iomem=<name>` reaches the kernel command line.
+            match rest.split_once(',') {
+                None => self.diag(
+                    Severity::Warning,
+                    Channel::Host,
+                    "parse_iomem : failed to parse iomem",
+                    span,
+                    "ignored",
+                    Some("write iomem=<name>,<file>".into()),
+                ),
+                Some((_, file)) => {
+                    self.iomem_cut = Some(arg.len() - file.len() - 1);
+                    self.diag(
+                        Severity::Info,
+                        Channel::Lint,
+                        format!("iomem region from host file {file}"),
+                        span,
+                        "linux.uml maps the file (failures are reported on the host as parse_iomem - ...); only iomem=<name> stays on the command line",
+                        None,
+                    );
+                }
+            }
         }
         if let Some(rest) = arg.strip_prefix("mem=") {
             self.physmem = memparse(rest).0;
@@ -319,7 +344,7 @@ impl Kernel {
             ] {
                 self.diag(
                     Severity::Info,
-                    Channel::Stdout,
+                    Channel::Host,
                     line,
                     span,
                     "no effect on UML (the generic kernel then raises the log level)",
@@ -334,7 +359,7 @@ impl Kernel {
             self.boots = false;
             self.diag(
                 Severity::Fatal,
-                Channel::Stdout,
+                Channel::Host,
                 "6.1.176",
                 span,
                 "linux.uml prints its version and exits with status 0",
@@ -346,7 +371,7 @@ impl Kernel {
             if self.umid_inited {
                 self.diag(
                     Severity::Warning,
-                    Channel::Stdout,
+                    Channel::Host,
                     "umid already set",
                     span,
                     "only the first umid= counts; this word stays on the command line and reaches init's environment",
@@ -373,7 +398,7 @@ impl Kernel {
             if dir.is_empty() {
                 self.diag(
                     Severity::Warning,
-                    Channel::Stdout,
+                    Channel::Host,
                     "uml_dir can't be an empty string",
                     span,
                     "ignored; the default ~/.uml/ is used",
@@ -826,8 +851,9 @@ impl Kernel {
     // ---- ubd_kern.c ------------------------------------------------------
 
     fn ubd_setup(&mut self, s: usize, span: Span) {
-        let shown = self.buf.cstr(s);
         if let Err((err, effect, help)) = self.ubd_setup_common(s, span) {
+            // Printed after the parser split the value in place (strsep).
+            let shown = self.buf.cstr(s);
             self.diag(
                 Severity::Error,
                 Channel::Log,
@@ -1030,6 +1056,20 @@ impl Kernel {
         );
     }
 
+    /// The option that configured line `n` (for spans).
+    fn line_span(&self, console: bool, n: u32, explicit: bool) -> Span {
+        if !explicit {
+            return [self.input.len(), self.input.len()];
+        }
+        let prefix = if console { "con" } else { "ssl" };
+        let word = self.last_word_span(&format!("{prefix}{n}="));
+        if word[0] < self.input.len() {
+            word
+        } else {
+            self.last_word_span(&format!("{prefix}="))
+        }
+    }
+
     fn con_init(&mut self) {
         for (console, count) in [(true, MAX_CONSOLES), (false, MAX_SERIAL)] {
             for n in 0..count {
@@ -1044,24 +1084,22 @@ impl Kernel {
                     (c.to_string(), explicit)
                 };
                 if conf == "none" {
+                    let span = self.line_span(console, n, explicit);
+                    self.diag(
+                        Severity::Info,
+                        Channel::Log,
+                        format!("setup_one_line failed for device {n} : configured as 'none'"),
+                        span,
+                        "the line is disabled, as asked",
+                        None,
+                    );
                     continue;
                 }
                 let mut msgs = Vec::new();
                 if parse_chan_pair(&conf, &mut msgs) {
                     continue;
                 }
-                let span = if explicit {
-                    let prefix = if console { "con" } else { "ssl" };
-                    let own = format!("{prefix}{n}=");
-                    let word = self.last_word_span(&own);
-                    if word[0] < self.input.len() {
-                        word
-                    } else {
-                        self.last_word_span(&format!("{prefix}="))
-                    }
-                } else {
-                    [self.input.len(), self.input.len()]
-                };
+                let span = self.line_span(console, n, explicit);
                 for m in msgs {
                     self.diag(Severity::Error, Channel::Log, m, span, "", None);
                 }
@@ -1138,6 +1176,7 @@ const SETUP_TABLE: &[(&str, Handler)] = &[
     ("ignore_loglevel", Handler::Early),
     ("keep_bootcon", Handler::Early),
     ("reboot=", Handler::Consume),
+    ("iomem=", Handler::Consume),
     ("audit=", Handler::Consume),
     ("security=", Handler::Consume),
     ("selinux=", Handler::Consume),

@@ -104,14 +104,20 @@ pub struct NetDevice {
     pub transport: String,
     /// The transport's parameters with the kernel's defaults filled in.
     pub params: NetParams,
-    /// The MAC address the device gets (`fe:fd:00:00:00:01` form), `None` when
-    /// the kernel picks a random one.
+    /// The MAC address the device gets (`fe:fd:00:00:00:01` form); `None` when
+    /// the kernel picks a random one, and for `slip`/`slirp`, which have no
+    /// link-layer address at all.
     pub mac: Option<String>,
     /// The kernel picks a random locally administered MAC (first byte has bit
     /// 0x02 set and bit 0x01 clear).
     pub mac_random: bool,
-    /// The lines the kernel prints while configuring the device.
+    /// The lines the kernel prints while configuring the device (a random MAC
+    /// shows as `<random>`).
     pub messages: Vec<String>,
+    /// A host socket the kernel connects to while configuring the device (the
+    /// `daemon` transport's control socket): when the connection fails it prints
+    /// `daemon_open : control connect failed, errno = <n>` and drops the device.
+    pub connects_at_boot: Option<String>,
     pub span: Span,
 }
 
@@ -213,8 +219,9 @@ pub enum Severity {
 pub enum Channel {
     /// The kernel log (`dmesg`, and the console subject to the log level).
     Log,
-    /// The UML process's stdout, before the kernel runs (`os_warn`/`printf`).
-    Stdout,
+    /// The UML process itself on the host's stderr (or stdout for `--help`,
+    /// `--version`, `--showconfig`), before the kernel runs.
+    Host,
     /// umltest's own remark: the kernel prints nothing (e.g. a silently ignored
     /// option, or an option cut in two by a space).
     Lint,

@@ -605,13 +605,24 @@ fn register(
         );
         return;
     }
+    // SLIP framing: the device has no link-layer address at all.
+    let ip_only = matches!(params, NetParams::Slip { .. } | NetParams::Slirp { .. });
+    let connects_at_boot = match &params {
+        NetParams::Daemon { ctl_sock, .. } => Some(ctl_sock.clone()),
+        _ => None,
+    };
     k.net.push(NetDevice {
+        connects_at_boot,
         name,
         index: eth.index.max(0) as u32,
         transport: transport.to_string(),
         params,
-        mac: addr.map(|a| fmt_mac(&a)),
-        mac_random: addr.is_none(),
+        mac: if ip_only {
+            None
+        } else {
+            addr.map(|a| fmt_mac(&a))
+        },
+        mac_random: addr.is_none() && !ip_only,
         messages,
         span: eth.span,
     });
@@ -682,7 +693,6 @@ fn vector_configure(k: &mut Kernel, v: &super::kernel::EthInit) {
     let mut tokens: Vec<(usize, Option<usize>)> = Vec::new();
     let mut parsing_token = true;
     let mut next_starts = true;
-    let start_text = k.buf.cstr(v.init);
     for pos in v.init..v.init + len {
         if next_starts {
             if parsing_token {
@@ -695,10 +705,12 @@ fn vector_configure(k: &mut Kernel, v: &super::kernel::EthInit) {
         let c = k.buf.at(pos);
         if c == b'=' {
             if !parsing_token {
+                // Printed after the parser cut the text in place.
+                let shown = k.buf.cstr(v.init);
                 k.diag(
                     Severity::Error,
                     Channel::Log,
-                    format!("vector_setup - Couldn't parse '{start_text}'"),
+                    format!("vector_setup - Couldn't parse '{shown}'"),
                     v.span,
                     "the device is not configured",
                     Some("options are key=value pairs separated by ','".into()),

@@ -211,7 +211,7 @@ pub fn render_diagnostic(input: &str, d: &Diagnostic) -> String {
     };
     let origin = match d.channel {
         Channel::Log => "kernel log",
-        Channel::Host => "linux.uml on the host",
+        Channel::Stdout => "linux.uml on the host",
         Channel::Lint => "umltest",
     };
     let _ = writeln!(out, "{sev} [{origin}]: {}", d.message);

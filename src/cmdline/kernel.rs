@@ -186,7 +186,7 @@ impl Kernel {
 
     fn fatal_stdout(&mut self, message: &str, span: Span, effect: &str, help: Option<String>) {
         self.boots = false;
-        self.diag(Severity::Fatal, Channel::Host, message, span, effect, help);
+        self.diag(Severity::Fatal, Channel::Stdout, message, span, effect, help);
     }
 
     /// Step 1. Returns false when the UML process exits before the kernel starts.
@@ -291,7 +291,7 @@ impl Kernel {
             k.boots = false;
             k.diag(
                 Severity::Fatal,
-                Channel::Host,
+                Channel::Stdout,
                 format!("({what} printed on stdout)"),
                 span,
                 "linux.uml prints it and exits with status 0; the kernel never starts",
@@ -308,7 +308,7 @@ impl Kernel {
             match rest.split_once(',') {
                 None => self.diag(
                     Severity::Warning,
-                    Channel::Host,
+                    Channel::Stdout,
                     "parse_iomem : failed to parse iomem",
                     span,
                     "ignored",
@@ -344,7 +344,7 @@ impl Kernel {
             ] {
                 self.diag(
                     Severity::Info,
-                    Channel::Host,
+                    Channel::Stdout,
                     line,
                     span,
                     "no effect on UML (the generic kernel then raises the log level)",
@@ -359,7 +359,7 @@ impl Kernel {
             self.boots = false;
             self.diag(
                 Severity::Fatal,
-                Channel::Host,
+                Channel::Stdout,
                 "6.1.176",
                 span,
                 "linux.uml prints its version and exits with status 0",
@@ -371,7 +371,7 @@ impl Kernel {
             if self.umid_inited {
                 self.diag(
                     Severity::Warning,
-                    Channel::Host,
+                    Channel::Stdout,
                     "umid already set",
                     span,
                     "only the first umid= counts; this word stays on the command line and reaches init's environment",
@@ -398,7 +398,7 @@ impl Kernel {
             if dir.is_empty() {
                 self.diag(
                     Severity::Warning,
-                    Channel::Host,
+                    Channel::Stdout,
                     "uml_dir can't be an empty string",
                     span,
                     "ignored; the default ~/.uml/ is used",

@@ -219,9 +219,10 @@ pub enum Severity {
 pub enum Channel {
     /// The kernel log (`dmesg`, and the console subject to the log level).
     Log,
-    /// The UML process itself on the host's stderr (or stdout for `--help`,
-    /// `--version`, `--showconfig`), before the kernel runs.
-    Host,
+    /// The UML process itself, before the kernel runs: on the host's stderr
+    /// (`os_warn`/`os_info`), or stdout for `--help`, `--version`, `--showconfig`.
+    /// (The name predates that finding; peers match on it.)
+    Stdout,
     /// umltest's own remark: the kernel prints nothing (e.g. a silently ignored
     /// option, or an option cut in two by a space).
     Lint,

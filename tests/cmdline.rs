@@ -190,7 +190,11 @@ echo BEGIN dmesg; dmesg; echo END dmesg
                 }
             ));
         }
-        for d in p.diagnostics.iter().filter(|d| d.channel == Channel::Stdout) {
+        for d in p
+            .diagnostics
+            .iter()
+            .filter(|d| d.channel == Channel::Stdout)
+        {
             if !stdout_lines
                 .iter()
                 .any(|l| l.trim_end() == d.message.trim_end())

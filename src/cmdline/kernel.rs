@@ -186,7 +186,14 @@ impl Kernel {
 
     fn fatal_stdout(&mut self, message: &str, span: Span, effect: &str, help: Option<String>) {
         self.boots = false;
-        self.diag(Severity::Fatal, Channel::Stdout, message, span, effect, help);
+        self.diag(
+            Severity::Fatal,
+            Channel::Stdout,
+            message,
+            span,
+            effect,
+            help,
+        );
     }
 
     /// Step 1. Returns false when the UML process exits before the kernel starts.

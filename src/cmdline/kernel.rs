@@ -675,7 +675,9 @@ impl Kernel {
         }
         if val.is_some() {
             let mut i = 0;
-            let key = format!("{}=", &line[..name_len.min(line.len())]);
+            // The name part, compared as the kernel does: `strncmp(param, env, len + 1)`.
+            let name: Vec<u8> = (0..name_len).map(|i| self.buf.at(param + i)).collect();
+            let key = format!("{}=", String::from_utf8_lossy(&name));
             while i < self.envp_init.len() {
                 if i == MAX_INIT_ENVS {
                     self.panic_later = Some(("env", line.clone()));

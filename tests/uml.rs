@@ -454,6 +454,42 @@ mod lab {
         };
         assert_eq!(trace(&real), trace(&simulated));
         assert!(trace(&real).contains("Reply 1.1.1.1 is-at fe:fd:00:00:00:02"));
+        // The console artifact shows the commands as the sim writes them.
+        let console = real
+            .artifacts
+            .get("h1.console")
+            .cloned()
+            .unwrap_or_default();
+        assert!(console.contains("\n# ip link set eth0 up\n"), "{console}");
+        assert!(!console.contains("UMLTEST-BEGIN"), "{console}");
+    }
+
+    /// `umltest run --backend both`: the sim and real kernels agree on every
+    /// command's normalised outcome and on the trace (the acceptance run).
+    #[test]
+    fn backend_both_passes_on_the_arping_lab() {
+        if super::machine::default_image().is_none() || util::tool("vde_plug", "vde2").is_none() {
+            return;
+        }
+        let dir = util::tempdir();
+        let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/arping.toml");
+        let run = util::umltest(
+            dir.path(),
+            &[
+                "run",
+                "--backend",
+                "both",
+                "--out",
+                "out",
+                &scenario.to_string_lossy(),
+            ],
+        );
+        run.expect_code(0);
+        assert!(
+            run.stdout().contains("1 passed, 0 failed"),
+            "{}",
+            run.dump()
+        );
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`args`]: what the harness appends to a machine's command line (both backends).
 //! - [`backend`]: `impl Backend` on real machines and the in-process switch daemon.
 //! - [`console`]: the console protocol (pure): command lines, markers, transcripts.
+//! - [`differential`]: `--backend both`: sim and real runs compared, difference by difference.
 //! - [`machine`]: one `linux.uml` process: start, readiness, commands, halt, cleanup.
 //! - [`mconsole`]: the management console client (`umltest console`).
 //! - [`guest`]: scripted one-shot guests for interop tests.
@@ -11,6 +12,7 @@
 pub mod args;
 pub mod backend;
 pub mod console;
+pub mod differential;
 pub mod guest;
 pub mod image;
 pub mod machine;

@@ -359,6 +359,7 @@ fn our_cow_merges_identically_with_real_uml_moo() {
         &cow2,
         &MergeOptions {
             backing: Some(dir2.path().join("back.img")),
+            sync: true,
             ..MergeOptions::default()
         },
     )
@@ -1063,4 +1064,39 @@ fn cli_warns_about_partial_tail_and_tiny_backing() {
             want[..512].to_vec()
         );
     }
+}
+
+/// The benchmark runs end to end on a small image and prints its ratios (the
+/// numbers themselves are only meaningful from a release build on 1 GiB).
+#[test]
+fn bench_cow_smoke() {
+    if util::tool("uml_moo", "uml-utilities").is_none()
+        || util::tool("mkfs.ext4", "e2fsprogs").is_none()
+    {
+        return;
+    }
+    let dir = util::tempdir();
+    let r = util::umltest(
+        dir.path(),
+        &[
+            "bench",
+            "cow",
+            "--size-mib",
+            "16",
+            "--percent",
+            "1,50",
+            "--runs",
+            "1",
+            "--dir",
+            ".",
+        ],
+    );
+    r.expect_code(0);
+    let out = r.stdout();
+    assert!(
+        out.contains("  1% |") && out.contains(" 50% |"),
+        "{}",
+        r.dump()
+    );
+    assert_eq!(out.matches("| same bytes,").count(), 2, "{}", r.dump());
 }

@@ -46,6 +46,10 @@ pub enum CowCommand {
         /// Destructive in-place merge into the backing file.
         #[arg(short = 'd')]
         in_place: bool,
+        /// With -d: fsync the merge journal and the backing file, so an
+        /// interrupted merge also resumes after a power loss (slower).
+        #[arg(long)]
+        sync: bool,
         /// The COW file, then the new image (omitted with -d).
         #[arg(value_name = "COW [NEW_IMAGE]", num_args = 1..=2, required = true)]
         files: Vec<PathBuf>,
@@ -119,11 +123,13 @@ pub fn run(args: CowArgs) -> anyhow::Result<ExitCode> {
         CowCommand::Merge {
             backing,
             in_place,
+            sync,
             files,
         } => {
             let opts = MergeOptions {
                 backing,
                 fail_after_writes: None,
+                sync,
             };
             match (in_place, files.as_slice()) {
                 (true, [cow_path]) => {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod bench_sim;
 pub mod check;
 pub mod cmdline;
@@ -47,6 +48,8 @@ pub enum Command {
     Cmdline(cmdline::CmdlineArgs),
     /// UML copy-on-write disk files: create, merge, rebase, info, diff, check.
     Cow(cow::CowArgs),
+    /// Benchmarks against the reference tools, reported as ratios.
+    Bench(bench::BenchArgs),
 }
 
 /// Entry point of the binary: parse argv, run, map errors to exit codes.
@@ -64,6 +67,7 @@ pub fn main() -> ExitCode {
         Command::Console(args) => console::run(args),
         Command::Cmdline(args) => cmdline::run(args),
         Command::Cow(args) => cow::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

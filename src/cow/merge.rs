@@ -12,9 +12,11 @@
 //! New image: written to a temporary file beside the output, then renamed.
 //! In place (`-d`): the backing is the only file ever opened read-write, and a
 //! journal `<COW>.merging` recording the backing's size and original mtime is
-//! written (and synced) before the first write to it; while it exists a re-run
-//! skips the mtime check (which the merge's own writes would fail) and redoes
-//! the merge, which is idempotent. It is removed once the backing is synced.
+//! written before the first write to it; while it exists a re-run skips the
+//! mtime check (which the merge's own writes would fail) and redoes the merge,
+//! which is idempotent. It is removed at the end. That survives a kill at any
+//! point; with [`MergeOptions::sync`] the journal and the backing are also
+//! fsynced in the right order, which survives a power loss.
 
 use std::fs::File;
 use std::io::Write;
@@ -38,6 +40,10 @@ pub struct MergeOptions {
     pub backing: Option<PathBuf>,
     /// Test hook: fail (as if killed) once this many writes have been made.
     pub fail_after_writes: Option<u64>,
+    /// In place: `fsync` the journal before the first write and the backing
+    /// before the journal is removed, so the merge also survives a power loss
+    /// (uml_moo syncs nothing; without this a killed merge still resumes).
+    pub sync: bool,
 }
 
 /// What a merge did and what the user should know.
@@ -360,9 +366,11 @@ pub fn merge_in_place(cow_path: &Path, opts: &MergeOptions) -> Result<MergeRepor
         let mut f =
             File::create(&jpath).map_err(|e| CowError::io("create merge journal", &jpath, e))?;
         f.write_all(&text)
-            .and_then(|_| f.sync_all())
+            .and_then(|_| if opts.sync { f.sync_all() } else { Ok(()) })
             .map_err(|e| CowError::io("write merge journal", &jpath, e))?;
-        sync_dir_of(&jpath);
+        if opts.sync {
+            sync_dir_of(&jpath);
+        }
     }
     let mut w = Writer {
         file: &backing_rw,
@@ -374,35 +382,45 @@ pub fn merge_in_place(cow_path: &Path, opts: &MergeOptions) -> Result<MergeRepor
     let data_offset = cow.layout().data_offset;
     let mut buf = vec![0u8; WINDOW as usize];
     let mut old = vec![0u8; WINDOW as usize];
+    // One read and one write per dirty run (and window): reading whole windows
+    // instead costs more than it saves, the COW's data area is mostly holes.
     for (start, end) in sector_ranges(&runs, size) {
         let mut pos = start;
         while pos < end {
             let n = (end - pos).min(WINDOW - pos % WINDOW) as usize;
-            let chunk = &mut buf[..n];
-            pread_zero_fill(cow.cow_file(), chunk, data_offset + pos)
+            pread_zero_fill(cow.cow_file(), &mut buf[..n], data_offset + pos)
                 .map_err(|e| CowError::io("read", cow_path, e))?;
+            let data = &buf[..n];
             // Like uml_moo -d: a zero block only needs writing if the backing
             // holds something else there (this also keeps holes holes).
-            let prev = &mut old[..n];
-            let any_zero = chunk.chunks(BLOCK as usize).any(is_zero);
-            if any_zero {
-                pread_zero_fill(&backing_rw, prev, pos)
+            let mut zero_blocks = false;
+            let mut k = 0usize;
+            while k < n {
+                let next = ((((pos + k as u64) / BLOCK) + 1) * BLOCK - pos) as usize;
+                let next = next.min(n);
+                zero_blocks |= is_zero(&data[k..next]);
+                k = next;
+            }
+            if zero_blocks {
+                pread_zero_fill(&backing_rw, &mut old[..n], pos)
                     .map_err(|e| CowError::io("read", &backing_path, e))?;
             }
-            let chunk = &buf[..n];
             let prev = &old[..n];
-            w.write_blocks(chunk, pos, |i, j| {
-                !(is_zero(&chunk[i..j]) && any_zero && is_zero(&prev[i..j]))
+            w.write_blocks(data, pos, |x, y| {
+                !(zero_blocks && is_zero(&data[x..y]) && is_zero(&prev[x..y]))
             })?;
             pos += n as u64;
         }
     }
     report.bytes_written = w.bytes;
-    backing_rw
-        .sync_all()
-        .map_err(|e| CowError::io("fsync", &backing_path, e))?;
+    if opts.sync {
+        backing_rw
+            .sync_all()
+            .map_err(|e| CowError::io("fsync", &backing_path, e))?;
+    }
     match std::fs::remove_file(&jpath) {
-        Ok(()) => sync_dir_of(&jpath),
+        Ok(()) if opts.sync => sync_dir_of(&jpath),
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(CowError::io("remove merge journal", &jpath, e)),
     }

@@ -355,13 +355,13 @@ fn our_cow_merges_identically_with_real_uml_moo() {
     let cow2 = dir2.path().join("y.cow");
     std::fs::copy(&cow, &cow2).expect("copy cow");
     util::run_in(dir.path(), &moo, &["-d", "x.cow"]).expect_code(0);
-    merge_in_place(
+    umltest::cow::merge::merge_in_place_durable(
         &cow2,
         &MergeOptions {
             backing: Some(dir2.path().join("back.img")),
-            sync: true,
             ..MergeOptions::default()
         },
+        true,
     )
     .expect("ours -d");
     let t = std::fs::read(&backing).expect("theirs -d");

@@ -129,11 +129,10 @@ pub fn run(args: CowArgs) -> anyhow::Result<ExitCode> {
             let opts = MergeOptions {
                 backing,
                 fail_after_writes: None,
-                sync,
             };
             match (in_place, files.as_slice()) {
                 (true, [cow_path]) => {
-                    let report = cow::merge_in_place(cow_path, &opts)?;
+                    let report = cow::merge::merge_in_place_durable(cow_path, &opts, sync)?;
                     if report.resumed {
                         eprintln!(
                             "umltest: completed an interrupted in-place merge of {}",

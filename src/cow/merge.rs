@@ -15,7 +15,7 @@
 //! written before the first write to it; while it exists a re-run skips the
 //! mtime check (which the merge's own writes would fail) and redoes the merge,
 //! which is idempotent. It is removed at the end. That survives a kill at any
-//! point; with [`MergeOptions::sync`] the journal and the backing are also
+//! point; with [`merge_in_place_durable`] the journal and the backing are also
 //! fsynced in the right order, which survives a power loss.
 
 use std::fs::File;
@@ -40,10 +40,6 @@ pub struct MergeOptions {
     pub backing: Option<PathBuf>,
     /// Test hook: fail (as if killed) once this many writes have been made.
     pub fail_after_writes: Option<u64>,
-    /// In place: `fsync` the journal before the first write and the backing
-    /// before the journal is removed, so the merge also survives a power loss
-    /// (uml_moo syncs nothing; without this a killed merge still resumes).
-    pub sync: bool,
 }
 
 /// What a merge did and what the user should know.
@@ -291,8 +287,19 @@ fn sync_dir_of(path: &Path) {
 }
 
 /// `uml_moo [-b BACKING] -d COW`: merges the COW into its backing file in place.
-/// Resumable: see the module docs.
+/// Resumable after a kill: see the module docs.
 pub fn merge_in_place(cow_path: &Path, opts: &MergeOptions) -> Result<MergeReport, CowError> {
+    merge_in_place_durable(cow_path, opts, false)
+}
+
+/// [`merge_in_place`]; with `sync`, the journal is fsynced before the first
+/// write to the backing and the backing before the journal is removed, so the
+/// merge also resumes after a power loss (uml_moo syncs nothing).
+pub fn merge_in_place_durable(
+    cow_path: &Path,
+    opts: &MergeOptions,
+    sync: bool,
+) -> Result<MergeReport, CowError> {
     let cow_file = open_regular(cow_path, false)?;
     let header = read_header(&cow_file, cow_path)?;
     let backing_path = opts
@@ -366,9 +373,9 @@ pub fn merge_in_place(cow_path: &Path, opts: &MergeOptions) -> Result<MergeRepor
         let mut f =
             File::create(&jpath).map_err(|e| CowError::io("create merge journal", &jpath, e))?;
         f.write_all(&text)
-            .and_then(|_| if opts.sync { f.sync_all() } else { Ok(()) })
+            .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
             .map_err(|e| CowError::io("write merge journal", &jpath, e))?;
-        if opts.sync {
+        if sync {
             sync_dir_of(&jpath);
         }
     }
@@ -413,13 +420,13 @@ pub fn merge_in_place(cow_path: &Path, opts: &MergeOptions) -> Result<MergeRepor
         }
     }
     report.bytes_written = w.bytes;
-    if opts.sync {
+    if sync {
         backing_rw
             .sync_all()
             .map_err(|e| CowError::io("fsync", &backing_path, e))?;
     }
     match std::fs::remove_file(&jpath) {
-        Ok(()) if opts.sync => sync_dir_of(&jpath),
+        Ok(()) if sync => sync_dir_of(&jpath),
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(CowError::io("remove merge journal", &jpath, e)),

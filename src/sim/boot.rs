@@ -147,10 +147,13 @@ pub fn boot(index: usize, name: &str, argv: &[String], run_dir: &Path, mut rng: 
             &format!("Kernel command line: {}", parsed.proc_cmdline),
         );
     }
+    // Parse-time messages come right after the command line; the ubd size
+    // stage runs at device registration, after the memory line.
+    let size_stage = |m: &str| m.starts_with("Failed to initialize ubd device");
     for d in parsed
         .diagnostics
         .iter()
-        .filter(|d| d.channel == Channel::Log && shown(d.severity))
+        .filter(|d| d.channel == Channel::Log && shown(d.severity) && !size_stage(&d.message))
     {
         line(&mut log, &d.message);
     }
@@ -206,7 +209,14 @@ pub fn boot(index: usize, name: &str, argv: &[String], run_dir: &Path, mut rng: 
             })
         })
         .collect();
-    // Block devices: the size stage and the open stage, with their messages.
+    for d in parsed
+        .diagnostics
+        .iter()
+        .filter(|d| d.channel == Channel::Log && shown(d.severity) && size_stage(&d.message))
+    {
+        line(&mut log, &d.message);
+    }
+    // Block devices: the open stage, with its messages.
     let mut open_errors: BTreeMap<u32, i32> = BTreeMap::new();
     for dev in &parsed.ubd {
         if dev.size_sectors.is_none() {

@@ -1,6 +1,6 @@
 //! busybox 1.35 `dd` (Debian build: no third status line): `if= of= bs= ibs=
 //! obs= count= seek= skip= conv=notrunc,sync,noerror status=none`, on
-//! `/dev/zero`, `/dev/null`, `/dev/ubdX` (through the block layer, in guest
+//! `/dev/zero`, `/dev/urandom` (the machine's seeded stream), `/dev/null`, `/dev/ubdX` (through the block layer, in guest
 //! block units) and the files redirections made.
 //!
 //! Copying takes virtual time (about 200 MiB/s, at most 1 MiB per step), so a
@@ -19,7 +19,11 @@ const STEP: u64 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum End {
     Zero,
+    /// `/dev/urandom`: the machine's seeded stream.
+    Random,
     Null,
+    /// No `of=`: the bytes go to the console (as text).
+    Stdout,
     Disk(u32),
     File(String),
 }
@@ -103,6 +107,7 @@ impl Dd {
     fn end(sys: &Sys, path: &str, write: bool) -> Result<End, String> {
         match path {
             "/dev/zero" => return Ok(End::Zero),
+            "/dev/urandom" | "/dev/random" => return Ok(End::Random),
             "/dev/null" => return Ok(End::Null),
             _ => {}
         }
@@ -139,7 +144,11 @@ impl Dd {
         let mut buf = vec![0u8; len as usize];
         let got = match &self.input {
             End::Zero => len as usize,
-            End::Null => 0,
+            End::Random => {
+                sys.m.rng.fill(&mut buf);
+                len as usize
+            }
+            End::Null | End::Stdout => 0,
             End::Disk(unit) => {
                 let Some(d) = sys.m.disks.get_mut(unit) else {
                     return Ok(Vec::new());
@@ -173,7 +182,8 @@ impl Dd {
     fn write(&mut self, sys: &mut Sys, data: &[u8]) -> Result<(), String> {
         let at = self.opos;
         match &self.output {
-            End::Null | End::Zero => {}
+            End::Null | End::Zero | End::Random => {}
+            End::Stdout => sys.out(&String::from_utf8_lossy(data)),
             End::Disk(unit) => {
                 let Some(d) = sys.m.disks.get_mut(unit) else {
                     return Ok(());
@@ -321,7 +331,7 @@ impl Dd {
         self.ibs = bs.or(ibs).unwrap_or(512).max(1);
         self.obs = bs.or(obs).unwrap_or(512).max(1);
         // Without if=/of= busybox uses stdin/stdout; the sim has no pipes:
-        // stdin reads as empty, stdout as the console.
+        // stdin reads as empty, stdout is the console.
         self.input = match &iname {
             Some(p) => Dd::end(sys, p, false).map_err(|m| {
                 sys.err(&m);
@@ -334,7 +344,7 @@ impl Dd {
                 sys.err(&m);
                 1
             })?,
-            None => End::Null,
+            None => End::Stdout,
         };
         self.out_name = oname.unwrap_or_else(|| "standard output".into());
         self.ipos = self.skip.saturating_mul(self.ibs);

@@ -75,6 +75,10 @@ pub enum CowCommand {
         /// Show the differing 16-byte rows (backing `-`, COW `+`).
         #[arg(long)]
         hexdump: bool,
+        /// Also list the files added (A), changed (M) and removed (D) in an
+        /// ext2/3/4 disk, read from both views without mounting.
+        #[arg(long)]
+        files: bool,
     },
     /// Check a COW file and its backing file (magic, version, truncation, size,
     /// mtime); exit 1 on a problem.
@@ -177,12 +181,29 @@ pub fn run(args: CowArgs) -> anyhow::Result<ExitCode> {
             backing,
             json,
             hexdump,
+            files,
         } => {
             let d = inspect::diff(&c, backing.as_deref(), hexdump)?;
+            let changes = if files {
+                Some(cow::files::diff_files(&c, backing.as_deref())?)
+            } else {
+                None
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&d)?);
+                let mut v = serde_json::to_value(&d)?;
+                if let (Some(changes), Some(obj)) = (&changes, v.as_object_mut()) {
+                    obj.insert("files".into(), serde_json::to_value(changes)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_diff(&d, hexdump).context("write to stdout")?;
+                for f in changes.iter().flatten() {
+                    if f.what.is_empty() {
+                        println!("{} {}", f.change.tag(), f.path);
+                    } else {
+                        println!("{} {} ({})", f.change.tag(), f.path, f.what.join(", "));
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

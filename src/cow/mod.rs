@@ -13,6 +13,7 @@
 
 pub mod create;
 pub mod file;
+pub mod files;
 pub mod header;
 pub mod inspect;
 pub mod merge;

@@ -397,6 +397,7 @@ fn ubd_creates_missing_cow_like_the_kernel() {
     );
     assert_eq!(opened.log[0].level, Level::Info);
     let mut dev = opened.result.expect("open");
+    assert!(!dev.as_cow().expect("a COW device").kernel_hangs_on_write());
     // 66536 bytes round up to a 130-sector device; the tail reads as zeros.
     assert_eq!(dev.size(), 66560);
     let mut tail = [0xffu8; 512];
@@ -979,6 +980,40 @@ fn real_guest_writes_merge_to_what_the_guest_saw() {
         );
         let sectors: u64 = first_word(out.section("size")).parse().expect("size");
         assert_eq!(sectors, case.backing_len.div_ceil(512), "{}", out.dump());
+        // The header the real kernel wrote: right fields, and byte-identical to ours.
+        let kernel = std::fs::read(d.join("x.cow")).expect("read kernel COW");
+        let h = Header::decode(&kernel[..4136]).expect("decode kernel header");
+        assert_eq!(h.version, Version::V3);
+        assert_eq!((h.size, i64::from(h.mtime)), (case.backing_len, MTIME));
+        assert_eq!((h.sectorsize, h.alignment, h.cow_format), (512, 4096, 0));
+        assert_eq!(h.backing_path(), canon(&d.join("back.img")));
+        let ours_hdr = create(
+            &d.join("same.cow"),
+            Path::new("back.img"),
+            &CreateOptions {
+                force: false,
+                cwd: Some(d.clone()),
+            },
+        )
+        .expect("our create");
+        assert_eq!(ours_hdr, h);
+        let ours_cow = std::fs::read(d.join("same.cow")).expect("read our COW");
+        // Up to the path's NUL and from the end of the header to the bitmap the
+        // bytes are identical; the kernel does not clear the rest of the path
+        // field (heap memory: non-zero bytes were seen there).
+        let nul = 32 + h.backing_file.len();
+        assert_eq!(
+            ours_cow[..=nul],
+            kernel[..=nul],
+            "{}: header bytes",
+            case.name
+        );
+        assert_eq!(
+            ours_cow[4128..8192],
+            kernel[4128..8192],
+            "{}: padding",
+            case.name
+        );
         // The guest really wrote through the COW: the backing is untouched.
         assert_eq!(
             std::fs::metadata(d.join("back.img")).expect("meta").mtime(),
@@ -1188,6 +1223,57 @@ fn cli_diff_files_lists_ext4_changes() {
     r.expect_code(1);
     assert!(
         r.stderr().contains("raw.img: backing view:"),
+        "{}",
+        r.dump()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// Whatever a file holds (random bytes behind a valid magic and version),
+    /// info, check, diff, CowFile and Ubd::open return errors, never panic.
+    #[test]
+    fn corrupt_cow_files_never_panic(
+        mut bytes in proptest::collection::vec(any::<u8>(), 0..9000),
+        version in 0u32..5,
+        magic in any::<bool>(),
+    ) {
+        if magic && bytes.len() >= 8 {
+            bytes[..4].copy_from_slice(b"OOOM");
+            bytes[4..8].copy_from_slice(&version.to_be_bytes());
+        }
+        let dir = util::tempdir();
+        let p = dir.path().join("c.cow");
+        std::fs::write(&p, &bytes).expect("write");
+        let _ = umltest::cow::inspect::info(&p, None);
+        let _ = umltest::cow::inspect::check(&p, None, false);
+        let _ = umltest::cow::inspect::diff(&p, None, true);
+        let _ = CowFile::open(&p, None, false);
+        let _ = Ubd::open(&spec(dir.path(), "c.cow", None, 7)).result;
+        prop_assert_eq!(std::fs::read(&p).expect("read"), bytes);
+    }
+}
+
+#[test]
+fn cli_info_reports_missing_backing() {
+    let dir = util::tempdir();
+    let d = dir.path();
+    cli_setup(d);
+    std::fs::remove_file(d.join("base.img")).expect("rm");
+    let r = util::umltest(d, &["cow", "info", "x.cow"]);
+    r.expect_code(0);
+    assert!(
+        r.stdout()
+            .contains("backing status:  missing (No such file or directory"),
+        "{}",
+        r.dump()
+    );
+    let r = util::umltest(d, &["cow", "check", "x.cow"]);
+    r.expect_code(1);
+    assert!(r.stdout().contains("error: backing file"), "{}", r.dump());
+    assert!(
+        r.stdout().contains("cow rebase x.cow NEW_BACKING"),
         "{}",
         r.dump()
     );

@@ -258,6 +258,14 @@ impl CowDevice {
     pub fn cow(&self) -> &CowFile {
         &self.cow
     }
+
+    /// True if the real kernel hangs forever on the first write to this device:
+    /// with a bitmap of 8 bytes or less (backing <= 32 KiB) its "last word"
+    /// adjustment underflows (`cow-format.md` §6). Writes here succeed; a sim
+    /// that wants the kernel's behaviour should stall the writing process instead.
+    pub fn kernel_hangs_on_write(&self) -> bool {
+        self.cow.layout().bitmap_len <= 8
+    }
 }
 
 /// A UML ubd device.

@@ -40,6 +40,33 @@ pub fn read_header(file: &File, path: &Path) -> Result<Header, CowError> {
     })
 }
 
+/// Reads the whole bitmap, checking the file's length first (a corrupt size
+/// field must not make us allocate gigabytes).
+pub fn read_bitmap(file: &File, path: &Path, layout: &Layout) -> Result<Vec<u8>, CowError> {
+    let file_len = file
+        .metadata()
+        .map_err(|e| CowError::io("stat", path, e))?
+        .len();
+    let truncated = |have: u64| CowError::TruncatedBitmap {
+        path: path.to_path_buf(),
+        offset: layout.bitmap_offset,
+        need: layout.bitmap_len,
+        have,
+    };
+    let available = file_len.saturating_sub(layout.bitmap_offset);
+    if available < layout.bitmap_len {
+        return Err(truncated(available));
+    }
+    let len = usize::try_from(layout.bitmap_len).map_err(|_| truncated(available))?;
+    let mut bitmap = vec![0u8; len];
+    let have = pread_full(file, &mut bitmap, layout.bitmap_offset)
+        .map_err(|e| CowError::io("read bitmap of", path, e))?;
+    if have < len {
+        return Err(truncated(have as u64));
+    }
+    Ok(bitmap)
+}
+
 /// `pread` until `buf` is full or EOF; returns the bytes read.
 pub fn pread_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut done = 0;
@@ -93,23 +120,7 @@ impl CowFile {
             path: cow_path.to_path_buf(),
             source,
         })?;
-        let len = usize::try_from(layout.bitmap_len).map_err(|_| CowError::TruncatedBitmap {
-            path: cow_path.to_path_buf(),
-            offset: layout.bitmap_offset,
-            need: layout.bitmap_len,
-            have: 0,
-        })?;
-        let mut bitmap = vec![0u8; len];
-        let have = pread_full(&cow, &mut bitmap, layout.bitmap_offset)
-            .map_err(|e| CowError::io("read bitmap of", cow_path, e))?;
-        if have < len {
-            return Err(CowError::TruncatedBitmap {
-                path: cow_path.to_path_buf(),
-                offset: layout.bitmap_offset,
-                need: layout.bitmap_len,
-                have: have as u64,
-            });
-        }
+        let bitmap = read_bitmap(&cow, cow_path, &layout)?;
         Ok(CowFile {
             cow,
             backing,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::file::{dirty_runs, pread_full, read_header, CowFile, SECTOR};
+use super::file::{dirty_runs, read_header, CowFile, SECTOR};
 use super::header::{Header, Layout};
 use super::{backing_stat, check_size_mtime, open_regular, CowError};
 
@@ -76,19 +76,7 @@ fn read_meta(path: &Path) -> Result<(File, Header, Layout, Vec<u8>, u64), CowErr
         .metadata()
         .map_err(|e| CowError::io("stat", path, e))?
         .len();
-    let truncated = |have: u64| CowError::TruncatedBitmap {
-        path: path.to_path_buf(),
-        offset: layout.bitmap_offset,
-        need: layout.bitmap_len,
-        have,
-    };
-    let len = usize::try_from(layout.bitmap_len).map_err(|_| truncated(0))?;
-    let mut bitmap = vec![0u8; len];
-    let have = pread_full(&file, &mut bitmap, layout.bitmap_offset)
-        .map_err(|e| CowError::io("read bitmap of", path, e))?;
-    if have < len {
-        return Err(truncated(have as u64));
-    }
+    let bitmap = super::file::read_bitmap(&file, path, &layout)?;
     Ok((file, header, layout, bitmap, file_len))
 }
 

@@ -120,6 +120,10 @@ fn arping_lab_matches_the_real_tools() {
     let td = sim
         .spawn("h2", "tcpdump -i eth0 -c 6 -n -e arp")
         .expect("spawn");
+    // Like the real tcpdump, it captures only once it says so.
+    assert!(sim
+        .wait_console("h2", "listening on eth0", Duration::from_secs(1))
+        .expect("wait"));
 
     let (out, code) = run(&mut sim, "h1", "arping -0 -B -i eth0 -c 2");
     assert_eq!(

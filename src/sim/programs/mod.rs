@@ -225,24 +225,30 @@ pub fn lsblk_size(bytes: u64) -> String {
     }
 }
 
-fn lsblk(sys: &mut Sys, _args: &[String]) -> i32 {
-    let rows: Vec<[String; 6]> = sys
-        .m
-        .disks
-        .values()
-        .map(|d| {
+/// util-linux lsblk's default table for ubd disks: (unit, size, read-only, root).
+fn lsblk_table(disks: &[(u32, u64, bool, bool)]) -> String {
+    let rows: Vec<[String; 6]> = disks
+        .iter()
+        .map(|&(unit, size, ro, root)| {
             [
-                dev_name(d.unit),
-                format!("{:>3}:{:<3}", 98, d.unit * 16),
+                dev_name(unit),
+                format!("{:>3}:{:<3}", 98, unit * 16),
                 "0".into(),
-                lsblk_size(d.size),
-                u8::from(d.read_only).to_string(),
-                if d.root { "/".into() } else { String::new() },
+                lsblk_size(size),
+                u8::from(ro).to_string(),
+                if root { "/".into() } else { String::new() },
             ]
         })
         .collect();
     let name_w = rows.iter().map(|r| r[0].len()).max().unwrap_or(0).max(4);
-    let size_w = rows.iter().map(|r| r[3].len()).max().unwrap_or(0).max(4);
+    // Observed in the guest: "64M" fits the 4-wide header, "300M" widens the
+    // column to 5 (a right-aligned column keeps one cell of room).
+    let size_w = rows
+        .iter()
+        .map(|r| r[3].len() + 1)
+        .max()
+        .unwrap_or(0)
+        .max(4);
     let mut s = format!(
         "{:<name_w$} MAJ:MIN RM {:>size_w$} RO TYPE MOUNTPOINTS\n",
         "NAME", "SIZE"
@@ -253,6 +259,17 @@ fn lsblk(sys: &mut Sys, _args: &[String]) -> i32 {
             r[0], r[1], r[2], r[3], r[4], r[5]
         ));
     }
+    s
+}
+
+fn lsblk(sys: &mut Sys, _args: &[String]) -> i32 {
+    let disks: Vec<(u32, u64, bool, bool)> = sys
+        .m
+        .disks
+        .values()
+        .map(|d| (d.unit, d.size, d.read_only, d.root))
+        .collect();
+    let s = lsblk_table(&disks);
     sys.out(&s);
     0
 }
@@ -365,6 +382,19 @@ mod tests {
         assert_eq!(lsblk_size((300 << 20) + 1), "300M");
         assert_eq!(lsblk_size(3 << 29), "1.5G");
         assert_eq!(lsblk_size(512), "512B");
+    }
+
+    /// Both layouts captured from util-linux lsblk in a UML 6.1 guest.
+    #[test]
+    fn lsblk_tables_match_the_guest() {
+        assert_eq!(
+            lsblk_table(&[(0, 64 << 20, false, true), (1, 8 << 20, false, false)]),
+            "NAME MAJ:MIN RM SIZE RO TYPE MOUNTPOINTS\nubda  98:0    0  64M  0 disk /\nubdb  98:16   0   8M  0 disk \n"
+        );
+        assert_eq!(
+            lsblk_table(&[(0, 64 << 20, false, true), (1, (300 << 20) + 512, false, false)]),
+            "NAME MAJ:MIN RM  SIZE RO TYPE MOUNTPOINTS\nubda  98:0    0   64M  0 disk /\nubdb  98:16   0  300M  0 disk \n"
+        );
     }
 
     #[test]

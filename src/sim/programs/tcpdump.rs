@@ -10,8 +10,15 @@ use crate::net::wire::tcpdump_line;
 use crate::sim::programs::getopt::getopt;
 use crate::sim::world::{Poll, Program, Sys};
 
+/// Time from exec to capturing (loading libpcap, activating the socket):
+/// frames before that are not seen, as with the real tcpdump; labs wait for
+/// the `listening on` line.
+pub const STARTUP: Duration = Duration::from_millis(50);
+
 pub struct Tcpdump {
     args: Vec<String>,
+    name: String,
+    listening: bool,
     iface: usize,
     count: Option<u64>,
     link: bool,
@@ -25,6 +32,8 @@ impl Tcpdump {
     pub fn new(args: &[String]) -> Self {
         Self {
             args: args.to_vec(),
+            name: String::new(),
+            listening: false,
             iface: 0,
             count: None,
             link: false,
@@ -132,11 +141,21 @@ impl Program for Tcpdump {
             return Poll::Exit(1);
         }
         self.iface = i;
-        sys.err(&format!(
-            "tcpdump: verbose output suppressed, use -v[v]... for full protocol decode\n\
-             listening on {name}, link-type EN10MB (Ethernet), snapshot length 262144 bytes\n"
-        ));
-        sys.capture(i, true, self.promisc);
+        self.name = name;
+        sys.wake_at(sys.now + STARTUP);
+        Poll::Pending
+    }
+
+    fn wake(&mut self, sys: &mut Sys) -> Poll {
+        if !self.listening {
+            self.listening = true;
+            sys.err(&format!(
+                "tcpdump: verbose output suppressed, use -v[v]... for full protocol decode\n\
+                 listening on {}, link-type EN10MB (Ethernet), snapshot length 262144 bytes\n",
+                self.name
+            ));
+            sys.capture(self.iface, true, self.promisc);
+        }
         Poll::Pending
     }
 
@@ -162,6 +181,9 @@ impl Program for Tcpdump {
     }
 
     fn interrupt(&mut self, sys: &mut Sys) -> Poll {
+        if !self.listening {
+            return Poll::Exit(130);
+        }
         sys.err("\n");
         self.stats(sys);
         Poll::Exit(0)

@@ -1278,3 +1278,51 @@ fn cli_info_reports_missing_backing() {
         r.dump()
     );
 }
+
+#[test]
+fn cli_merge_refuses_to_replace_backing_or_cow() {
+    let dir = util::tempdir();
+    let d = dir.path();
+    cli_setup(d);
+    let snap = snapshot(d);
+    for out in ["base.img", "x.cow"] {
+        let r = util::umltest(d, &["cow", "merge", "x.cow", out]);
+        r.expect_code(1);
+        assert!(
+            r.stderr().contains("refusing to replace the"),
+            "{}",
+            r.dump()
+        );
+    }
+    assert_eq!(snapshot(d), snap);
+}
+
+/// v1/v2 round the bitmap down: `check` says which sectors have no bit.
+#[test]
+fn cli_check_warns_about_v2_bitmap_rounding() {
+    let dir = util::tempdir();
+    let d = dir.path();
+    make_backing(&d.join("b.img"), 1000, &[]);
+    let mut h = Header::new_v3(
+        canon(&d.join("b.img"))
+            .into_os_string()
+            .into_encoded_bytes(),
+        MTIME as u32,
+        1000,
+    );
+    h.version = Version::V2;
+    h.alignment = 512;
+    let l = h.layout().expect("layout");
+    let mut bytes = h.encode();
+    bytes.resize((l.data_offset + 1000) as usize, 0);
+    std::fs::write(d.join("v2.cow"), &bytes).expect("write");
+    let r = util::umltest(d, &["cow", "check", "v2.cow"]);
+    r.expect_code(0);
+    assert!(
+        r.stdout().contains(
+            "the 0-byte v2 bitmap covers 0 of the 2 sectors (the historical rounding bug)"
+        ),
+        "{}",
+        r.dump()
+    );
+}

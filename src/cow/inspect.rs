@@ -274,6 +274,19 @@ pub fn check(path: &Path, backing: Option<&Path>, fix_mtime: bool) -> Result<Che
             ),
         );
     }
+    let covered = layout.bitmap_len * 8;
+    let sectors = header.size.div_ceil(SECTOR);
+    if covered < sectors {
+        push(
+            Severity::Warning,
+            format!(
+                "the {}-byte v{} bitmap covers {covered} of the {sectors} sectors (the historical rounding bug): the kernel and uml_moo read past the bitmap for the last {} sectors, and they cannot be written through this file",
+                layout.bitmap_len,
+                header.version.number(),
+                sectors - covered
+            ),
+        );
+    }
     let expected = layout.data_offset + header.size;
     if file_len < expected {
         push(

@@ -220,6 +220,16 @@ pub fn merge_to_new(
             });
         }
     }
+    // Replacing the backing (or the COW) with the merge would silently make
+    // every other COW over it stale: that is what -d is for.
+    for (what, other) in [("backing", cow.backing_path()), ("COW", cow_path)] {
+        if super::inspect::same_file(out, other) {
+            return Err(CowError::Refused {
+                path: out.to_path_buf(),
+                what: format!("refusing to replace the {what} file with the merged image (use -d to merge in place)"),
+            });
+        }
+    }
     let mut tmp = tempfile::Builder::new()
         .prefix(".umltest-merge")
         .tempfile_in(&dir)

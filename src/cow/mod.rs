@@ -115,6 +115,9 @@ pub enum CowError {
     /// An in-place merge journal that does not belong to this merge.
     #[error("{}: {what}", path.display())]
     Journal { path: PathBuf, what: String },
+    /// An operation that would destroy something it should not.
+    #[error("{}: {what}", path.display())]
+    Refused { path: PathBuf, what: String },
     /// Injected failure (tests of crash safety).
     #[error("injected failure after {writes} writes")]
     Injected { writes: u64 },

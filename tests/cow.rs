@@ -1326,3 +1326,38 @@ fn cli_check_warns_about_v2_bitmap_rounding() {
         r.dump()
     );
 }
+
+/// An in-place merge stopped after one write (as if killed) leaves its journal;
+/// the same command then completes it, although the backing's mtime changed.
+#[test]
+fn cli_interrupted_in_place_merge_completes_on_rerun() {
+    let dir = util::tempdir();
+    let d = dir.path();
+    cli_setup(d);
+    util::umltest(d, &["cow", "merge", "x.cow", "want.img"]).expect_code(0);
+    let out = std::process::Command::new(util::umltest_bin())
+        .args(["cow", "merge", "-d", "x.cow"])
+        .current_dir(d)
+        .env("UMLTEST_COW_FAIL_AFTER_WRITES", "1")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("injected failure after 1 writes"));
+    assert!(d.join("x.cow.merging").exists());
+    // Simulate the clock moving on: the partial merge changed the backing's mtime.
+    set_mtime(&d.join("base.img"), MTIME + 10);
+    let r = util::umltest(d, &["cow", "merge", "-d", "x.cow"]);
+    r.expect_code(0);
+    assert!(
+        r.stderr()
+            .contains("completed an interrupted in-place merge"),
+        "{}",
+        r.dump()
+    );
+    assert!(r.stderr().contains("are now stale"), "{}", r.dump());
+    assert!(!d.join("x.cow.merging").exists());
+    assert!(
+        std::fs::read(d.join("base.img")).expect("base")
+            == std::fs::read(d.join("want.img")).expect("want")
+    );
+}

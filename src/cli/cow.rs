@@ -130,9 +130,13 @@ pub fn run(args: CowArgs) -> anyhow::Result<ExitCode> {
             sync,
             files,
         } => {
+            // Test hook for crash-safety tests: stop as if killed after N writes.
+            let fail_after_writes = std::env::var("UMLTEST_COW_FAIL_AFTER_WRITES")
+                .ok()
+                .and_then(|v| v.parse().ok());
             let opts = MergeOptions {
                 backing,
-                fail_after_writes: None,
+                fail_after_writes,
             };
             match (in_place, files.as_slice()) {
                 (true, [cow_path]) => {

@@ -28,6 +28,9 @@ use crate::scenario::backend::{
 /// Ethertype of ARP, for [`UmlBackend::capture_only`].
 pub const ETHERTYPE_ARP: u16 = 0x0806;
 
+/// Longest wait for a background command to show it is running (see `spawn`).
+const JOB_SETTLE: Duration = Duration::from_secs(3);
+
 /// How long a halt may take per stage (guest poweroff, then mconsole halt).
 const HALT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -360,6 +363,18 @@ impl Backend for UmlBackend {
                 ),
                 last_lines: String::new(),
             })?;
+        // Settle: return once the job has printed something or ended (tcpdump prints
+        // `listening on ...` once its capture is open), at most JOB_SETTLE. On the
+        // sim a background command is ready at once; on a loaded host the exec
+        // alone can take longer than the next step needs (a capture missing the
+        // first frame was seen in CI).
+        let settle = format!(
+            "i=0; while [ ! -s {out_file}.out ] && [ ! -e {out_file}.rc ] && [ $i -lt {n} ]; do usleep 50000; i=$((i+1)); done",
+            n = JOB_SETTLE.as_millis() / 50
+        );
+        self.machine(machine)?
+            .run(&settle, JOB_SETTLE + Duration::from_secs(10))
+            .map_err(machine_error)?;
         self.jobs.insert(
             id,
             Job {

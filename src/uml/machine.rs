@@ -31,6 +31,8 @@ use crate::scenario::backend::CommandOutcome;
 
 /// How long a command gets to finish after its ^C before the machine is declared stuck.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+/// How long the shell may take to start a command before its timeout starts.
+const START_GRACE: Duration = Duration::from_secs(10);
 /// Lines of console shown in error messages.
 const LAST_LINES: usize = 25;
 /// Polling period for process exit while waiting on the console (the console
@@ -475,6 +477,19 @@ impl Machine {
         self.write(line.as_bytes())?;
         let from = self.read_from;
         let mut interrupted = false;
+        // The timeout counts from the moment the shell starts the command (its
+        // begin marker), not from the write: a loaded host can take a while to
+        // schedule the guest, and a step's timeout is about the command.
+        let begin = console::begin_marker(seq);
+        let begun = self.wait_for(Instant::now() + timeout + START_GRACE, |b| {
+            b.get(from..)
+                .and_then(|hay| find(hay, begin.as_bytes()))
+                .map(|_| ())
+        });
+        if let Wait::Exited = begun {
+            let why = self.exit_text();
+            return Err(self.failure(format!("{why} while running {command:?}")));
+        }
         let mut deadline = Instant::now() + timeout;
         loop {
             match self.wait_for(deadline, |b| console::find_exchange(b, from, seq)) {

@@ -246,6 +246,7 @@ pub fn boot(index: usize, name: &str, argv: &[String], run_dir: &Path, mut rng: 
                 let mut head = vec![0u8; 2048.min(size as usize)];
                 let _ = ubd.read_at(&mut head, 0);
                 let read_only = ubd.is_read_only();
+                let hangs_on_write = ubd.as_cow().is_some_and(|c| c.kernel_hangs_on_write());
                 core.disks.insert(
                     dev.index,
                     Disk {
@@ -258,6 +259,7 @@ pub fn boot(index: usize, name: &str, argv: &[String], run_dir: &Path, mut rng: 
                         writes: 0,
                         root: false,
                         fs: disk::probe_fs(&head),
+                        hangs_on_write,
                     },
                 );
             }
@@ -267,6 +269,8 @@ pub fn boot(index: usize, name: &str, argv: &[String], run_dir: &Path, mut rng: 
                     _ => libc::EIO,
                 };
                 open_errors.insert(dev.index, errno);
+                let lines = opened.log.iter().map(|l| l.text.clone()).collect();
+                core.broken_disks.insert(dev.index, (errno, lines));
             }
         }
     }

@@ -27,6 +27,9 @@ pub struct Disk {
     pub root: bool,
     /// The first bytes of the device, read at boot for `blkid`/`lsblk`.
     pub fs: Option<FsInfo>,
+    /// The real kernel hangs on the first write to this COW device (a bitmap
+    /// of 8 bytes or less, cow-format.md §6): a writer stalls forever.
+    pub hangs_on_write: bool,
 }
 
 impl std::fmt::Debug for Disk {

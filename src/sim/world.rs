@@ -198,6 +198,9 @@ pub struct MachineCore {
     pub console: String,
     pub stack: Stack,
     pub disks: BTreeMap<u32, Disk>,
+    /// Devices that exist but fail to open: unit -> (errno, the kernel's lines,
+    /// printed again on every open as the real kernel does).
+    pub broken_disks: BTreeMap<u32, (i32, Vec<String>)>,
     /// Files written by redirections (`> /tmp/x`), and readable by `cat`.
     pub files: BTreeMap<String, Vec<u8>>,
     pub proc_cmdline: String,
@@ -211,6 +214,21 @@ pub struct MachineCore {
 }
 
 impl MachineCore {
+    /// Opening a device that fails: the kernel prints its lines again; returns
+    /// the errno and those lines.
+    pub fn disks_broken(&mut self, dev: &str) -> Option<(i32, Vec<String>)> {
+        let (errno, lines) = self
+            .broken_disks
+            .iter()
+            .find(|(u, _)| crate::sim::disk::dev_name(**u) == dev)
+            .map(|(_, v)| v.clone())?;
+        for l in &lines {
+            self.console.push_str(l);
+            self.console.push('\n');
+        }
+        Some((errno, lines))
+    }
+
     /// A machine that has not booted: no devices, empty console.
     pub fn empty(name: &str, rng: Rng) -> Self {
         Self {
@@ -218,6 +236,7 @@ impl MachineCore {
             console: String::new(),
             stack: Stack::new(Vec::new()),
             disks: BTreeMap::new(),
+            broken_disks: BTreeMap::new(),
             files: BTreeMap::new(),
             proc_cmdline: String::new(),
             mem: 0,

@@ -48,6 +48,8 @@ pub struct Dd {
     ipos: u64,
     opos: u64,
     out_name: String,
+    /// Stuck in the kernel (see [`crate::sim::disk::Disk::hangs_on_write`]).
+    hung: bool,
 }
 
 /// busybox `dd_suffixes` (xatoull_sfx).
@@ -101,10 +103,11 @@ impl Dd {
             ipos: 0,
             opos: 0,
             out_name: String::new(),
+            hung: false,
         }
     }
 
-    fn end(sys: &Sys, path: &str, write: bool) -> Result<End, String> {
+    fn end(sys: &mut Sys, path: &str, write: bool) -> Result<End, String> {
         match path {
             "/dev/zero" => return Ok(End::Zero),
             "/dev/urandom" | "/dev/random" => return Ok(End::Random),
@@ -117,6 +120,13 @@ impl Dd {
                     return Err(format!("dd: can't open '{path}': Read-only file system\n"));
                 }
                 return Ok(End::Disk(d.unit));
+            }
+            let broken = sys
+                .m
+                .disks_broken(dev)
+                .map(|(errno, _)| std::io::Error::from_raw_os_error(errno));
+            if let Some(e) = broken {
+                return Err(format!("dd: can't open '{path}': {}\n", os_msg(&e)));
             }
             return Err(format!(
                 "dd: can't open '{path}': No such file or directory\n"
@@ -362,6 +372,8 @@ impl Dd {
 fn os_msg(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::EIO) => "Input/output error".into(),
+        Some(libc::EINVAL) => "Invalid argument".into(),
+        Some(libc::EAGAIN) => "Resource temporarily unavailable".into(),
         Some(libc::ENOSPC) => "No space left on device".into(),
         _ => e.to_string(),
     }
@@ -371,6 +383,13 @@ impl Program for Dd {
     fn start(&mut self, sys: &mut Sys) -> Poll {
         if let Err(code) = self.setup(sys) {
             return Poll::Exit(code);
+        }
+        if let End::Disk(unit) = self.output {
+            if sys.m.disks.get(&unit).is_some_and(|d| d.hangs_on_write) {
+                // The write never returns; not even SIGINT gets it out.
+                self.hung = true;
+                return Poll::Pending;
+            }
         }
         self.wake(sys)
     }
@@ -389,6 +408,9 @@ impl Program for Dd {
     }
 
     fn interrupt(&mut self, sys: &mut Sys) -> Poll {
+        if self.hung {
+            return Poll::Pending;
+        }
         self.status(sys);
         Poll::Exit(130)
     }

@@ -891,3 +891,196 @@ fn daemon_pcap_and_trace_show_arp_exchange() {
         run.dump()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Real linux.uml guests on our switch.
+
+use umltest::uml::guest::{boot, standard_args, BootOutput, RootFs};
+
+/// The answering guest (`role=responder`): 10.77.0.2, then it waits until the prober says it is done (a request from 10.77.0.9
+/// creates a neighbour entry) and powers off.
+const RESPONDER: &str = "
+if [ \"$(cat /proc/cmdline | grep -c role=responder)\" = 1 ]; then
+  ip addr add 10.77.0.2/24 dev eth0
+  ip link set eth0 up
+  echo BEGIN responder; cat /sys/class/net/eth0/address; echo END responder
+  i=0
+  while ! ip neigh | grep -q 10.77.0.9 && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+else
+  ip addr add 10.77.0.1/24 dev eth0
+  ip link set eth0 up
+  i=0
+  while ! arping -q -f -c 1 -w 1 -I eth0 10.77.0.2 && [ $i -lt 60 ]; do i=$((i+1)); done
+  echo BEGIN arping; arping -c 3 -I eth0 10.77.0.2; echo \"exit $?\"; echo END arping
+  echo BEGIN prober; cat /sys/class/net/eth0/address; echo END prober
+  ip addr add 10.77.0.9/24 dev eth0
+  arping -q -c 2 -w 2 -s 10.77.0.9 -I eth0 10.77.0.2
+fi
+";
+
+/// Boots a responder and a prober in parallel; `eth0` gives each one's NIC spec.
+fn arping_lab(
+    tools: &umltest::uml::guest::GuestTools,
+    dir: &Path,
+    responder_eth0: &str,
+    prober_eth0: &str,
+) -> (BootOutput, BootOutput) {
+    RootFs::with_script(RESPONDER)
+        .build(tools, &dir.join("root.ext4"))
+        .expect("build root image");
+    let args = |eth0: &str, role: &str| {
+        let mut a = standard_args("root.ext4");
+        a.push(format!("eth0={eth0}"));
+        a.push(format!("role={role}"));
+        a
+    };
+    let responder_args = args(responder_eth0, "responder");
+    let prober_args = args(prober_eth0, "prober");
+    std::thread::scope(|s| {
+        let r = s.spawn(|| {
+            boot(tools, dir, &responder_args, Duration::from_secs(120)).expect("boot responder")
+        });
+        let p = s.spawn(|| {
+            boot(tools, dir, &prober_args, Duration::from_secs(120)).expect("boot prober")
+        });
+        (
+            r.join().expect("responder thread"),
+            p.join().expect("prober thread"),
+        )
+    })
+}
+
+fn check_arping(prober: &BootOutput, responder: &BootOutput, sw: &SwitchProc) {
+    let report = || {
+        format!(
+            "--- prober ---\n{}\n--- responder ---\n{}\n--- switch ---\n{}",
+            prober.dump(),
+            responder.dump(),
+            sw.dump()
+        )
+    };
+    assert!(!prober.timed_out && !responder.timed_out, "{}", report());
+    let arping = prober
+        .section("arping")
+        .unwrap_or_else(|| panic!("no arping section\n{}", report()));
+    assert!(
+        arping.contains("Sent 3 probe(s)") && arping.contains("Received 3 response(s)"),
+        "{}",
+        report()
+    );
+    assert!(
+        arping.contains("Unicast reply from 10.77.0.2 [fe:fd:0a:4d:00:02]"),
+        "{}",
+        report()
+    );
+    assert!(arping.trim_end().ends_with("exit 0"), "{}", report());
+}
+
+#[test]
+fn two_uml_guests_arping_through_our_switch_and_pcap_shows_it() {
+    let (Some(tools), Some(tshark), Some(_)) = (
+        util::guest_tools(),
+        util::tool("tshark", "tshark"),
+        util::tool("vde_plug", "vde2"),
+    ) else {
+        return;
+    };
+    let tmp = util::tempdir();
+    let dir = tmp.path();
+    let pcap = dir.join("sw.pcap");
+    let mut sw = SwitchProc::ours(&dir.join("sw"), &["--pcap", pcap.to_str().expect("utf-8")]);
+    let (responder, prober) = arping_lab(
+        &tools,
+        dir,
+        "vde,sw,fe:fd:0a:4d:00:02",
+        "vde,sw,fe:fd:0a:4d:00:01,5",
+    );
+    check_arping(&prober, &responder, &sw);
+    assert!(
+        sw.log()
+            .contains("on port 5 (v3 request): UML vde_transport user="),
+        "{}",
+        sw.dump()
+    );
+    assert!(sw.terminate().success());
+    let run = util::run_in(
+        dir,
+        &tshark,
+        &[
+            "-r",
+            pcap.to_str().expect("utf-8"),
+            "-Y",
+            "arp.dst.proto_ipv4 == 10.77.0.2 || arp.src.proto_ipv4 == 10.77.0.2",
+            "-T",
+            "fields",
+            "-E",
+            "separator=,",
+            "-e",
+            "frame.len",
+            "-e",
+            "eth.src",
+            "-e",
+            "eth.dst",
+            "-e",
+            "arp.opcode",
+            "-e",
+            "arp.src.hw_mac",
+            "-e",
+            "arp.src.proto_ipv4",
+            "-e",
+            "arp.dst.hw_mac",
+        ],
+    );
+    run.expect_code(0);
+    let lines: Vec<&str> = run
+        .stdout()
+        .lines()
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+        .leak()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    // busybox arping: the first request is broadcast (target MAC ff:..), later ones
+    // unicast to the learned MAC (target MAC = it); Linux replies are 42 bytes.
+    let req_b =
+        "42,fe:fd:0a:4d:00:01,ff:ff:ff:ff:ff:ff,1,fe:fd:0a:4d:00:01,10.77.0.1,ff:ff:ff:ff:ff:ff";
+    let req_u =
+        "42,fe:fd:0a:4d:00:01,fe:fd:0a:4d:00:02,1,fe:fd:0a:4d:00:01,10.77.0.1,fe:fd:0a:4d:00:02";
+    let reply =
+        "42,fe:fd:0a:4d:00:02,fe:fd:0a:4d:00:01,2,fe:fd:0a:4d:00:02,10.77.0.2,fe:fd:0a:4d:00:01";
+    assert!(lines.contains(&req_b), "{}", run.dump());
+    assert!(
+        lines.iter().filter(|l| **l == req_u).count() >= 2,
+        "{}",
+        run.dump()
+    );
+    assert!(
+        lines.iter().filter(|l| **l == reply).count() >= 3,
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn uml_daemon_transport_guest_talks_to_a_vde_guest() {
+    let (Some(tools), Some(_)) = (util::guest_tools(), util::tool("vde_plug", "vde2")) else {
+        return;
+    };
+    let tmp = util::tempdir();
+    let dir = tmp.path();
+    let sw = SwitchProc::ours(&dir.join("sw"), &[]);
+    let (responder, prober) = arping_lab(
+        &tools,
+        dir,
+        "vde,sw,fe:fd:0a:4d:00:02",
+        "daemon,fe:fd:0a:4d:00:01,unix,sw/ctl",
+    );
+    check_arping(&prober, &responder, &sw);
+    // The daemon transport binds an abstract socket and sends the 124-byte request.
+    assert!(
+        sw.log().contains("(v3 request, abstract client socket)"),
+        "{}",
+        sw.dump()
+    );
+}

@@ -28,6 +28,8 @@ pub enum BenchCommand {
     Cow(BenchCowArgs),
     /// Scenario runs on the sim, end to end (see `bench_sim`).
     Sim(super::bench_sim::BenchSimArgs),
+    /// VDE switch: vde_switch vs `umltest switch` (and with --pcap): frames/s, loss, ratios.
+    Switch(super::bench_switch::SwitchBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +53,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BenchCommand::Cow(a) => bench_cow(a),
         BenchCommand::Sim(a) => super::bench_sim::run(a),
+        BenchCommand::Switch(a) => super::bench_switch::run(a),
     }
 }
 

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod bench_sim;
+pub mod bench_switch;
 pub mod check;
 pub mod cmdline;
 pub mod console;

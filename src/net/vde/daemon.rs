@@ -36,6 +36,20 @@ pub const BATCH: usize = 64;
 pub const MAX_FRAME: usize = 1518;
 /// Shortest frame the switch accepts (an Ethernet header).
 pub const MIN_FRAME: usize = 14;
+/// How long a send waits for a full client socket before dropping.
+pub const CONGESTION_WAIT_MS: i32 = 2;
+
+/// Waits up to `ms` for `fd` to become writable.
+fn wait_writable(fd: RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    r > 0 && p.revents & libc::POLLOUT != 0
+}
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +158,8 @@ struct Endpoint {
     warned_short: bool,
     warned_long: bool,
     warned_send: bool,
+    /// Its socket stayed full for [`CONGESTION_WAIT_MS`]: drop to it without waiting.
+    congested: bool,
 }
 
 enum Conn {
@@ -736,6 +752,7 @@ impl Daemon {
                 warned_short: false,
                 warned_long: false,
                 warned_send: false,
+                congested: false,
             },
         );
         Ok(port)
@@ -935,14 +952,28 @@ impl Daemon {
                 };
                 if r <= 0 {
                     let e = io::Error::last_os_error();
-                    // EAGAIN: the client is not reading; drop the rest, like vde_switch.
                     if e.kind() != io::ErrorKind::WouldBlock {
                         self.warn_send(id, &e);
                         // Skip the failing frame and try the rest.
                         sent += 1;
                         continue;
                     }
+                    // The client's queue is full. vde_switch drops right away; we
+                    // give a reader that is merely behind a moment (back-pressure
+                    // instead of loss), but a client that stays full is marked
+                    // congested and then dropped to without waiting, so it cannot
+                    // stall the other ports.
+                    let congested = self.endpoints.get(&id).is_none_or(|e| e.congested);
+                    if !congested && wait_writable(fd, CONGESTION_WAIT_MS) {
+                        continue;
+                    }
+                    if let Some(e) = self.endpoints.get_mut(&id) {
+                        e.congested = true;
+                    }
                     break;
+                }
+                if let Some(e) = self.endpoints.get_mut(&id) {
+                    e.congested = false;
                 }
                 sent += r as usize;
             }

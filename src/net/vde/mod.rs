@@ -1,5 +1,6 @@
 //! The VDE switch daemon: vde_switch's control protocol ([`proto`]), its
 //! management console ([`console`]) and the socket loop.
+pub mod bench;
 pub mod client;
 pub mod console;
 pub mod daemon;

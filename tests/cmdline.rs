@@ -545,6 +545,28 @@ fn differential_cases() -> Vec<Case> {
         Case::new("too_many_env", &many_env),
         Case::new("too_many_args", &many_args),
         Case::new("too_long", &long_word),
+        Case::new(
+            "mac_inherited_within_transport",
+            "eth0=vde,SW,fe:fd:00:00:00:10,5 eth2=vde,SW eth3=mcast eth4=vde,SW2,fe:fd:0:0:0:11 eth5=vde,SW3 eth6=mcast,fe:fd:0:0:0:12 eth7=ucast",
+        ),
+        Case::new(
+            "digest_mac_continuation_daemon",
+            "eth9=daemon,00:11:22 eth2=tuntap,,fe:fd:01:02:03:04,1.2.3.4",
+        ),
+        Case::new(
+            "vector_and_eth_order",
+            "vec1:transport=tap,mac=fe:fd:0:0:1:1 eth0=tuntap,tap3,fe:fd:0:0:2:2 eth1=slip vec0:transport=raw,ifname=x eth3=vde,s",
+        ),
+        Case::new("nbsp_and_latin1_split", "X=\u{a0}y a\u{a0}b \u{e0}=1"),
+        Case::new("rw_root", "rw"),
+        Case::new("ubd_sync_and_sticky_flags", "ubd1s=s1.img ubd=sync ubd2=s2.img ubd3d=a,b ubd3=s3.img ubd4dct=s4.img")
+            .file("s1.img", 4096)
+            .file("s2.img", 4096)
+            .file("s3.img", 4096)
+            .file("s4.img", 4096),
+        Case::new("slirp_many_args", "eth0=slirp,fe:fd:0:0:0:1,cmd,a_b,,c eth1=slirp,,"),
+        Case::new("quoted_words", r#"'"a b"' 'x="1 2"' 'y=a"b"c' '"q=1"'"#),
+        Case::new("no_space_after_comma", "'eth0=vde, /tmp/sw1' 'ubd1=f, g'").file("f", 4096),
         Case::raw(
             "leading_space_argv1",
             [" skipped", "ubdpr=root.ext4", "root=/dev/ubdp", "init=/init", "con=null", "con0=fd:0,fd:1", " kept"]

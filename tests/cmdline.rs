@@ -2,6 +2,7 @@
 //! test against the real linux.uml 6.1.
 
 use proptest::prelude::*;
+use rstest::rstest;
 use umltest::cmdline::{self, parse, split_shell_words};
 
 fn argv(line: &str) -> Vec<String> {
@@ -31,6 +32,62 @@ fn seed_forms_are_predicted() {
     assert!(p.proc_cmdline.ends_with(" devfs=mount console=tty0"));
 }
 
+/// Words a lab writes: disks, NICs of the common transports with or without
+/// MACs, memory, init, root, consoles, umid, and words for init.
+fn option_word() -> impl Strategy<Value = String> {
+    let name = "[a-z][a-z0-9.]{0,6}";
+    let mac = prop_oneof![
+        Just(String::new()),
+        Just("fe:fd:0:0:0:1".to_string()),
+        Just("fe:fd:00:00:00:02".to_string()),
+        Just("02:00:00:00:00:03".to_string()),
+    ];
+    prop_oneof![
+        (
+            0u32..15,
+            "[rsct]{0,3}",
+            name,
+            proptest::option::of(name),
+            proptest::option::of("[A-Z0-9]{1,4}")
+        )
+            .prop_map(|(n, flags, f, b, serial)| {
+                let mut w = format!("ubd{n}{flags}={f}");
+                if b.is_some() || serial.is_some() {
+                    w.push(',');
+                    w.push_str(b.as_deref().unwrap_or(""));
+                }
+                if let Some(s) = serial {
+                    w.push(',');
+                    w.push_str(&s);
+                }
+                w
+            }),
+        (0u32..6, mac.clone(), name, 0u32..40)
+            .prop_map(|(n, m, sw, port)| format!("eth{n}=vde,{sw},{m},{port}")),
+        (0u32..6, mac.clone()).prop_map(|(n, m)| format!("eth{n}=daemon,{m},unix,/tmp/ctl{n}")),
+        (0u32..6, mac.clone(), 1u32..3000)
+            .prop_map(|(n, m, port)| format!("eth{n}=mcast,{m},239.0.0.1,{port},2")),
+        (0u32..6, mac.clone()).prop_map(|(n, m)| format!("eth{n}=tuntap,tap{n},{m},10.0.0.{n}")),
+        (0u32..6).prop_map(|n| format!("eth{n}=slirp,,cmd,a_b,c")),
+        (0u32..3, mac).prop_map(|(n, m)| if m.is_empty() {
+            format!("vec{n}:transport=tap")
+        } else {
+            format!("vec{n}:transport=tap,mac={m}")
+        }),
+        (17u32..512).prop_map(|m| format!("mem={m}M")),
+        Just("init=/init".to_string()),
+        Just("root=/dev/ubda".to_string()),
+        Just("rw".to_string()),
+        Just("ubd=sync".to_string()),
+        Just("con=null".to_string()),
+        (0u32..16).prop_map(|n| format!("con{n}=pty")),
+        "umid=[a-z]{1,8}",
+        "uml_dir=/tmp/[a-z]{1,4}",
+        "k[a-z]{0,4}=[a-z0-9/]{0,6}",
+        "a[a-z0-9]{0,5}",
+    ]
+}
+
 proptest! {
     #[test]
     fn parse_never_panics_on_any_bytes(words in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..12)) {
@@ -47,6 +104,16 @@ proptest! {
         for d in &p.diagnostics {
             prop_assert!(d.span[0] <= d.span[1] && d.span[1] <= p.input.len());
         }
+    }
+
+    /// Rendering a prediction as a canonical argv and parsing that configures
+    /// the same machine.
+    #[test]
+    fn render_then_parse_configures_the_same(words in proptest::collection::vec(option_word(), 0..14)) {
+        let p = parse(&words);
+        let rendered = p.to_argv();
+        let q = parse(&rendered);
+        prop_assert!(p.config_eq(&q), "argv {:?}\nrendered {:?}\nfirst {:#?}\nagain {:#?}", words, rendered, p, q);
     }
 
     #[test]
@@ -475,13 +542,13 @@ fn differential_cases() -> Vec<Case> {
         Case::new("double_dashes", "p -- a -- b c=d"),
         Case::new("quotes_and_env_replace", r#"'Q1="a b c"' FOO=1 FOO=2 BAR=x HOME=/root"#),
         Case::new("space_inside_argv_element", "'ubd2=a b'").file("a", 4096),
-        Case::new("mem_128M", "mem=128M"),
-        Case::new("mem_unaligned_K", "mem=64001K"),
+        Case::new("mem_128m", "mem=128M"),
+        Case::new("mem_unaligned_k", "mem=64001K"),
         Case::new("mem_hex_bytes", "mem=0x4000000"),
         Case::new("mem_last_wins", "mem=32M mem=48m"),
-        Case::new("mem_16M_too_small", "mem=16M"),
+        Case::new("mem_16m_too_small", "mem=16M"),
         Case::new("mem_bad_suffix", "mem=64X"),
-        Case::new("mem_24M", "mem=24M"),
+        Case::new("mem_24m", "mem=24M"),
         Case::new(
             "ubd_units_flags_serial",
             "ubd1=d1.img ubd2r=d2.img ubd3rs=d3.img,,SER ubd010=d8.img ubdc=dc.img ubd4r=d4.img,,SER:EXTRA,MORE",
@@ -580,4 +647,118 @@ fn differential_cases() -> Vec<Case> {
 #[test]
 fn differential_against_linux_uml() {
     differential::run_cases(&differential_cases());
+}
+
+/// The corpus: each differential command line's prediction as an insta JSON
+/// snapshot. These are exactly the predictions `differential_against_linux_uml`
+/// checks against the real kernel (same argv, same files), so a snapshot that
+/// changes is reviewed with a kernel-verified baseline next to it.
+#[rstest]
+#[case::plain("plain")]
+#[case::seed_forms("seed_forms")]
+#[case::init_forgets_earlier_args("init_forgets_earlier_args")]
+#[case::dashes("dashes")]
+#[case::double_dashes("double_dashes")]
+#[case::quotes_and_env_replace("quotes_and_env_replace")]
+#[case::space_inside_argv_element("space_inside_argv_element")]
+#[case::mem_128m("mem_128m")]
+#[case::mem_unaligned_k("mem_unaligned_k")]
+#[case::mem_16m_too_small("mem_16m_too_small")]
+#[case::mem_24m("mem_24m")]
+#[case::mem_hex_bytes("mem_hex_bytes")]
+#[case::mem_last_wins("mem_last_wins")]
+#[case::mem_bad_suffix("mem_bad_suffix")]
+#[case::ubd_units_flags_serial("ubd_units_flags_serial")]
+#[case::ubd_errors("ubd_errors")]
+#[case::ubd_misc("ubd_misc")]
+#[case::ubd_cow_created("ubd_cow_created")]
+#[case::eth_unit_errors("eth_unit_errors")]
+#[case::vde_fields("vde_fields")]
+#[case::mac_rules("mac_rules")]
+#[case::mac_continues_into_next_word("mac_continues_into_next_word")]
+#[case::mcast_ucast_params("mcast_ucast_params")]
+#[case::tap_slip_slirp("tap_slip_slirp")]
+#[case::unknown_transports_and_duplicates("unknown_transports_and_duplicates")]
+#[case::vector_devices("vector_devices")]
+#[case::console_lines("console_lines")]
+#[case::umid_and_uml_dir("umid_and_uml_dir")]
+#[case::umid_too_long("umid_too_long")]
+#[case::debug_quiet_loglevel("debug_quiet_loglevel")]
+#[case::ro_rw_flags("ro_rw_flags")]
+#[case::kernel_params_and_module_params("kernel_params_and_module_params")]
+#[case::other_options("other_options")]
+#[case::console_given("console_given")]
+#[case::equals_first_and_empty("equals_first_and_empty")]
+#[case::mac_inherited_within_transport("mac_inherited_within_transport")]
+#[case::digest_mac_continuation_daemon("digest_mac_continuation_daemon")]
+#[case::vector_and_eth_order("vector_and_eth_order")]
+#[case::nbsp_and_latin1_split("nbsp_and_latin1_split")]
+#[case::rw_root("rw_root")]
+#[case::ubd_sync_and_sticky_flags("ubd_sync_and_sticky_flags")]
+#[case::slirp_many_args("slirp_many_args")]
+#[case::quoted_words("quoted_words")]
+#[case::no_space_after_comma("no_space_after_comma")]
+#[case::leading_space_argv1("leading_space_argv1")]
+fn corpus_snapshot(#[case] name: &str) {
+    let case = differential_cases()
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no differential case {name}"));
+    let dir = crate::util::tempdir();
+    // The differential test's root image is a 32 MiB ext4 file.
+    let root_image = std::fs::File::create(dir.path().join("root.ext4")).expect("root image");
+    root_image.set_len(32 << 20).expect("size root image");
+    for (file, size) in &case.files {
+        let f = std::fs::File::create(dir.path().join(file)).expect("create case file");
+        f.set_len(*size).expect("size case file");
+    }
+    let mut p = parse(&case.argv);
+    let root = dir.path().to_path_buf();
+    cmdline::resolve_sizes(&mut p, &|f| umltest::cli::cmdline::host_file(&root, f));
+    insta::assert_json_snapshot!(format!("cmdline_{name}"), p);
+}
+
+/// Every differential case is in the snapshot corpus (the three huge ones are
+/// checked by `limits_are_predicted` instead).
+#[test]
+fn corpus_covers_every_differential_case() {
+    let src = include_str!("cmdline.rs");
+    for c in differential_cases() {
+        if ["too_long", "too_many_env", "too_many_args"].contains(&c.name.as_str()) {
+            continue;
+        }
+        assert!(
+            src.contains(&format!("#[case::{}(", c.name)),
+            "add #[case::{0}(\"{0}\")] to corpus_snapshot",
+            c.name
+        );
+    }
+}
+
+#[test]
+fn limits_are_predicted() {
+    let cases = differential_cases();
+    let get = |n: &str| {
+        let c = cases.iter().find(|c| c.name == n).expect("case");
+        parse(&c.argv)
+    };
+    let p = get("too_long");
+    assert!(!p.boots);
+    assert_eq!(p.diagnostics.len(), 1);
+    assert_eq!(
+        p.diagnostics[0].message,
+        "add_arg: Too many command line arguments!"
+    );
+    let p = get("too_many_env");
+    assert!(!p.boots);
+    assert!(p
+        .diagnostics
+        .iter()
+        .any(|d| d.message == "Kernel panic - not syncing: Too many boot env vars at `V127=x'"));
+    let p = get("too_many_args");
+    assert!(!p.boots);
+    assert!(p
+        .diagnostics
+        .iter()
+        .any(|d| d.message == "Kernel panic - not syncing: Too many boot init vars at `a128'"));
 }

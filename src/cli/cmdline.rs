@@ -194,8 +194,37 @@ pub fn render_table(p: &Parsed, sizes: bool) -> String {
     if p.diagnostics.is_empty() {
         out.push_str("  (none)\n");
     }
-    for d in &p.diagnostics {
+    // Runs of messages that differ only in a number (the 15 consoles without a
+    // channel) are shown once, with a count.
+    let shape = |d: &Diagnostic| {
+        let mut msg = String::new();
+        for c in d.message.chars() {
+            if !c.is_ascii_digit() {
+                msg.push(c);
+            } else if !msg.ends_with('#') {
+                msg.push('#');
+            }
+        }
+        (msg, d.span, d.help.clone(), d.severity, d.channel)
+    };
+    let mut i = 0;
+    while i < p.diagnostics.len() {
+        let d = &p.diagnostics[i];
+        let mut run = 1;
+        while p
+            .diagnostics
+            .get(i + run)
+            .is_some_and(|n| shape(n) == shape(d))
+        {
+            run += 1;
+        }
         out.push_str(&render_diagnostic(&p.input, d));
+        if run > 2 {
+            let _ = writeln!(out, "  ({} more like this; --json lists them all)", run - 1);
+        } else if run == 2 {
+            out.push_str(&render_diagnostic(&p.input, &p.diagnostics[i + 1]));
+        }
+        i += run;
     }
     out
 }

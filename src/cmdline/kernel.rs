@@ -117,6 +117,8 @@ pub(crate) struct Kernel {
     pub(crate) net: Vec<NetDevice>,
     /// Set by `iomem=` for the current argv element: where parse_iomem cut it.
     iomem_cut: Option<usize>,
+    /// Spans of the words that went to init (for the "Unknown ..." message).
+    unknown_spans: Vec<Span>,
 }
 
 /// Runs the whole pipeline.
@@ -153,6 +155,7 @@ pub(crate) fn run(argv: &[String]) -> Parsed {
         mconsole_notify: None,
         net: Vec::new(),
         iomem_cut: None,
+        unknown_spans: Vec::new(),
     };
     if k.linux_main() {
         k.start_kernel();
@@ -203,6 +206,7 @@ impl Kernel {
         let mut have_console = false;
         let mut in_at = 0usize;
         let argv = self.argv.clone();
+        self.lint_spaces(&argv);
         for (i, arg) in argv.iter().enumerate() {
             let here = in_at;
             in_at += arg.len() + 1;
@@ -249,6 +253,69 @@ impl Kernel {
         }
         self.buf = Buf::new(&cmdline);
         true
+    }
+
+    /// umltest's own remarks on options cut in two by a space: the kernel splits
+    /// words at blanks and never rejoins them, so `eth0=vde, sw` is `eth0=vde,`
+    /// plus a word `sw` for init.
+    fn lint_spaces(&mut self, argv: &[String]) {
+        let mut at = 0;
+        let mut spans = Vec::new();
+        for (i, arg) in argv.iter().enumerate() {
+            let span: Span = [at, at + arg.len()];
+            at += arg.len() + 1;
+            let option_like = |w: &str| {
+                w.contains('=')
+                    || w.starts_with("vec")
+                    || w.starts_with("ubd")
+                    || w.starts_with("eth")
+            };
+            if arg.bytes().any(kernel_isspace) && option_like(arg) && !arg.contains('"') {
+                let cut = arg.bytes().position(kernel_isspace).unwrap_or(arg.len());
+                let first =
+                    String::from_utf8_lossy(arg.as_bytes().get(..cut).unwrap_or(&[])).into_owned();
+                let (message, help) = if arg.chars().any(|c| c.is_whitespace()) {
+                    let joined: String = arg.split_whitespace().collect();
+                    (
+                        format!("argv element `{arg}` contains a space"),
+                        format!("no spaces inside an option: write {joined}"),
+                    )
+                } else {
+                    (
+                        format!("argv element `{arg}` contains the byte 0xA0 (inside a UTF-8 character), which the kernel treats as a space"),
+                        "use ASCII in option values".to_string(),
+                    )
+                };
+                spans.push((
+                    span,
+                    message,
+                    format!("the kernel sees separate words; `{}` is the option and the rest goes to init", first),
+                    help,
+                ));
+            } else if (arg.ends_with(',') || arg.ends_with(':') || arg.ends_with('='))
+                && option_like(arg)
+            {
+                let next_is_word = |w: &&String| !w.contains('=') && w.as_str() != "--";
+                if let Some(next) = argv.get(i + 1).filter(next_is_word) {
+                    spans.push((
+                        [span[0], span[1] + 1 + next.len()],
+                        format!("`{arg}` ends the option and `{next}` is a separate word"),
+                        format!("`{next}` is not part of the option: it goes to init (or is parsed on its own)"),
+                        format!("no spaces inside an option: write {arg}{next}"),
+                    ));
+                }
+            }
+        }
+        for (span, message, effect, help) in spans {
+            self.diag(
+                Severity::Warning,
+                Channel::Lint,
+                message,
+                span,
+                effect,
+                Some(help),
+            );
+        }
     }
 
     /// The input span of the last argv element starting with `prefix`.
@@ -673,6 +740,7 @@ impl Kernel {
         if self.panic_later.is_some() {
             return;
         }
+        self.unknown_spans.push(span);
         if val.is_some() {
             let mut i = 0;
             // The name part, compared as the kernel does: `strncmp(param, env, len + 1)`.
@@ -730,7 +798,9 @@ impl Kernel {
             "Unknown kernel command line parameters \"{}\", will be passed to user space.",
             words.join(" ")
         );
-        let span = [0, self.input.len()];
+        let start = self.unknown_spans.iter().map(|s| s[0]).min().unwrap_or(0);
+        let end = self.unknown_spans.iter().map(|s| s[1]).max().unwrap_or(0);
+        let span = [start, end.max(start)];
         self.diag(
             Severity::Info,
             Channel::Log,
@@ -1122,7 +1192,7 @@ impl Kernel {
                     Some(if explicit {
                         "channels: fd:<n>, null, port:<port>, pty, pts, tty:<dev>, xterm, none; `in,out` for separate directions".into()
                     } else {
-                        format!("the build's default channel does not exist; add {kind}=null (or {kind}=none) to silence this")
+                        format!("the build's default channel does not exist; add {kind}=null to silence this")
                     }),
                 );
             }

@@ -38,6 +38,7 @@ mod cstr;
 mod kernel;
 mod model;
 mod net;
+mod render;
 mod shell;
 
 pub use model::{
@@ -112,12 +113,6 @@ pub fn resolve_sizes(parsed: &mut Parsed, lookup: &dyn Fn(&str) -> HostFile) {
 }
 
 impl Parsed {
-    /// Renders the prediction as argv again (for round trips): the effective kernel
-    /// command line, without what UML appended, as one argv element per word.
-    pub fn render_argv(&self) -> Vec<String> {
-        self.argv.clone()
-    }
-
     /// The diagnostics the kernel itself prints (not umltest's own remarks).
     pub fn kernel_messages(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics

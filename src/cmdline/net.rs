@@ -130,7 +130,8 @@ pub(crate) fn configure_all(k: &mut Kernel) {
         pending = remaining;
     }
     for eth in pending {
-        let name = k.buf.cstr(eth.init);
+        let text = k.buf.cstr(eth.init);
+        let name = text.split(',').next().unwrap_or("");
         k.diag(
             Severity::Warning,
             Channel::Lint,

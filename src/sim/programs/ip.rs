@@ -42,14 +42,8 @@ fn link_lines(index: usize, i: &Iface) -> String {
         flags.push("BROADCAST");
         flags.push("MULTICAST");
     }
-    if i.promisc > 0 {
-        // busybox prints flags in bit order: PROMISC (0x100) before MULTICAST (0x1000)
-        let at = flags
-            .iter()
-            .position(|f| *f == "MULTICAST")
-            .unwrap_or(flags.len());
-        flags.insert(at, "PROMISC");
-    }
+    // A capture's promiscuity (tcpdump's PACKET_MR_PROMISC) is not IFF_PROMISC:
+    // neither `ip link` nor `ifconfig` shows it (checked with busybox 1.35).
     if i.up {
         flags.push("UP");
         if i.running() {
@@ -425,9 +419,6 @@ fn ifconfig_block(i: &Iface) -> String {
     }
     if i.running() {
         flags.push("RUNNING");
-    }
-    if i.promisc > 0 {
-        flags.push("PROMISC");
     }
     if !i.loopback {
         flags.push("MULTICAST");

@@ -1361,3 +1361,40 @@ fn cli_interrupted_in_place_merge_completes_on_rerun() {
             == std::fs::read(d.join("want.img")).expect("want")
     );
 }
+
+#[test]
+fn ubd_size_stage_and_shared_flag_messages() {
+    let dir = util::tempdir();
+    // Missing backing named on the command line: the size stage fails.
+    let opened = Ubd::open(&spec(dir.path(), "h1.cow", Some("nope.img"), 1));
+    assert!(opened.result.is_err());
+    assert_eq!(
+        texts(&opened.log),
+        vec![
+            "Couldn't stat \"nope.img\" : err = 2".to_string(),
+            "Failed to initialize ubd device 1 :Couldn't determine size of device's file"
+                .to_string(),
+        ]
+    );
+    assert!(!dir.path().join("h1.cow").exists());
+    // Shared (c): no host locks, and the kernel says so for both files.
+    make_backing(&dir.path().join("fs.img"), 65536, &[]);
+    drop(
+        Ubd::open(&spec(dir.path(), "h1.cow", Some("fs.img"), 1))
+            .result
+            .expect("create"),
+    );
+    let mut s = spec(dir.path(), "h1.cow", Some("fs.img"), 2);
+    s.flags.shared = true;
+    let a = Ubd::open(&s);
+    let b = Ubd::open(&s);
+    assert!(a.result.is_ok() && b.result.is_ok());
+    let backing = canon(&dir.path().join("fs.img"));
+    assert_eq!(
+        texts(&b.log),
+        vec![
+            "Not locking \"h1.cow\" on the host".to_string(),
+            format!("Not locking \"{}\" on the host", backing.display()),
+        ]
+    );
+}

@@ -401,8 +401,9 @@ fn open_inner(spec: &UbdSpec, log: &mut Log) -> Result<Ubd, BlockError> {
     // Size stage (`ubd_file_size`): the command-line backing file, else the
     // header's backing file if the file is a COW file (even with flag d), else
     // the file itself.
-    let size_file: PathBuf = match &spec.backing {
-        Some(b) => abs(b),
+    // (path as the kernel names it, path to stat)
+    let (size_shown, size_file): (PathBuf, PathBuf) = match &spec.backing {
+        Some(b) => (b.clone(), abs(b)),
         None => match File::open(abs(&spec.file)) {
             Err(_) => {
                 log.err(format!(
@@ -415,8 +416,8 @@ fn open_inner(spec: &UbdSpec, log: &mut Log) -> Result<Ubd, BlockError> {
                 let r = read_header(&f, &spec.file);
                 log.header(&r);
                 match r {
-                    Ok(h) => abs(&h.backing_path()),
-                    Err(_) => abs(&spec.file),
+                    Ok(h) => (h.backing_path(), abs(&h.backing_path())),
+                    Err(_) => (spec.file.clone(), abs(&spec.file)),
                 }
             }
         },
@@ -426,7 +427,7 @@ fn open_inner(spec: &UbdSpec, log: &mut Log) -> Result<Ubd, BlockError> {
         Err(e) => {
             log.plain(format!(
                 "Couldn't stat \"{}\" : err = {}",
-                size_file.display(),
+                size_shown.display(),
                 errno_of(&e)
             ));
             log.err(format!(
@@ -538,12 +539,17 @@ fn open_inner(spec: &UbdSpec, log: &mut Log) -> Result<Ubd, BlockError> {
     };
 
     let mut locks = Vec::new();
-    if spec.flags.shared {
+    if created.is_some() {
+        // `create_cow_file` locks the new file even on a shared (`c`) device.
+        if let Ok(g) = lock_file(&file, writable, spec.owner_pid) {
+            locks.push(g);
+        }
+    } else if spec.flags.shared {
         log.info(format!(
             "Not locking \"{}\" on the host",
             spec.file.display()
         ));
-    } else if created.is_none() {
+    } else {
         match lock_file(&file, writable, spec.owner_pid) {
             Ok(g) => locks.push(g),
             Err((errno, pid)) => {
@@ -555,8 +561,6 @@ fn open_inner(spec: &UbdSpec, log: &mut Log) -> Result<Ubd, BlockError> {
                 return Err(fail(log, errno));
             }
         }
-    } else if let Ok(g) = lock_file(&file, writable, spec.owner_pid) {
-        locks.push(g);
     }
 
     let plain = |file: File, writable: bool, locks: Vec<LockGuard>| {

@@ -458,3 +458,57 @@ fn every_scenario_matches_its_snapshots() {
         );
     }
 }
+
+/// Outputs captured from busybox 1.35 in a UML 6.1 guest booted with `mem=64M`
+/// and a read-only ext4 root (proc, sys and devtmpfs mounted by init).
+#[test]
+fn proc_files_and_mount_match_the_guest() {
+    let dir = util::tempdir();
+    let mut sim = with_data_disk(dir.path(), 8 << 20);
+    assert_eq!(
+        run(&mut sim, "h1", "mount"),
+        (
+            "/dev/root on / type ext4 (ro,relatime)\n\
+             devtmpfs on /dev type devtmpfs (rw,relatime,mode=755)\n\
+             proc on /proc type proc (rw,relatime)\n\
+             sys on /sys type sysfs (rw,relatime)\n"
+                .into(),
+            0
+        )
+    );
+    let (meminfo, _) = run(&mut sim, "h1", "cat /proc/meminfo");
+    assert!(
+        meminfo.starts_with("MemTotal:          53456 kB\n"),
+        "{meminfo}"
+    );
+    assert_eq!(
+        run(&mut sim, "h1", "cat /nope"),
+        (
+            "cat: can't open '/nope': No such file or directory\n".into(),
+            1
+        )
+    );
+    assert_eq!(
+        run(&mut sim, "h1", "echo -n a; echo b \"c  d\" 'e'"),
+        ("ab c  d e\n".into(), 0)
+    );
+    assert_eq!(
+        run(
+            &mut sim,
+            "h1",
+            "false; echo $?; true && echo and; false || echo or"
+        ),
+        ("1\nand\nor\n".into(), 0)
+    );
+    assert_eq!(
+        run(&mut sim, "h1", "ifconfig eth9"),
+        (
+            "ifconfig: eth9: error fetching interface information: Device not found\n".into(),
+            1
+        )
+    );
+    assert_eq!(
+        run(&mut sim, "h1", "ip link set eth9 up"),
+        ("ip: SIOCGIFFLAGS: No such device\n".into(), 2)
+    );
+}

@@ -869,3 +869,162 @@ expect = { stdout = "ok: " }
         "ubd2: never.cow over base.img\nnot created\n"
     );
 }
+
+/// Every lab in `scenarios/` (one test per file): it passes against its committed
+/// snapshots and runs twice with identical artifact digests.
+#[rstest::rstest]
+fn scenario_file(#[files("scenarios/*.toml")] file: PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rel = file.strip_prefix(root).unwrap_or(&file);
+    let out = std::process::Command::new(util::umltest_bin())
+        .current_dir(root)
+        .args(["run", "--check-determinism"])
+        .arg(rel)
+        // Never write .snap.new files into the repository from a test.
+        .env("INSTA_UPDATE", "no")
+        .output()
+        .unwrap_or_else(|e| panic!("spawn umltest: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "umltest run --check-determinism {}\nstatus: {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        rel.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().last(), Some("1 passed, 0 failed"));
+}
+
+const SMALL_LAB: &str = r#"[scenario]
+name = "small"
+seed = 3
+
+[[disk]]
+name = "fs.ext4"
+size = "16M"
+image = "default"
+
+[[machine]]
+name = "h1"
+cmdline = "mem=64M ubd0=h1.cow,fs.ext4 root=/dev/ubda"
+
+[[step]]
+boot = "h1"
+
+[[step]]
+on = "h1"
+run = "echo hello"
+expect = { stdout = "hello" }
+
+[[step]]
+halt = "h1"
+"#;
+
+/// A scenario on the sim, run through the CLI: snapshots written with
+/// `--update`, then a changed snapshot makes the run fail with exit 100, a
+/// unified diff, the reproducing command with its seed, and a JUnit failure.
+#[test]
+fn snapshot_mismatch_fails_the_run_with_a_diff() {
+    if util::tool("mkfs.ext4", "e2fsprogs").is_none() {
+        return;
+    }
+    let dir = util::tempdir();
+    let scenarios = dir.path().join("scenarios");
+    std::fs::create_dir_all(&scenarios).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(scenarios.join("small.toml"), SMALL_LAB).unwrap_or_else(|e| panic!("{e}"));
+    let first = util::umltest(dir.path(), &["run", "--update", "scenarios/small.toml"]);
+    first.expect_code(0);
+    let snap = dir.path().join("snapshots/small/h1.console.snap");
+    let text = std::fs::read_to_string(&snap).unwrap_or_default();
+    assert!(
+        text.starts_with(
+            "---\nsource: scenarios/small.toml\nexpression: h1.console\n---\n$ linux mem=64M"
+        ),
+        "{text}"
+    );
+    // Same artifacts again: passes, with the determinism check.
+    util::umltest(
+        dir.path(),
+        &["run", "--check-determinism", "scenarios/small.toml"],
+    )
+    .expect_code(0);
+
+    std::fs::write(&snap, text.replace("# echo hello", "# echo bye"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("out");
+    let junit = dir.path().join("junit.xml");
+    let failed = util::umltest(
+        dir.path(),
+        &[
+            "run",
+            "scenarios/small.toml",
+            "--seed",
+            "3",
+            "--out",
+            out.to_str().unwrap_or(""),
+            "--junit",
+            junit.to_str().unwrap_or(""),
+        ],
+    );
+    failed.expect_code(100);
+    let stdout = failed.stdout();
+    assert!(
+        stdout.contains("FAIL small (scenarios/small.toml)"),
+        "{}",
+        failed.dump()
+    );
+    assert!(
+        stdout.contains("-# echo bye\n    +# echo hello"),
+        "{}",
+        failed.dump()
+    );
+    assert!(
+        stdout.contains("reproduce: umltest run scenarios/small.toml --backend sim --seed 3"),
+        "{}",
+        failed.dump()
+    );
+    assert_eq!(stdout.lines().last(), Some("0 passed, 1 failed"));
+    assert!(
+        dir.path()
+            .join("snapshots/small/h1.console.snap.new")
+            .is_file(),
+        "pending snapshot for review"
+    );
+    assert!(out.join("small/h1.console").is_file(), "run folder kept");
+    let xml = std::fs::read_to_string(&junit).unwrap_or_default();
+    assert!(
+        xml.contains("<testcase name=\"small\" classname=\"scenarios/small.toml\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<failure message=\"artifact h1.console differs from its snapshot:\">"),
+        "{xml}"
+    );
+}
+
+#[test]
+fn a_run_folder_too_long_for_unix_sockets_is_reported() {
+    if util::tool("mkfs.ext4", "e2fsprogs").is_none() {
+        return;
+    }
+    let dir = util::tempdir();
+    std::fs::write(dir.path().join("small.toml"), SMALL_LAB).unwrap_or_else(|e| panic!("{e}"));
+    let long = dir.path().join("o".repeat(100));
+    let r = util::umltest(
+        dir.path(),
+        &[
+            "run",
+            "small.toml",
+            "--update",
+            "--out",
+            long.to_str().unwrap_or(""),
+        ],
+    );
+    r.expect_code(0);
+    assert!(
+        r.stderr()
+            .contains("longer than unix sockets allow (107); use a shorter --out"),
+        "{}",
+        r.dump()
+    );
+}

@@ -263,8 +263,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 match snapshot::compare(&dir, &source, &result.artifacts, mode) {
                     Ok(mismatches) => {
                         if mode == UpdateMode::Always {
-                            for m in &mismatches {
-                                eprintln!("updated {}", m.snapshot.display());
+                            if !mismatches.is_empty() {
+                                eprintln!(
+                                    "updated {} snapshots in {}",
+                                    mismatches.len(),
+                                    dir.display()
+                                );
                             }
                         } else {
                             failures.extend(mismatches.iter().map(|m| {

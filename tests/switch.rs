@@ -1084,3 +1084,19 @@ fn uml_daemon_transport_guest_talks_to_a_vde_guest() {
         sw.dump()
     );
 }
+
+/// Regression: SIGTERM used to be blocked only once the serving loop started,
+/// so a SIGTERM right after the sockets appeared killed the switch with the
+/// default action and left its socket dir behind. A long rc file (run after
+/// `ctl` accepts connections, before the loop) holds that window open.
+#[test]
+fn sigterm_during_start_up_still_cleans_up() {
+    let tmp = util::tempdir();
+    let rc = tmp.path().join("rc");
+    std::fs::write(&rc, "hash/setexpire 50\n".repeat(200_000)).expect("rc");
+    let dir = tmp.path().join("sw");
+    let mut sw = SwitchProc::ours(&dir, &["-f", rc.to_str().expect("utf-8")]);
+    let status = sw.terminate();
+    assert!(status.success(), "{status:?}\n{}", sw.dump());
+    assert!(!dir.exists(), "socket dir left behind\n{}", sw.dump());
+}

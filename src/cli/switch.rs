@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 
 use crate::net::switch::SwitchConfig;
-use crate::net::vde::daemon::{write_pidfile, Daemon, DaemonConfig, LogTarget};
+use crate::net::vde::daemon::{
+    block_shutdown_signals, write_pidfile, Daemon, DaemonConfig, LogTarget,
+};
 
 fn octal(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
@@ -109,6 +111,8 @@ pub fn run(args: SwitchArgs) -> anyhow::Result<ExitCode> {
         pidfile: opt_abs(&args.pidfile)?,
     };
     let pidfile = config.pidfile.clone();
+    // Before the sockets exist: see block_shutdown_signals.
+    block_shutdown_signals().context("block shutdown signals")?;
     let mut daemon = Daemon::bind(config, LogTarget::Stderr)?;
     if args.daemon {
         nix::unistd::daemon(false, false).context("daemon")?;

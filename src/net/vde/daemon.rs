@@ -460,11 +460,7 @@ impl Daemon {
     /// console; then removes its sockets (and the directory if nobody else
     /// serves it).
     pub fn run(mut self) -> io::Result<()> {
-        let mut mask = SigSet::empty();
-        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-            mask.add(s);
-        }
-        mask.thread_block().map_err(io::Error::from)?;
+        let mask = block_shutdown_signals()?;
         let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(io::Error::from)?;
         let mut batch = Batch::new();
@@ -1257,4 +1253,18 @@ mod tests {
         assert_eq!(l.len(), 4);
         assert_eq!((l[2].len(), l[3].len()), (127, 3));
     }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and the threads it
+/// starts later), so that they queue for [`Daemon::run`]'s signalfd. Call it
+/// before [`Daemon::bind`] in a process that serves a switch: a signal that
+/// arrives between creating the sockets and entering the loop then still
+/// shuts down cleanly instead of killing the process and leaving the sockets.
+pub fn block_shutdown_signals() -> io::Result<SigSet> {
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(io::Error::from)?;
+    Ok(mask)
 }

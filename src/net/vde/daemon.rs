@@ -1227,6 +1227,20 @@ pub fn write_pidfile(path: &Path) -> io::Result<()> {
     writeln!(f, "{}", std::process::id())
 }
 
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and the threads it
+/// starts later), so that they queue for [`Daemon::run`]'s signalfd. Call it
+/// before [`Daemon::bind`] in a process that serves a switch: a signal that
+/// arrives between creating the sockets and entering the loop then still
+/// shuts down cleanly instead of killing the process and leaving the sockets.
+pub fn block_shutdown_signals() -> io::Result<SigSet> {
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(io::Error::from)?;
+    Ok(mask)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1253,18 +1267,4 @@ mod tests {
         assert_eq!(l.len(), 4);
         assert_eq!((l[2].len(), l[3].len()), (127, 3));
     }
-}
-
-/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and the threads it
-/// starts later), so that they queue for [`Daemon::run`]'s signalfd. Call it
-/// before [`Daemon::bind`] in a process that serves a switch: a signal that
-/// arrives between creating the sockets and entering the loop then still
-/// shuts down cleanly instead of killing the process and leaving the sockets.
-pub fn block_shutdown_signals() -> io::Result<SigSet> {
-    let mut mask = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        mask.add(s);
-    }
-    mask.thread_block().map_err(io::Error::from)?;
-    Ok(mask)
 }

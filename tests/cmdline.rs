@@ -763,3 +763,102 @@ fn limits_are_predicted() {
         .iter()
         .any(|d| d.message == "Kernel panic - not syncing: Too many boot init vars at `a128'"));
 }
+
+// ---------------------------------------------------------------------------
+// The `umltest cmdline` command.
+
+#[test]
+fn cli_json_has_the_documented_keys_and_sizes_from_dir() {
+    let dir = crate::util::tempdir();
+    std::fs::File::create(dir.path().join("fs.ext4"))
+        .and_then(|f| f.set_len(300 << 20))
+        .expect("backing file");
+    let dir_arg = dir.path().to_str().expect("utf-8 temp dir");
+    let run = crate::util::umltest(
+        dir.path(),
+        &[
+            "cmdline",
+            "--dir",
+            dir_arg,
+            "--json",
+            "mem=64M ubd0=h1.cow,fs.ext4 eth0=vde,/tmp/sw1,,5 con=null",
+        ],
+    );
+    run.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout()).expect("JSON");
+    for key in [
+        "proc_cmdline",
+        "ubd",
+        "net",
+        "mem_bytes",
+        "root",
+        "init",
+        "init_argv",
+        "init_env",
+        "diagnostics",
+        "boots",
+    ] {
+        assert!(v.get(key).is_some(), "missing key {key}\n{}", run.dump());
+    }
+    let ubda = &v["ubd"][0];
+    assert_eq!(ubda["name"], "ubda");
+    assert_eq!(ubda["index"], 0);
+    assert_eq!(ubda["file"], "h1.cow");
+    assert_eq!(ubda["backing"], "fs.ext4");
+    assert_eq!(ubda["read_only"], false);
+    assert_eq!(ubda["sync"], false);
+    // The COW does not exist yet: the kernel sizes the disk by its backing file.
+    assert_eq!(ubda["size_sectors"], 614400);
+    assert_eq!(v["net"][0]["transport"], "vde");
+    assert_eq!(v["net"][0]["mac_random"], true);
+    assert_eq!(v["mem_bytes"], 64u64 << 20);
+    assert_eq!(
+        v["proc_cmdline"],
+        "mem=64M ubd0=h1.cow,fs.ext4 eth0=vde,/tmp/sw1,,5 con=null root=98:0 console=tty0"
+    );
+}
+
+#[test]
+fn cli_table_points_at_the_option_and_suggests_the_fix() {
+    let dir = crate::util::tempdir();
+    let run = crate::util::umltest(
+        dir.path(),
+        &[
+            "cmdline",
+            "--",
+            "mem=64M",
+            "eth0=vde,",
+            "/tmp/sw1",
+            "ubd16=x",
+            "con=null",
+        ],
+    );
+    run.expect_code(0);
+    insta::assert_snapshot!("cmdline_cli_table", run.stdout());
+}
+
+#[test]
+fn cli_exits_1_when_the_kernel_would_not_start() {
+    let dir = crate::util::tempdir();
+    let run = crate::util::umltest(dir.path(), &["cmdline", "mem=8M"]);
+    run.expect_code(1);
+    assert!(
+        run.stdout()
+            .contains("Too few physical memory! Needed=16777216, given=8388608"),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn cli_reports_where_a_quote_is_unterminated() {
+    let dir = crate::util::tempdir();
+    let run = crate::util::umltest(dir.path(), &["cmdline", "mem=64M 'ubd0=a"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr()
+            .contains("unterminated ' quote opened at byte 8"),
+        "{}",
+        run.dump()
+    );
+}

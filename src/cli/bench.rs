@@ -30,6 +30,8 @@ pub enum BenchCommand {
     Sim(super::bench_sim::BenchSimArgs),
     /// VDE switch: vde_switch vs `umltest switch` (and with --pcap): frames/s, loss, ratios.
     Switch(super::bench_switch::SwitchBenchArgs),
+    /// Harness overhead of the uml backend: the arping lab vs the same boots by hand.
+    Uml(super::bench_uml::BenchUmlArgs),
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +56,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Cow(a) => bench_cow(a),
         BenchCommand::Sim(a) => super::bench_sim::run(a),
         BenchCommand::Switch(a) => super::bench_switch::run(a),
+        BenchCommand::Uml(a) => super::bench_uml::run(a),
     }
 }
 

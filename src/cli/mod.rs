@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod bench_sim;
 pub mod bench_switch;
+pub mod bench_uml;
 pub mod check;
 pub mod cmdline;
 pub mod console;

@@ -473,6 +473,10 @@ impl Backend for UmlBackend {
 
     fn halt(&mut self, machines: &[String], timeout: Duration) -> Result<(), BackendError> {
         let mut killed = Vec::new();
+        // All power off at once, then each is waited for.
+        for name in machines {
+            self.machine(name)?.request_halt();
+        }
         for name in machines {
             let m = self.machine(name)?;
             if m.halt(timeout.max(HALT_TIMEOUT)) == HaltedBy::Killed {
@@ -496,6 +500,9 @@ impl Backend for UmlBackend {
 
     fn finish(&mut self) -> Result<BackendArtifacts, BackendError> {
         let run_dir = self.run_dir();
+        for m in self.machines.values_mut() {
+            m.request_halt();
+        }
         for (name, m) in &mut self.machines {
             if m.halt(HALT_TIMEOUT) == HaltedBy::Killed {
                 self.notes

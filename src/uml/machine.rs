@@ -158,6 +158,7 @@ pub struct Machine {
     watchdog: Option<Child>,
     status: Option<ExitStatus>,
     shell_ready: bool,
+    halt_requested: bool,
     seq: u64,
     /// Transcript offset after the last finished exchange.
     read_from: usize,
@@ -248,6 +249,7 @@ impl Machine {
             readers,
             status: None,
             shell_ready: false,
+            halt_requested: false,
             seq: 0,
             read_from: 0,
         })
@@ -538,6 +540,14 @@ impl Machine {
         mconsole::Client::connect(&socket)?.command(command, Duration::from_secs(5))
     }
 
+    /// Starts a graceful halt without waiting (`sync; poweroff -f` to the shell), so
+    /// several machines can power off at once; [`Self::halt`] then waits.
+    pub fn request_halt(&mut self) {
+        if self.shell_ready && !self.halt_requested && !self.poll_exit() {
+            self.halt_requested = self.write(b"sync; poweroff -f\n").is_ok();
+        }
+    }
+
     /// Halts gracefully: `sync; poweroff -f` through the shell, else mconsole
     /// `halt`, each given `timeout`; SIGKILL only as a last resort.
     pub fn halt(&mut self, timeout: Duration) -> HaltedBy {
@@ -545,8 +555,8 @@ impl Machine {
             self.join_readers_briefly();
             return HaltedBy::AlreadyDown;
         }
-        if self.shell_ready && self.write(b"sync; poweroff -f\n").is_ok() && self.wait_exit(timeout)
-        {
+        self.request_halt();
+        if self.halt_requested && self.wait_exit(timeout) {
             return HaltedBy::Guest;
         }
         if self.mconsole("halt").is_ok() && self.wait_exit(timeout) {

@@ -428,13 +428,14 @@ mod lab {
     /// `umltest run --backend both`: the sim and real kernels agree on every
     /// command's normalised outcome and on the trace (the acceptance run).
     #[test]
-    fn backend_both_passes_on_the_arping_lab() {
+    fn backend_both_passes_on_the_arping_and_cow_labs() {
         let _heavy = crate::uml::heavy();
         if super::machine::default_image().is_none() || util::tool("vde_plug", "vde2").is_none() {
             return;
         }
         let dir = util::tempdir();
-        let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/arping.toml");
+        let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let (arping, cow) = (scenarios.join("arping.toml"), scenarios.join("cow.toml"));
         let run = util::umltest(
             dir.path(),
             &[
@@ -443,14 +444,27 @@ mod lab {
                 "both",
                 "--out",
                 "out",
-                &scenario.to_string_lossy(),
+                &arping.to_string_lossy(),
+                &cow.to_string_lossy(),
             ],
         );
         run.expect_code(0);
         assert!(
-            run.stdout().contains("1 passed, 0 failed"),
+            run.stdout().contains("2 passed, 0 failed"),
             "{}",
             run.dump()
+        );
+        // The real run's console artifact shows the commands as the sim writes them.
+        let uml_dir = dir.path().join("out/arping.uml");
+        let console = std::fs::read_to_string(uml_dir.join("h1.console")).expect("uml console");
+        assert!(console.contains("\n# ip link set eth0 up\n"), "{console}");
+        assert!(!console.contains("UMLTEST-BEGIN"), "{console}");
+        // Switch ports follow the boot list (h1 first), as on the sim.
+        let trace = std::fs::read_to_string(uml_dir.join("sw1.trace")).expect("uml trace");
+        let first = trace.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(" port 1 -> 2: fe:fd:00:00:00:01 >"),
+            "{trace}"
         );
     }
 }

@@ -951,7 +951,22 @@ fn snapshot_mismatch_fails_the_run_with_a_diff() {
         .unwrap_or_else(|e| panic!("{e}"));
     let out = dir.path().join("out");
     let junit = dir.path().join("junit.xml");
-    let failed = util::umltest(
+    // Like insta, a run under CI writes no `.snap.new`; the pending file for
+    // review is the local behaviour, so this run gets CI's variable removed.
+    let under_ci = util::umltest_env(
+        dir.path(),
+        &["run", "scenarios/small.toml"],
+        &[("CI", Some("true"))],
+    );
+    under_ci.expect_code(100);
+    assert!(
+        !dir.path()
+            .join("snapshots/small/h1.console.snap.new")
+            .exists(),
+        "no pending snapshot under CI\n{}",
+        under_ci.dump()
+    );
+    let failed = util::umltest_env(
         dir.path(),
         &[
             "run",
@@ -963,6 +978,7 @@ fn snapshot_mismatch_fails_the_run_with_a_diff() {
             "--junit",
             junit.to_str().unwrap_or(""),
         ],
+        &[("CI", None)],
     );
     failed.expect_code(100);
     let stdout = failed.stdout();

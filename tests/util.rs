@@ -108,3 +108,35 @@ pub fn run_in(cwd: &Path, program: &Path, args: &[&str]) -> Run {
 pub fn umltest(cwd: &Path, args: &[&str]) -> Run {
     run_in(cwd, &umltest_bin(), args)
 }
+
+/// Runs `umltest args` in `cwd` with environment changes: `Some(v)` sets, `None` removes.
+pub fn umltest_env(cwd: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> Run {
+    let mut cmd = Command::new(umltest_bin());
+    cmd.args(args).current_dir(cwd);
+    let mut shown = Vec::new();
+    for (key, value) in env {
+        match value {
+            Some(v) => {
+                cmd.env(key, v);
+                shown.push(format!("{key}={v}"));
+            }
+            None => {
+                cmd.env_remove(key);
+                shown.push(format!("-u {key}"));
+            }
+        }
+    }
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn umltest: {e}"));
+    Run {
+        cmdline: format!(
+            "env {} {} {}",
+            shown.join(" "),
+            umltest_bin().display(),
+            args.join(" ")
+        ),
+        cwd: cwd.to_path_buf(),
+        output,
+    }
+}

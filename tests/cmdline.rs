@@ -549,7 +549,9 @@ fn differential_cases() -> Vec<Case> {
         Case::new("mem_last_wins", "mem=32M mem=48m"),
         Case::new("mem_16m_too_small", "mem=16M"),
         Case::new("mem_bad_suffix", "mem=64X"),
-        Case::new("mem_24m", "mem=24M"),
+        // Well above the 16 MiB minimum: at 24M (13 MB available) the real guest sat
+        // at the OOM edge and now and then died before init under a busy host.
+        Case::new("mem_32m", "mem=32M"),
         Case::new(
             "ubd_units_flags_serial",
             "ubd1=d1.img ubd2r=d2.img ubd3rs=d3.img,,SER ubd010=d8.img ubdc=dc.img ubd4r=d4.img,,SER:EXTRA,MORE",
@@ -665,7 +667,7 @@ fn differential_against_linux_uml() {
 #[case::mem_128m("mem_128m")]
 #[case::mem_unaligned_k("mem_unaligned_k")]
 #[case::mem_16m_too_small("mem_16m_too_small")]
-#[case::mem_24m("mem_24m")]
+#[case::mem_32m("mem_32m")]
 #[case::mem_hex_bytes("mem_hex_bytes")]
 #[case::mem_last_wins("mem_last_wins")]
 #[case::mem_bad_suffix("mem_bad_suffix")]

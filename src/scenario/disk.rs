@@ -7,6 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::uml::image::MKE2FS_CONF;
 use sha2::{Digest, Sha256};
 
 /// A host-side disk operation that failed.
@@ -44,26 +45,6 @@ pub fn create_sparse(path: &Path, size: u64) -> Result<(), DiskError> {
     let file = File::create(path).map_err(io("create", path))?;
     file.set_len(size).map_err(io("set size of", path))
 }
-
-/// The mke2fs configuration used instead of the host's `/etc/mke2fs.conf`, so the
-/// filesystem layout does not depend on the host: Debian's ext4 defaults, written
-/// out, one usage type for every size.
-const MKE2FS_CONF: &str = "\
-[defaults]
-\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
-\tdefault_mntopts = acl,user_xattr
-\tenable_periodic_fsck = 0
-\tblocksize = 4096
-\tinode_size = 256
-\tinode_ratio = 16384
-
-[fs_types]
-\text4 = {
-\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
-\t}
-\tumltest = {
-\t}
-";
 
 /// The creation time written into every filesystem the harness makes
 /// (2023-11-14 22:13:20 UTC), through e2fsprogs' `E2FSPROGS_FAKE_TIME`.

@@ -82,8 +82,11 @@ fn shellrc(programs: &[String]) -> String {
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\ntcpdump:x:104:109::/nonexistent:/bin/false\n";
 const GROUP: &str = "root:x:0:\ntcpdump:x:109:\n";
 
-/// Our own mke2fs profile: Debian 12's ext4 features, without size-dependent types.
-const MKE2FS_CONF: &str = "[defaults]
+/// Our own mke2fs profile (`MKE2FS_CONFIG`), shared by every filesystem the harness
+/// makes: Debian 12's ext4 features and every usage type empty, so neither the
+/// host's `/etc/mke2fs.conf` nor the image size changes the layout. The root image
+/// lets mke2fs pick a size type; scenario disks name `-T umltest`.
+pub const MKE2FS_CONF: &str = "[defaults]
 \tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
 \tdefault_mntopts = acl,user_xattr
 \tenable_periodic_fsck = 0
@@ -103,6 +106,8 @@ const MKE2FS_CONF: &str = "[defaults]
 \tbig = {
 \t}
 \thuge = {
+\t}
+\tumltest = {
 \t}
 ";
 

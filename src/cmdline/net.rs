@@ -198,6 +198,47 @@ fn whole_number(k: &Kernel, at: usize, base: u32) -> Option<u64> {
     (end != at && k.buf.at(end) == 0).then_some(v)
 }
 
+/// An optional numeric field of a transport spec. A field that is not a whole
+/// number is reported with the kernel's `<func> - Bad <what> : '<text>'` line
+/// and makes the device fail (`Err`).
+fn number_field(
+    k: &mut Kernel,
+    eth: &super::kernel::EthInit,
+    field: Option<usize>,
+    base: u32,
+    func_what: (&str, &str),
+    help: &str,
+) -> Result<Option<u64>, ()> {
+    let Some(p) = field else { return Ok(None) };
+    match whole_number(k, p, base) {
+        Some(v) => Ok(Some(v)),
+        None => {
+            let (func, what) = func_what;
+            let m = format!("{func} - Bad {what} : '{}'", k.buf.cstr(p));
+            err(k, eth, Severity::Error, m, help);
+            Err(())
+        }
+    }
+}
+
+/// Text after a transport's last field: the kernel's `<func> - Extra garbage`
+/// error, which makes the device fail (returns true).
+fn extra_garbage(
+    k: &mut Kernel,
+    eth: &super::kernel::EthInit,
+    remain: Option<usize>,
+    func: &str,
+    help: &str,
+) -> bool {
+    let Some(r) = remain else { return false };
+    let m = format!(
+        "{func} - Extra garbage on specification : '{}'",
+        k.buf.cstr(r)
+    );
+    err(k, eth, Severity::Error, m, help);
+    true
+}
+
 /// A transport's `setup`: returns its parameters, or `None` (device not created).
 fn setup(
     k: &mut Kernel,
@@ -293,28 +334,26 @@ fn setup(
                     "vde takes 6 fields: <switch>,<mac>,<port>,<group>,<mode>,<description>",
                 );
             }
-            let mut port = 0u32;
-            if let Some(p) = f[2] {
-                match whole_number(k, p, 10) {
-                    Some(v) => port = v as u32,
-                    None => {
-                        let m = format!("vde_setup - Bad port : '{}'", k.buf.cstr(p));
-                        err(k, eth, Severity::Error, m, "the port is a decimal number");
-                        return None;
-                    }
-                }
-            }
-            let mut mode = None;
-            if let Some(p) = f[4] {
-                match whole_number(k, p, 8) {
-                    Some(v) => mode = Some(v as u32),
-                    None => {
-                        let m = format!("vde_setup - Bad mode : '{}'", k.buf.cstr(p));
-                        err(k, eth, Severity::Error, m, "the mode is an octal number");
-                        return None;
-                    }
-                }
-            }
+            let port = number_field(
+                k,
+                eth,
+                f[2],
+                10,
+                ("vde_setup", "port"),
+                "the port is a decimal number",
+            )
+            .ok()?
+            .map_or(0, |v| v as u32);
+            let mode = number_field(
+                k,
+                eth,
+                f[4],
+                8,
+                ("vde_setup", "mode"),
+                "the mode is an octal number",
+            )
+            .ok()?
+            .map(|v| v as u32);
             let switch = cstr(k, f[0]);
             pre.push(format!(
                 "Configured vde device: {}",
@@ -333,42 +372,30 @@ fn setup(
             if f[0].is_some() {
                 *mac = f[0];
             }
-            if let Some(r) = remain {
-                let m = format!(
-                    "mcast_setup - Extra garbage on specification : '{}'",
-                    k.buf.cstr(r)
-                );
-                err(
-                    k,
-                    eth,
-                    Severity::Error,
-                    m,
-                    "mcast takes 4 fields: <mac>,<addr>,<port>,<ttl>",
-                );
+            let help = "mcast takes 4 fields: <mac>,<addr>,<port>,<ttl>";
+            if extra_garbage(k, eth, remain, "mcast_setup", help) {
                 return None;
             }
-            let mut port = 1102u16;
-            if let Some(p) = f[2] {
-                match whole_number(k, p, 10) {
-                    Some(v) => port = v as u16,
-                    None => {
-                        let m = format!("mcast_setup - Bad port : '{}'", k.buf.cstr(p));
-                        err(k, eth, Severity::Error, m, "the port is a decimal number");
-                        return None;
-                    }
-                }
-            }
-            let mut ttl = 1u32;
-            if let Some(p) = f[3] {
-                match whole_number(k, p, 10) {
-                    Some(v) => ttl = v as u32,
-                    None => {
-                        let m = format!("mcast_setup - Bad ttl : '{}'", k.buf.cstr(p));
-                        err(k, eth, Severity::Error, m, "the ttl is a decimal number");
-                        return None;
-                    }
-                }
-            }
+            let port = number_field(
+                k,
+                eth,
+                f[2],
+                10,
+                ("mcast_setup", "port"),
+                "the port is a decimal number",
+            )
+            .ok()?
+            .map_or(1102, |v| v as u16);
+            let ttl = number_field(
+                k,
+                eth,
+                f[3],
+                10,
+                ("mcast_setup", "ttl"),
+                "the ttl is a decimal number",
+            )
+            .ok()?
+            .map_or(1, |v| v as u32);
             let addr = cstr(k, f[1]).unwrap_or_else(|| "239.192.168.1".into());
             pre.push(format!("Configured mcast device: {addr}:{port}-{ttl}"));
             Some(NetParams::Mcast { addr, port, ttl })
@@ -378,31 +405,18 @@ fn setup(
             if f[0].is_some() {
                 *mac = f[0];
             }
-            if let Some(r) = remain {
-                let m = format!(
-                    "ucast_setup - Extra garbage on specification : '{}'",
-                    k.buf.cstr(r)
-                );
-                err(
-                    k,
-                    eth,
-                    Severity::Error,
-                    m,
-                    "ucast takes 4 fields: <mac>,<remote addr>,<listen port>,<remote port>",
-                );
+            let help = "ucast takes 4 fields: <mac>,<remote addr>,<listen port>,<remote port>";
+            if extra_garbage(k, eth, remain, "ucast_setup", help) {
                 return None;
             }
             let mut ports = [1102u16, 1102u16];
-            for (i, what) in [(0usize, "listen"), (1, "remote")] {
-                if let Some(p) = f[2 + i] {
-                    match whole_number(k, p, 10) {
-                        Some(v) => ports[i] = v as u16,
-                        None => {
-                            let m = format!("ucast_setup - Bad {what} port : '{}'", k.buf.cstr(p));
-                            err(k, eth, Severity::Error, m, "ports are decimal numbers");
-                            return None;
-                        }
-                    }
+            for (i, what) in [(0usize, "listen port"), (1, "remote port")] {
+                let func_what = ("ucast_setup", what);
+                if let Some(v) =
+                    number_field(k, eth, f[2 + i], 10, func_what, "ports are decimal numbers")
+                        .ok()?
+                {
+                    ports[i] = v as u16;
                 }
             }
             let addr = cstr(k, f[1]).unwrap_or_default();
@@ -421,18 +435,8 @@ fn setup(
             if f[1].is_some() {
                 *mac = f[1];
             }
-            if let Some(r) = remain {
-                let m = format!(
-                    "tap_setup_common - Extra garbage on specification : '{}'",
-                    k.buf.cstr(r)
-                );
-                err(
-                    k,
-                    eth,
-                    Severity::Error,
-                    m,
-                    "tap transports take 3 fields: <tap dev>,<mac>,<gate ip>",
-                );
+            let help = "tap transports take 3 fields: <tap dev>,<mac>,<gate ip>";
+            if extra_garbage(k, eth, remain, "tap_setup_common", help) {
                 return None;
             }
             let dev_name = cstr(k, f[0]);

@@ -140,15 +140,9 @@ pub fn render_table(p: &Parsed, sizes: bool) -> String {
     ]];
     for d in &p.ubd {
         let mut flags = String::from(if d.read_only { "ro" } else { "rw" });
-        for (on, f) in [
-            (d.sync, ",sync"),
-            (d.no_cow, ",no-cow"),
-            (d.shared, ",shared"),
-            (d.no_trim, ",no-trim"),
-        ] {
-            if on {
-                flags.push_str(f);
-            }
+        for (_, name) in d.flags().filter(|&(letter, _)| letter != 'r') {
+            flags.push(',');
+            flags.push_str(name);
         }
         rows.push(vec![
             d.name.clone(),

@@ -93,6 +93,22 @@ pub struct UbdDevice {
     pub span: Span,
 }
 
+impl UbdDevice {
+    /// The flags that are set, as (command-line letter, name), in the order
+    /// the kernel's `ubd<N><flags>=` parser accepts them.
+    pub fn flags(&self) -> impl Iterator<Item = (char, &'static str)> {
+        [
+            (self.read_only, 'r', "ro"),
+            (self.sync, 's', "sync"),
+            (self.no_cow, 'd', "no-cow"),
+            (self.shared, 'c', "shared"),
+            (self.no_trim, 't', "no-trim"),
+        ]
+        .into_iter()
+        .filter_map(|(on, letter, name)| on.then_some((letter, name)))
+    }
+}
+
 /// One network device (`eth<N>=` or `vec<N>:`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetDevice {

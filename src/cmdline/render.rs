@@ -30,18 +30,7 @@ impl Parsed {
             out.push(format!("uml_dir={dir}"));
         }
         for d in self.ubd.iter().filter(|d| !d.implicit) {
-            let mut flags = String::new();
-            for (on, f) in [
-                (d.read_only, 'r'),
-                (d.sync, 's'),
-                (d.no_cow, 'd'),
-                (d.shared, 'c'),
-                (d.no_trim, 't'),
-            ] {
-                if on {
-                    flags.push(f);
-                }
-            }
+            let flags: String = d.flags().map(|(letter, _)| letter).collect();
             let mut value = d.file.clone();
             if d.backing.is_some() || d.serial.is_some() {
                 value.push(',');

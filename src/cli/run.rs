@@ -161,7 +161,12 @@ pub fn load_all(files: &[PathBuf]) -> Option<Vec<Plan>> {
 fn make_backend(kind: BackendKind) -> Result<Box<dyn Backend>, String> {
     match kind {
         BackendKind::Sim => Ok(Box::new(crate::sim::SimBackend::new())),
-        BackendKind::Uml => Ok(Box::new(crate::uml::backend::UmlBackend::new())),
+        // Only ARP in the traces, as `both` compares them: the snapshots are the
+        // sim's, which models no kernel background traffic.
+        BackendKind::Uml => Ok(Box::new(
+            crate::uml::backend::UmlBackend::new()
+                .capture_only(&[crate::uml::backend::ETHERTYPE_ARP]),
+        )),
         // `both` runs each scenario through uml::differential::run_both (see
         // run_once); this backend is only the fallback handle of the loop.
         BackendKind::Both => Ok(Box::new(crate::sim::SimBackend::new())),
@@ -216,6 +221,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         write_junit(args.junit.as_deref(), &[])?;
         return Ok(ExitCode::SUCCESS);
     }
+    if args.update && args.backend == BackendKind::Uml {
+        eprintln!(
+            "umltest: error: --update with --backend uml: snapshots are recorded on the sim (--backend sim or both)"
+        );
+        return Ok(ExitCode::from(EXIT_BAD_SCENARIO));
+    }
     let mut backend = match make_backend(args.backend) {
         Ok(b) => b,
         Err(why) => {
@@ -235,7 +246,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let out = std::path::absolute(&out)?;
-    let mode = UpdateMode::from_env(args.update);
+    let mode = match args.backend {
+        BackendKind::Uml => UpdateMode::No,
+        _ => UpdateMode::from_env(args.update),
+    };
     let mut outcomes = Vec::new();
     let mut unavailable = 0;
     for plan in &selected {
@@ -260,7 +274,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 failures.extend(result.failures.iter().map(ToString::to_string));
                 let dir = snapshot::snapshot_dir(&plan.file, &plan.name);
                 let source = snapshot::source_name(&plan.file);
-                match snapshot::compare(&dir, &source, &result.artifacts, mode) {
+                // The snapshots are the sim's: a real run is compared with them
+                // normalised, and never writes them.
+                let compared = if args.backend == BackendKind::Uml {
+                    crate::uml::snapshots::compare(&dir, plan, &result.artifacts)
+                } else {
+                    snapshot::compare(&dir, &source, &result.artifacts, mode)
+                };
+                match compared {
                     Ok(mismatches) => {
                         if mode == UpdateMode::Always {
                             if !mismatches.is_empty() {

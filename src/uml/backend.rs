@@ -31,6 +31,9 @@ pub const ETHERTYPE_ARP: u16 = 0x0806;
 /// Longest wait for a background command to show it is running (see `spawn`).
 const JOB_SETTLE: Duration = Duration::from_secs(3);
 
+/// Where a background job's output and exit status go in the guest.
+const JOB_FILE_PREFIX: &str = "/tmp/umltest-job-";
+
 /// How long a halt may take per stage (guest poweroff, then mconsole halt).
 const HALT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -40,6 +43,20 @@ struct SwitchRun {
     pcap: PathBuf,
     trace: PathBuf,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+/// How a protocol exchange appears in the console artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shown {
+    /// A scenario command: `# <command>`, then its output.
+    Command(String),
+    /// A background command as the sim shows it: `# <command>`, no output (the
+    /// harness's wrapper prints the job's pid).
+    CommandLine(String),
+    /// The harness's own exchange, whose output is the scenario's (a job's output).
+    Output,
+    /// The harness's own exchange (waiting, exit status files): not shown.
+    Hidden,
 }
 
 struct Job {
@@ -55,7 +72,7 @@ pub struct UmlBackend {
     linux: Option<PathBuf>,
     machines: BTreeMap<String, Machine>,
     /// Commands sent per machine, by protocol sequence number (for transcripts).
-    commands: BTreeMap<String, Vec<String>>,
+    commands: BTreeMap<String, Vec<Shown>>,
     switches: Vec<SwitchRun>,
     jobs: BTreeMap<JobId, Job>,
     next_job: u32,
@@ -106,11 +123,15 @@ impl UmlBackend {
         }
     }
 
-    fn record(&mut self, name: &str, command: &str) {
+    /// Notes the next protocol exchange on `name` (only a booted machine has one).
+    fn record(&mut self, name: &str, shown: Shown) {
+        if !self.machines.contains_key(name) {
+            return;
+        }
         self.commands
             .entry(name.to_string())
             .or_default()
-            .push(command.to_string());
+            .push(shown);
     }
 }
 
@@ -323,7 +344,7 @@ impl Backend for UmlBackend {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutcome, BackendError> {
-        self.record(machine, command);
+        self.record(machine, Shown::Command(command.to_string()));
         self.machine(machine)?
             .run(command, timeout)
             .map_err(machine_error)
@@ -332,7 +353,7 @@ impl Backend for UmlBackend {
     fn spawn(&mut self, machine: &str, command: &str) -> Result<JobId, BackendError> {
         self.next_job += 1;
         let id = JobId(self.next_job);
-        let out_file = format!("/tmp/umltest-job-{}", id.0);
+        let out_file = format!("{JOB_FILE_PREFIX}{}", id.0);
         // A subshell in the background (its own process group under job control),
         // output and exit status in files: an interactive shell forgets a finished
         // job once it has reported it, so `wait` alone could lose the status. The
@@ -345,7 +366,7 @@ impl Backend for UmlBackend {
                 .map(|b| format!("\\{b:03o}"))
                 .collect::<String>()
         );
-        self.record(machine, &format!("{command} &"));
+        self.record(machine, Shown::CommandLine(command.to_string()));
         let out = self
             .machine(machine)?
             .run(&wrapped, Duration::from_secs(10))
@@ -372,6 +393,7 @@ impl Backend for UmlBackend {
             "i=0; while [ ! -s {out_file}.out ] && [ ! -e {out_file}.rc ] && [ $i -lt {n} ]; do usleep 50000; i=$((i+1)); done",
             n = JOB_SETTLE.as_millis() / 50
         );
+        self.record(machine, Shown::Hidden);
         self.machine(machine)?
             .run(&settle, JOB_SETTLE + Duration::from_secs(10))
             .map_err(machine_error)?;
@@ -399,6 +421,7 @@ impl Backend for UmlBackend {
                 last_lines: String::new(),
             });
         };
+        self.record(&j.machine, Shown::Hidden);
         let m = self.machine(&j.machine)?;
         let (pid, f) = (j.pid, &j.out_file);
         // `wait` in the foreground; at the timeout ^C interrupts the wait (the
@@ -407,6 +430,8 @@ impl Backend for UmlBackend {
             .run(&format!("wait {pid} 2>/dev/null; cat {f}.rc"), timeout)
             .map_err(machine_error)?;
         let (status, interrupted) = if waited.interrupted {
+            self.record(&j.machine, Shown::Hidden);
+            let m = self.machine(&j.machine)?;
             let again = m
                 .run(
                     &format!("kill -INT -{pid} 2>/dev/null; wait {pid} 2>/dev/null; cat {f}.rc"),
@@ -429,7 +454,9 @@ impl Backend for UmlBackend {
                 ),
                 last_lines: String::new(),
             })?;
-        let out = m
+        self.record(&j.machine, Shown::Output);
+        let out = self
+            .machine(&j.machine)?
             .run(
                 &format!("cat {f}.out; rm -f {f}.out {f}.rc"),
                 Duration::from_secs(10),
@@ -553,25 +580,46 @@ impl Drop for UmlBackend {
     }
 }
 
-/// The console artifact: the raw console with `\r\n` as `\n`, each protocol begin
-/// marker shown as `# <command>` and the end markers dropped.
-pub fn transcript(raw: &[u8], commands: &[String]) -> String {
+/// The console artifact: the raw console with `\r\n` as `\n`, each protocol
+/// exchange shown as [`Shown`] says (`# <command>` for the begin marker of a
+/// scenario command), the end markers dropped.
+pub fn transcript(raw: &[u8], commands: &[Shown]) -> String {
     let text = console::normalize_newlines(&String::from_utf8_lossy(raw));
     let mut out = String::with_capacity(text.len());
+    let mut hiding = None;
     for line in text.split_inclusive('\n') {
         let bare = line.trim_end_matches('\n');
         if let Some(n) = bare.strip_prefix("UMLTEST-BEGIN-") {
-            if let Some(cmd) = n
+            if let Some(shown) = n
                 .parse::<usize>()
                 .ok()
                 .and_then(|n| n.checked_sub(1))
                 .and_then(|i| commands.get(i))
             {
-                out.push_str(&format!("# {cmd}\n"));
+                hiding = None;
+                match shown {
+                    Shown::Command(cmd) => out.push_str(&format!("# {cmd}\n")),
+                    Shown::CommandLine(cmd) => {
+                        out.push_str(&format!("# {cmd}\n"));
+                        hiding = Some(format!("UMLTEST-END-{n}:"));
+                    }
+                    Shown::Output => {}
+                    Shown::Hidden => hiding = Some(format!("UMLTEST-END-{n}:")),
+                }
                 continue;
             }
         }
-        if bare.starts_with("UMLTEST-END-") {
+        if let Some(end) = &hiding {
+            if bare.starts_with(end.as_str()) {
+                hiding = None;
+            }
+            continue;
+        }
+        // The shell's job-control notice about the harness's job wrapper
+        // (`[1]+  Done  (trap : INT; ...)`) is bookkeeping, not the scenario's.
+        if bare.starts_with("UMLTEST-END-")
+            || (bare.starts_with('[') && bare.contains(JOB_FILE_PREFIX))
+        {
             continue;
         }
         out.push_str(line);
@@ -680,8 +728,29 @@ mod tests {
     fn transcript_shows_commands_and_drops_markers() {
         let raw = b"boot\r\nUMLTEST-SHELL-READY\r\nUMLTEST-BEGIN-1\r\nhi\r\nUMLTEST-END-1:0\r\nUMLTEST-BEGIN-2\r\nUMLTEST-END-2:1\r\n";
         assert_eq!(
-            transcript(raw, &["echo hi".into(), "false".into()]),
+            transcript(
+                raw,
+                &[
+                    Shown::Command("echo hi".into()),
+                    Shown::Command("false".into())
+                ]
+            ),
             "boot\nUMLTEST-SHELL-READY\n# echo hi\nhi\n# false\n"
+        );
+        // A background job: its line, not the wrapper's pid; the harness's waits
+        // hidden; the job's output where it was collected.
+        let raw = b"UMLTEST-BEGIN-1\r\n[1] 697\r\n697\r\nUMLTEST-END-1:0\r\nUMLTEST-BEGIN-2\r\nUMLTEST-END-2:0\r\nkernel line\r\n[1]+  Done  (trap : INT; echo ${?} 1>/tmp/umltest-job-1.rc)\r\nUMLTEST-BEGIN-3\r\n0\r\nUMLTEST-END-3:0\r\nUMLTEST-BEGIN-4\r\nlistening\r\nUMLTEST-END-4:0\r\n";
+        assert_eq!(
+            transcript(
+                raw,
+                &[
+                    Shown::CommandLine("tcpdump".into()),
+                    Shown::Hidden,
+                    Shown::Hidden,
+                    Shown::Output
+                ]
+            ),
+            "# tcpdump\nkernel line\nlistening\n"
         );
     }
 

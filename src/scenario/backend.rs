@@ -165,6 +165,13 @@ pub trait Backend {
     fn halt(&mut self, machines: &[String], timeout: Duration) -> Result<(), BackendError>;
     /// Kills a machine abruptly (fault injection: the host kills the process).
     fn kill(&mut self, machine: &str) -> Result<(), BackendError>;
+    /// The modification time host-side steps give the files they write (a
+    /// careless `copy`, a `write`): `None`, the default, leaves the host's clock
+    /// to set it, as on a real host; the sim returns its virtual clock on a fixed
+    /// epoch, so a kernel message quoting the mtime is the same on every run.
+    fn file_time(&self) -> Option<std::time::SystemTime> {
+        None
+    }
     /// Stops everything still running and returns what was recorded.
     fn finish(&mut self) -> Result<BackendArtifacts, BackendError>;
 }

@@ -3,9 +3,10 @@
 //! reproducible ext4) and the `write` and `copy` steps.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::SystemTime;
 
 use crate::uml::image::MKE2FS_CONF;
 use sha2::{Digest, Sha256};
@@ -186,8 +187,16 @@ pub fn mkfs_ext4_uncached(
 }
 
 /// Writes `bytes` at `offset` into an existing file without truncating it
-/// (`dd conv=notrunc`); the file grows if the write ends past its end.
-pub fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> Result<(), DiskError> {
+/// (`dd conv=notrunc`); the file grows if the write ends past its end. `now`:
+/// the modification time the write leaves (the sim's virtual clock); `None`
+/// leaves the host's, as a real write does. Not fsynced: the run folder is
+/// throwaway, and a crash loses the whole run anyway.
+pub fn write_at(
+    path: &Path,
+    offset: u64,
+    bytes: &[u8],
+    now: Option<SystemTime>,
+) -> Result<(), DiskError> {
     let mut file = OpenOptions::new()
         .write(true)
         .open(path)
@@ -195,66 +204,109 @@ pub fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> Result<(), DiskError>
     file.seek(SeekFrom::Start(offset))
         .map_err(io("seek in", path))?;
     file.write_all(bytes).map_err(io("write", path))?;
-    file.sync_all().map_err(io("sync", path))
+    if let Some(now) = now {
+        file.set_modified(now).map_err(io("set mtime of", path))?;
+    }
+    Ok(())
 }
 
 /// Copies `from` to `to`. `sparse`: zero blocks become holes (`cp
 /// --sparse=always`, `tar -S`); otherwise every block is written, so the copy is
 /// fully allocated. `preserve`: the copy keeps the source's modification time
-/// (`cp -a`); otherwise it gets the time of the copy, as a careless `cp` does.
-pub fn copy(from: &Path, to: &Path, preserve: bool, sparse: bool) -> Result<(), DiskError> {
+/// (`cp -a`); otherwise it gets the time of the copy, as a careless `cp` does:
+/// `now` when given (the sim's virtual clock, so nothing depends on the wall
+/// clock), else the host's. Not fsynced (the run folder is throwaway).
+pub fn copy(
+    from: &Path,
+    to: &Path,
+    preserve: bool,
+    sparse: bool,
+    now: Option<SystemTime>,
+) -> Result<(), DiskError> {
+    use std::os::unix::fs::FileExt;
     const BLOCK: usize = 4096;
-    let mut src = File::open(from).map_err(io("open", from))?;
+    let src = File::open(from).map_err(io("open", from))?;
     let meta = src.metadata().map_err(io("stat", from))?;
-    let mut dst = File::create(to).map_err(io("create", to))?;
-    let mut buf = vec![0u8; BLOCK * 16];
-    loop {
-        let n = read_full(&mut src, &mut buf).map_err(io("read", from))?;
-        if n == 0 {
-            break;
-        }
-        for chunk in buf[..n].chunks(BLOCK) {
-            if sparse && chunk.iter().all(|&b| b == 0) {
-                dst.seek(SeekFrom::Current(chunk.len() as i64))
-                    .map_err(io("seek in", to))?;
-            } else {
-                dst.write_all(chunk).map_err(io("write", to))?;
+    let len = meta.len();
+    let dst = File::create(to).map_err(io("create", to))?;
+    // Holes read as zeros, so only the source's data extents need reading. A
+    // careless copy ends up with every block allocated: where the filesystem
+    // can, that is done with one fallocate (same bytes, same allocation as
+    // writing every zero block, a fraction of the time), else by writing them.
+    let ranges = crate::cow::merge::data_extents(&src, len).map_err(io("find data in", from))?;
+    let ranges = if sparse || allocate_all(&dst, len) {
+        ranges
+    } else {
+        vec![(0, len)]
+    };
+    let mut buf = vec![0u8; BLOCK * 64];
+    for (start, end) in ranges {
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            let chunk = buf.get_mut(..n).unwrap_or_default();
+            src.read_exact_at(chunk, pos).map_err(io("read", from))?;
+            let mut off = 0;
+            for block in chunk.chunks(BLOCK) {
+                if !(sparse && block.iter().all(|&b| b == 0)) {
+                    dst.write_all_at(block, pos + off)
+                        .map_err(io("write", to))?;
+                }
+                off += block.len() as u64;
             }
+            pos += n as u64;
         }
     }
     // A trailing hole needs the size set explicitly.
-    dst.set_len(meta.len()).map_err(io("set size of", to))?;
-    dst.sync_all().map_err(io("sync", to))?;
-    if preserve {
-        let mtime = meta.modified().map_err(io("stat", from))?;
+    dst.set_len(len).map_err(io("set size of", to))?;
+    // futimens on the open file: the real mtime the kernel's COW check reads.
+    let mtime = match (preserve, now) {
+        (true, _) => Some(meta.modified().map_err(io("stat", from))?),
+        (false, now) => now,
+    };
+    if let Some(mtime) = mtime {
         dst.set_modified(mtime).map_err(io("set mtime of", to))?;
     }
     Ok(())
 }
 
-fn read_full(src: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match src.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
+/// Allocates every block of `file` (of `len` bytes) without writing; false if
+/// the filesystem cannot.
+fn allocate_all(file: &File, len: u64) -> bool {
+    let Ok(len) = i64::try_from(len) else {
+        return false;
+    };
+    len == 0
+        || nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), 0, len).is_ok()
 }
 
-/// "sparse" when fewer bytes are allocated than the apparent size, else "fully
-/// allocated": what artifacts say instead of host-dependent block counts.
+/// How much of a file's apparent size is allocated on the host, in words that
+/// do not depend on the host filesystem's block size or metadata overhead:
+/// "sparse" (at most half allocated), "fully allocated" (at least the apparent
+/// size), else "partly allocated".
 pub fn allocation(path: &Path) -> std::io::Result<&'static str> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)?;
-    Ok(if meta.blocks() * 512 < meta.len() {
+    let allocated = meta.blocks().saturating_mul(512);
+    Ok(if allocated.saturating_mul(2) <= meta.len() {
         "sparse"
-    } else {
+    } else if allocated >= meta.len() {
         "fully allocated"
+    } else {
+        "partly allocated"
     })
+}
+
+/// One line for the host log: a file's apparent size and [`allocation`].
+pub fn size_report(path: &Path, name: &str) -> String {
+    match std::fs::metadata(path) {
+        Ok(meta) => format!(
+            "{name}: {} bytes apparent, {} on disk\n",
+            meta.len(),
+            allocation(path).unwrap_or("unknown allocation")
+        ),
+        Err(e) => format!("{name}: cannot stat it: {e}\n"),
+    }
 }
 
 #[cfg(test)]
@@ -275,14 +327,16 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let a = dir.path().join("a");
         create_sparse(&a, 1 << 20)?;
-        write_at(&a, 8192, b"hello")?;
+        write_at(&a, 8192, b"hello", None)?;
         assert_eq!(allocation(&a)?, "sparse");
         let b = dir.path().join("b");
-        copy(&a, &b, false, false)?;
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(MKFS_TIME + 5);
+        copy(&a, &b, false, false, Some(now))?;
         assert_eq!(std::fs::read(&a)?, std::fs::read(&b)?);
         assert_eq!(allocation(&b)?, "fully allocated");
+        assert_eq!(std::fs::metadata(&b)?.modified()?, now);
         let c = dir.path().join("c");
-        copy(&a, &c, true, true)?;
+        copy(&a, &c, true, true, Some(now))?;
         assert_eq!(std::fs::read(&a)?, std::fs::read(&c)?);
         assert_eq!(allocation(&c)?, "sparse");
         assert_eq!(

@@ -177,6 +177,7 @@ pub fn run(
         backend,
         run_dir,
         jobs: BTreeMap::new(),
+        host_log: String::new(),
     };
     let mut trace_checks = Vec::new();
     if result.failures.is_empty() {
@@ -228,6 +229,9 @@ pub fn run(
     };
     let mut artifacts = super::artifacts::render(&lab, &recorded);
     artifacts.extend(super::artifacts::disk_diffs(&lab));
+    if !runner.host_log.is_empty() {
+        artifacts.insert(HOST_LOG.to_string(), std::mem::take(&mut runner.host_log));
+    }
     if let Err(e) = super::artifacts::write_pcaps(&lab, &recorded, run_dir) {
         result.failures.push(Failure {
             step: None,
@@ -288,10 +292,15 @@ fn check_trace(
     problems
 }
 
+/// The artifact recording every host-side step (`$ <step>`, then its output).
+pub const HOST_LOG: &str = "host.log";
+
 struct Runner<'a> {
     backend: &'a mut dyn Backend,
     run_dir: &'a Path,
     jobs: BTreeMap<String, JobId>,
+    /// The [`HOST_LOG`] artifact so far.
+    host_log: String,
 }
 
 impl Runner<'_> {
@@ -349,7 +358,15 @@ impl Runner<'_> {
             | Action::Copy { .. }
             | Action::Mkcow { .. }
             | Action::Merge { .. }
-            | Action::Check { .. } => self.host_step(&step.action),
+            | Action::Check { .. } => {
+                let outcome = self.host_step(&step.action);
+                self.host_log.push_str(&format!("$ {describe}\n{}", outcome.output));
+                if outcome.exit_code != 0 {
+                    self.host_log
+                        .push_str(&format!("(exit {})\n", outcome.exit_code));
+                }
+                outcome
+            }
             Action::ExpectTrace { .. } => return Ok(Vec::new()),
         };
         // Host-side steps without `expect` must succeed; guest commands without
@@ -380,12 +397,13 @@ impl Runner<'_> {
     /// Disk work on the host, in the run folder, reported like a command.
     fn host_step(&mut self, action: &Action) -> CommandOutcome {
         let path = |name: &str| self.run_dir.join(name);
+        let now = self.backend.file_time();
         let result: Result<String, String> = match action {
             Action::Write {
                 file,
                 offset,
                 bytes,
-            } => disk::write_at(&path(file), *offset, bytes)
+            } => disk::write_at(&path(file), *offset, bytes, now)
                 .map(|()| String::new())
                 .map_err(|e| e.to_string()),
             Action::Copy {
@@ -393,8 +411,19 @@ impl Runner<'_> {
                 to,
                 preserve,
                 sparse,
-            } => disk::copy(&path(from), &path(to), *preserve, *sparse)
-                .map(|()| String::new())
+            } => disk::copy(&path(from), &path(to), *preserve, *sparse, now)
+                .map(|()| {
+                    let mtime = if *preserve {
+                        "mtime kept"
+                    } else {
+                        "mtime set to the time of the copy"
+                    };
+                    format!(
+                        "{}{}{to}: {mtime}\n",
+                        disk::size_report(&path(from), from),
+                        disk::size_report(&path(to), to)
+                    )
+                })
                 .map_err(|e| e.to_string()),
             Action::Mkcow { cow, backing } => {
                 let opts = crate::cow::create::CreateOptions {

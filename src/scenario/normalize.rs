@@ -43,9 +43,47 @@ pub fn console(text: &str) -> String {
         .replace('\r', "")
         .split_inclusive('\n')
     {
-        out.push_str(strip_printk_time(line));
+        out.push_str(&redact_backing_mtime(strip_printk_time(line)));
     }
     out
+}
+
+/// In the kernel's `mtime mismatch (HEADER vs BACKING) of COW header vs backing
+/// file` (and `umltest cow check`'s line quoting it), BACKING is the backing
+/// file's mtime: the host's clock when a careless copy made it on a real run, the
+/// sim's virtual clock otherwise. Every occurrence of it in the line becomes
+/// `<mtime>`; the header's value (fixed by the harness) stays.
+fn redact_backing_mtime(line: &str) -> std::borrow::Cow<'_, str> {
+    const KEY: &str = "mtime mismatch (";
+    let backing = line.find(KEY).and_then(|at| {
+        let rest = &line[at + KEY.len()..];
+        let (_, after) = rest.split_once(" vs ")?;
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        (digits > 0 && after[digits..].starts_with(')')).then(|| &after[..digits])
+    });
+    match backing {
+        Some(b) => {
+            let mut out = String::with_capacity(line.len());
+            let mut rest = line;
+            while let Some(i) = rest.find(b) {
+                let before = rest[..i].bytes().next_back();
+                let after = rest[i + b.len()..].bytes().next();
+                out.push_str(&rest[..i]);
+                // Only the whole number, not a longer one containing it.
+                if before.is_some_and(|c| c.is_ascii_digit())
+                    || after.is_some_and(|c| c.is_ascii_digit())
+                {
+                    out.push_str(b);
+                } else {
+                    out.push_str("<mtime>");
+                }
+                rest = &rest[i + b.len()..];
+            }
+            out.push_str(rest);
+            std::borrow::Cow::Owned(out)
+        }
+        None => std::borrow::Cow::Borrowed(line),
+    }
 }
 
 fn strip_printk_time(line: &str) -> &str {
@@ -83,6 +121,19 @@ mod tests {
             console("[    0.000000] Linux version 6.1\r\n[x] kept\r\nplain\n"),
             "Linux version 6.1\n[x] kept\nplain\n"
         );
+    }
+
+    #[test]
+    fn console_redacts_the_backing_mtime_of_a_mismatch() {
+        assert_eq!(
+            console("[ 1.0] mtime mismatch (1700000000 vs 1764400000) of COW header vs backing file\n"),
+            "mtime mismatch (1700000000 vs <mtime>) of COW header vs backing file\n"
+        );
+        assert_eq!(
+            console("error: mtime mismatch (1 vs 17) of x: the mtime (17) not (170)\nmtime 17\n"),
+            "error: mtime mismatch (1 vs <mtime>) of x: the mtime (<mtime>) not (170)\nmtime 17\n"
+        );
+        assert_eq!(console("mtime mismatch (1 vs x)\n"), "mtime mismatch (1 vs x)\n");
     }
 
     proptest! {

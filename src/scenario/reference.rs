@@ -59,7 +59,8 @@ pub fn markdown() -> String {
          init; a machine whose `init=` the scenario sets gets only `wait_console` checks). A NIC \
          word without a MAC gets `fe:fd:00:00:<nic>:<machine#>` (machine# counts from 1 in file \
          order) filled into its MAC field. Words after `--` stay last. The console artifact \
-         starts with the effective command line.\n"
+         starts with the effective command line. Host-side steps (`write`, `copy`, `mkcow`, \
+         `merge`, `check`) are recorded with their output in the `host.log` artifact.\n"
     );
     s
 }

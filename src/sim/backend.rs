@@ -35,6 +35,12 @@ impl Default for SimBackend {
     }
 }
 
+/// The host time at virtual time 0, for files host-side steps write: one day
+/// after the harness made the lab's disks ([`crate::scenario::disk::MKFS_TIME`],
+/// 2023-11-14 22:13:20 UTC), so a careless copy's mtime is plausible and always
+/// differs from theirs. The sim never reads the wall clock.
+pub const FILE_TIME_EPOCH: u64 = crate::scenario::disk::MKFS_TIME + 86_400;
+
 /// How many console lines a failure shows.
 const LAST_LINES: usize = 12;
 
@@ -338,6 +344,10 @@ impl Backend for SimBackend {
         Ok(())
     }
 
+    fn file_time(&self) -> Option<std::time::SystemTime> {
+        Some(std::time::UNIX_EPOCH + Duration::from_secs(FILE_TIME_EPOCH) + self.world.now)
+    }
+
     fn finish(&mut self) -> Result<BackendArtifacts, BackendError> {
         let running: Vec<usize> = (0..self.world.machines.len()).collect();
         for m in running {
@@ -357,7 +367,7 @@ impl Backend for SimBackend {
             out.traces
                 .insert(s.name.clone(), std::mem::take(&mut s.trace));
         }
-        // Drop the machines: their disks flush and release their locks.
+        // Drop the machines (their disks closed at power-down).
         self.world.machines.clear();
         Ok(out)
     }

@@ -311,26 +311,14 @@ pub fn boot(index: usize, name: &str, argv: &[String], run_dir: &Path, mut rng: 
             }
             Some(_) => {
                 // No filesystem any kernel driver recognises.
-                line(&mut log, "List of all partitions:");
-                for d in core.disks.values() {
-                    line(
-                        &mut log,
-                        &format!(
-                            "{:02x}{:02x}{:>16} {} ",
-                            98,
-                            d.unit * 16,
-                            d.size / 1024,
-                            disk::dev_name(d.unit)
-                        ),
-                    );
-                    line(&mut log, " driver: uml-blkdev");
-                }
-                line(&mut log, "No filesystem could mount root, tried: ");
-                for fs in ["reiserfs", "ext3", "ext4", "ext2", "xfs"] {
-                    line(&mut log, &format!(" {fs}"));
-                }
-                line(&mut log, "");
-                Some(format!("Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(98,{})", u * 16))
+                Some(no_filesystem(&mut log, &parsed, u))
+            }
+            // mount_block_root: -EINVAL and -EACCES mean "not this filesystem,
+            // try the next", so a disk that cannot be opened for those reasons
+            // (a COW file whose backing file fails the size/mtime check) ends
+            // like one without a filesystem.
+            None if matches!(open_errors.get(&u), Some(&libc::EINVAL | &libc::EACCES)) => {
+                Some(no_filesystem(&mut log, &parsed, u))
             }
             None => {
                 let errno = open_errors.get(&u).copied().unwrap_or(libc::ENXIO);
@@ -373,6 +361,31 @@ pub fn boot(index: usize, name: &str, argv: &[String], run_dir: &Path, mut rng: 
         plugs,
         failed,
     }
+}
+
+/// The end of `mount_block_root` when no filesystem type could mount the root
+/// device (unit `u`): every registered disk, the types tried (those of the 6.1
+/// kernel the harness runs, in registration order), and the panic message.
+fn no_filesystem(log: &mut String, parsed: &Parsed, u: u32) -> String {
+    log.push_str("List of all partitions:\n");
+    for d in parsed.ubd.iter().filter(|d| d.size_sectors.is_some()) {
+        let kib = d.size_sectors.unwrap_or(0) / 2;
+        log.push_str(&format!(
+            "{:02x}{:02x}{kib:>16} {} \n driver: uml-blkdev\n",
+            98,
+            d.index * 16,
+            disk::dev_name(d.index)
+        ));
+    }
+    log.push_str("No filesystem could mount root, tried: \n");
+    for fs in ["reiserfs", "ext3", "ext4", "ext2", "jfs", "xfs", "btrfs"] {
+        log.push_str(&format!(" {fs}\n"));
+    }
+    log.push('\n');
+    format!(
+        "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(98,{})",
+        u * 16
+    )
 }
 
 #[cfg(test)]

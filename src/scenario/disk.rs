@@ -276,8 +276,7 @@ fn allocate_all(file: &File, len: u64) -> bool {
     let Ok(len) = i64::try_from(len) else {
         return false;
     };
-    len == 0
-        || nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), 0, len).is_ok()
+    len == 0 || nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), 0, len).is_ok()
 }
 
 /// How much of a file's apparent size is allocated on the host, in words that

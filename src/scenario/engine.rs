@@ -360,7 +360,8 @@ impl Runner<'_> {
             | Action::Merge { .. }
             | Action::Check { .. } => {
                 let outcome = self.host_step(&step.action);
-                self.host_log.push_str(&format!("$ {describe}\n{}", outcome.output));
+                self.host_log
+                    .push_str(&format!("$ {describe}\n{}", outcome.output));
                 if outcome.exit_code != 0 {
                     self.host_log
                         .push_str(&format!("(exit {})\n", outcome.exit_code));

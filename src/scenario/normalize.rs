@@ -126,14 +126,19 @@ mod tests {
     #[test]
     fn console_redacts_the_backing_mtime_of_a_mismatch() {
         assert_eq!(
-            console("[ 1.0] mtime mismatch (1700000000 vs 1764400000) of COW header vs backing file\n"),
+            console(
+                "[ 1.0] mtime mismatch (1700000000 vs 1764400000) of COW header vs backing file\n"
+            ),
             "mtime mismatch (1700000000 vs <mtime>) of COW header vs backing file\n"
         );
         assert_eq!(
             console("error: mtime mismatch (1 vs 17) of x: the mtime (17) not (170)\nmtime 17\n"),
             "error: mtime mismatch (1 vs <mtime>) of x: the mtime (<mtime>) not (170)\nmtime 17\n"
         );
-        assert_eq!(console("mtime mismatch (1 vs x)\n"), "mtime mismatch (1 vs x)\n");
+        assert_eq!(
+            console("mtime mismatch (1 vs x)\n"),
+            "mtime mismatch (1 vs x)\n"
+        );
     }
 
     proptest! {

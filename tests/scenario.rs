@@ -858,8 +858,13 @@ expect = { stdout = "ok: " }
     let names: Vec<&String> = result.artifacts.keys().collect();
     assert_eq!(
         names,
-        ["h1.console", "h1.ubd0.diff", "h1.ubd2.diff"],
+        ["h1.console", "h1.ubd0.diff", "h1.ubd2.diff", "host.log"],
         "plain ubd1 has no diff"
+    );
+    assert!(
+        result.artifacts["host.log"].starts_with("$ check a.cow\nok: COW version 3 header"),
+        "{}",
+        result.artifacts["host.log"]
     );
     insta::assert_snapshot!("cow_diff_ubd0", &result.artifacts["h1.ubd0.diff"]);
     assert_eq!(

@@ -25,6 +25,23 @@ pub struct SwitchBenchArgs {
     /// The reference switch.
     #[arg(long, default_value = "vde_switch")]
     pub vde_switch: String,
+    /// Folder for the switch directories and the `--pcap` file, like `umltest
+    /// run --out` (default: a fresh folder in the system temp dir, as `umltest
+    /// run` uses for its run folders; removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// What kind of filesystem holds `dir`, for the report (a pcap on tmpfs only
+/// costs memory copies; on a disk-backed one it also costs page-cache
+/// allocation and writeback).
+fn fs_kind(dir: &std::path::Path) -> String {
+    use nix::sys::statfs::{statfs, TMPFS_MAGIC};
+    match statfs(dir) {
+        Ok(s) if s.filesystem_type() == TMPFS_MAGIC => "tmpfs".into(),
+        Ok(s) => format!("disk-backed, statfs type {:#x}", s.filesystem_type().0),
+        Err(e) => format!("unknown: {e}"),
+    }
 }
 
 /// Runs `umltest bench switch`.
@@ -59,10 +76,19 @@ pub fn run(args: SwitchBenchArgs) -> anyhow::Result<ExitCode> {
             pcap: true,
         },
     ];
-    let work = tempfile::Builder::new()
-        .prefix("utbench")
-        .tempdir_in("/tmp")
-        .context("temp dir")?;
+    let work = match &args.out {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            tempfile::Builder::new().prefix("bench-switch").tempdir_in(d)
+        }
+        None => tempfile::Builder::new().prefix("umltest-").tempdir(),
+    }
+    .context("creating the bench folder")?;
+    println!(
+        "--pcap writes {} ({})",
+        work.path().join("sw.pcap").display(),
+        fs_kind(work.path())
+    );
     println!(
         "{:>5} {:>5}  {:<16} {:>12} {:>8} {:>7}   ({} alternating runs of {} s, medians)",
         "frame", "ports", "switch", "frames/s", "loss", "ratio", args.runs, args.seconds

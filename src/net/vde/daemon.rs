@@ -25,10 +25,11 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
+use super::capture::PcapSink;
 use super::console::{Action, Console, ConsoleInfo, Names, SystemNames, BANNER, PROMPT};
 use super::proto::{encode_reply, Request, RequestKind, MAX_REQUEST_LEN};
 use crate::net::switch::{Delivery, EndpointId, Learned, PortRequest, Switch, SwitchConfig};
-use crate::net::wire::{trace_line, MacAddr, PcapWriter};
+use crate::net::wire::{trace_line, MacAddr};
 
 /// Frames per `recvmmsg`/`sendmmsg` batch.
 pub const BATCH: usize = 64;
@@ -224,7 +225,7 @@ pub struct Daemon {
     info: ConsoleInfo,
     log: LogTarget,
     start: Instant,
-    pcap: Option<PcapWriter<BufWriter<fs::File>>>,
+    pcap: Option<PcapSink>,
     trace: Option<BufWriter<fs::File>>,
     trace_seq: u64,
     shutdown: bool,
@@ -352,13 +353,7 @@ impl Daemon {
         };
         let pcap = match &config.pcap {
             None => None,
-            Some(p) => {
-                let f = fs::File::create(p).map_err(io_err("cannot create pcap file", p))?;
-                Some(
-                    PcapWriter::new(BufWriter::with_capacity(1 << 16, f))
-                        .map_err(io_err("cannot write pcap file", p))?,
-                )
-            }
+            Some(p) => Some(PcapSink::create(p).map_err(io_err("cannot create pcap file", p))?),
         };
         let trace = match &config.trace {
             None => None,
@@ -830,6 +825,14 @@ impl Daemon {
         }
         let now = self.start.elapsed();
         let capture = self.pcap.is_some() || self.trace.is_some();
+        // One wall-clock reading per batch: its frames arrived together.
+        let wall = if self.pcap.is_some() {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+        } else {
+            Duration::ZERO
+        };
         b.sends.clear();
         for i in 0..got as usize {
             let real = b.recv_hdr.get(i).map(|h| h.msg_len as usize).unwrap_or(0);
@@ -855,7 +858,7 @@ impl Daemon {
                 }
             }
             if capture {
-                self.capture(in_port, &b.out_ports, frame, now);
+                self.capture(in_port, &b.out_ports, frame, now, wall);
             }
             if let Delivery::Dropped(_) = outcome.delivery {
                 continue;
@@ -991,12 +994,9 @@ impl Daemon {
         ));
     }
 
-    fn capture(&mut self, in_port: u16, out: &[u16], frame: &[u8], now: Duration) {
+    fn capture(&mut self, in_port: u16, out: &[u16], frame: &[u8], now: Duration, wall: Duration) {
         if let Some(p) = &mut self.pcap {
-            let wall = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            if let Err(e) = p.write_frame(wall, frame) {
+            if let Err(e) = p.record(wall, frame) {
                 self.pcap = None;
                 self.log(&format!("pcap write failed, capture stopped: {e}"));
             }
@@ -1013,7 +1013,10 @@ impl Daemon {
 
     fn flush_capture(&mut self) {
         if let Some(p) = &mut self.pcap {
-            let _ = p.flush();
+            if let Err(e) = p.flush() {
+                self.pcap = None;
+                self.log(&format!("pcap write failed, capture stopped: {e}"));
+            }
         }
         if let Some(t) = &mut self.trace {
             let _ = t.flush();
@@ -1137,6 +1140,11 @@ impl Daemon {
 
     fn cleanup(&mut self) {
         self.flush_capture();
+        if let Some(p) = self.pcap.take() {
+            if let Err(e) = p.finish() {
+                self.log(&format!("pcap write failed: {e}"));
+            }
+        }
         for s in self.mgmt.values_mut() {
             let _ = s.write_all(super::console::END_OF_SESSION.as_bytes());
         }

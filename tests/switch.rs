@@ -629,6 +629,37 @@ fn bad_input_is_logged_and_the_switch_keeps_serving() {
 }
 
 #[test]
+fn a_client_that_never_reads_does_not_stall_the_others() {
+    let tmp = util::tempdir();
+    let dir = tmp.path().join("sw");
+    let sw = SwitchProc::ours(&dir, &[]);
+    let a = VdeClient::connect(&dir, 0, "sender").expect("a");
+    let b = VdeClient::connect(&dir, 0, "reader").expect("b");
+    let _stuck = VdeClient::connect(&dir, 0, "never reads").expect("stuck");
+    // Broadcasts in lock step with the reader: the stuck client's queue fills
+    // after a few frames. Waiting for it on every frame (10 ms each) would
+    // take 30 s; the switch waits once, then drops to it for a second, so the
+    // reader gets every frame well within the bound.
+    let started = Instant::now();
+    let mut buf = [0u8; 2048];
+    for i in 0..3000u32 {
+        let mut f = eth_frame(MacAddr::BROADCAST, mac("fe:fd:00:00:00:0a"), 0x88b5, 60);
+        f[14..18].copy_from_slice(&i.to_be_bytes());
+        a.send(&f).expect("send");
+        let n = b
+            .recv(&mut buf, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("frame {i}: {e}\n{}", sw.dump()));
+        assert_eq!(buf[..n], f[..], "frame {i}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "3000 frames took {:?}: the stuck client stalled the switch\n{}",
+        started.elapsed(),
+        sw.dump()
+    );
+}
+
+#[test]
 fn stale_dir_reused_only_when_nobody_listens() {
     let tmp = util::tempdir();
     let dir = tmp.path().join("sw");

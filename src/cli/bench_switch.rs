@@ -79,7 +79,9 @@ pub fn run(args: SwitchBenchArgs) -> anyhow::Result<ExitCode> {
     let work = match &args.out {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            tempfile::Builder::new().prefix("bench-switch").tempdir_in(d)
+            tempfile::Builder::new()
+                .prefix("bench-switch")
+                .tempdir_in(d)
         }
         None => tempfile::Builder::new().prefix("umltest-").tempdir(),
     }

@@ -29,6 +29,9 @@ pub const CHUNK: usize = 1 << 20;
 /// the forwarding thread waits.
 pub const CHUNKS: usize = 8;
 
+/// Niceness of the writer thread (see [`PcapSink::start`]).
+pub const WRITER_NICE: libc::c_int = 10;
+
 /// The first write error of the writer thread.
 #[derive(Default)]
 struct Failure {
@@ -97,6 +100,18 @@ impl PcapSink {
         let thread = std::thread::Builder::new()
             .name("pcap-writer".into())
             .spawn(move || {
+                // Below the forwarding thread and the clients: the copy into the
+                // page cache takes the CPU they leave, and when it falls behind
+                // back-pressure slows forwarding instead of the clients'
+                // readers starving (which would turn into drops).
+                // SAFETY: setpriority on this thread's own id; no memory involved.
+                unsafe {
+                    libc::setpriority(
+                        libc::PRIO_PROCESS,
+                        libc::gettid() as libc::id_t,
+                        WRITER_NICE,
+                    )
+                };
                 for mut buf in full_rx {
                     if !failure.failed.load(Ordering::Relaxed) {
                         if let Err(e) = file.write_all(&buf) {

@@ -37,8 +37,14 @@ pub const BATCH: usize = 64;
 pub const MAX_FRAME: usize = 1518;
 /// Shortest frame the switch accepts (an Ethernet header).
 pub const MIN_FRAME: usize = 14;
-/// How long a send waits for a full client socket before dropping.
-pub const CONGESTION_WAIT_MS: i32 = 2;
+/// How long a send waits for a full client socket before dropping: about one
+/// scheduler time slice on a busy host, so a reader that was merely
+/// descheduled loses nothing.
+pub const CONGESTION_WAIT_MS: i32 = 10;
+/// After a wait ran out, frames to that client are dropped without waiting
+/// for this long, so a slow or stuck reader costs the other ports at most
+/// one wait per period (1%).
+pub const CONGESTION_HOLDOFF: Duration = Duration::from_secs(1);
 
 /// Waits up to `ms` for `fd` to become writable.
 fn wait_writable(fd: RawFd, ms: i32) -> bool {
@@ -159,8 +165,9 @@ struct Endpoint {
     warned_short: bool,
     warned_long: bool,
     warned_send: bool,
-    /// Its socket stayed full for [`CONGESTION_WAIT_MS`]: drop to it without waiting.
-    congested: bool,
+    /// Its socket stayed full for [`CONGESTION_WAIT_MS`] at this time (since
+    /// start): until [`CONGESTION_HOLDOFF`] later, drop to it without waiting.
+    congested_at: Option<Duration>,
 }
 
 enum Conn {
@@ -743,7 +750,7 @@ impl Daemon {
                 warned_short: false,
                 warned_long: false,
                 warned_send: false,
-                congested: false,
+                congested_at: None,
             },
         );
         Ok(port)
@@ -960,19 +967,22 @@ impl Daemon {
                     // The client's queue is full. vde_switch drops right away; we
                     // give a reader that is merely behind a moment (back-pressure
                     // instead of loss), but a client that stays full is marked
-                    // congested and then dropped to without waiting, so it cannot
-                    // stall the other ports.
-                    let congested = self.endpoints.get(&id).is_none_or(|e| e.congested);
-                    if !congested && wait_writable(fd, CONGESTION_WAIT_MS) {
+                    // congested and then dropped to without waiting for a
+                    // while, so it cannot stall the other ports.
+                    let now = self.start.elapsed();
+                    let patient = self.endpoints.get(&id).is_some_and(|e| {
+                        e.congested_at
+                            .is_none_or(|t| now.saturating_sub(t) >= CONGESTION_HOLDOFF)
+                    });
+                    if patient && wait_writable(fd, CONGESTION_WAIT_MS) {
                         continue;
                     }
                     if let Some(e) = self.endpoints.get_mut(&id) {
-                        e.congested = true;
+                        if patient {
+                            e.congested_at = Some(now);
+                        }
                     }
                     break;
-                }
-                if let Some(e) = self.endpoints.get_mut(&id) {
-                    e.congested = false;
                 }
                 sent += r as usize;
             }

@@ -37,16 +37,17 @@ pub const BATCH: usize = 64;
 pub const MAX_FRAME: usize = 1518;
 /// Shortest frame the switch accepts (an Ethernet header).
 pub const MIN_FRAME: usize = 14;
-/// How long a send waits for a full client socket before dropping: about one
-/// scheduler time slice on a busy host, so a reader that was merely
+/// The longest a send waits for a full client socket before dropping: about
+/// one scheduler time slice on a busy host, so a reader that was merely
 /// descheduled loses nothing.
-pub const CONGESTION_WAIT_MS: i32 = 10;
-/// After a wait ran out, frames to that client are dropped without waiting
-/// for this long, so a slow or stuck reader costs the other ports at most
-/// one wait per period (1%).
-pub const CONGESTION_HOLDOFF: Duration = Duration::from_secs(1);
+pub const CONGESTION_WAIT: Duration = Duration::from_millis(10);
+/// Each client's waiting budget refills at this fraction of real time (and
+/// holds at most [`CONGESTION_WAIT`]): a slow or stuck reader can hold up the
+/// other ports for at most 1% of the time; beyond that, frames to it are
+/// dropped right away, as vde_switch always does.
+pub const CONGESTION_BUDGET_PER_SEC: Duration = Duration::from_millis(10);
 
-/// Waits up to `ms` for `fd` to become writable.
+/// Waits up to `ms` milliseconds for `fd` to become writable.
 fn wait_writable(fd: RawFd, ms: i32) -> bool {
     let mut p = libc::pollfd {
         fd,
@@ -165,9 +166,10 @@ struct Endpoint {
     warned_short: bool,
     warned_long: bool,
     warned_send: bool,
-    /// Its socket stayed full for [`CONGESTION_WAIT_MS`] at this time (since
-    /// start): until [`CONGESTION_HOLDOFF`] later, drop to it without waiting.
-    congested_at: Option<Duration>,
+    /// How long sends may still wait for its full socket, as of `budget_at`
+    /// (time since start); see [`CONGESTION_BUDGET_PER_SEC`].
+    wait_budget: Duration,
+    budget_at: Duration,
 }
 
 enum Conn {
@@ -750,7 +752,8 @@ impl Daemon {
                 warned_short: false,
                 warned_long: false,
                 warned_send: false,
-                congested_at: None,
+                wait_budget: CONGESTION_WAIT,
+                budget_at: now,
             },
         );
         Ok(port)
@@ -966,21 +969,10 @@ impl Daemon {
                     }
                     // The client's queue is full. vde_switch drops right away; we
                     // give a reader that is merely behind a moment (back-pressure
-                    // instead of loss), but a client that stays full is marked
-                    // congested and then dropped to without waiting for a
-                    // while, so it cannot stall the other ports.
-                    let now = self.start.elapsed();
-                    let patient = self.endpoints.get(&id).is_some_and(|e| {
-                        e.congested_at
-                            .is_none_or(|t| now.saturating_sub(t) >= CONGESTION_HOLDOFF)
-                    });
-                    if patient && wait_writable(fd, CONGESTION_WAIT_MS) {
+                    // instead of loss), within a budget so that a slow or stuck
+                    // client cannot stall the other ports.
+                    if self.wait_for_room(id, fd) {
                         continue;
-                    }
-                    if let Some(e) = self.endpoints.get_mut(&id) {
-                        if patient {
-                            e.congested_at = Some(now);
-                        }
                     }
                     break;
                 }
@@ -989,6 +981,30 @@ impl Daemon {
             start = end;
         }
         b.sends.clear();
+    }
+
+    /// Waits for room on endpoint `id`'s full socket within its budget; true
+    /// if there is room.
+    fn wait_for_room(&mut self, id: EndpointId, fd: RawFd) -> bool {
+        let now = self.start.elapsed();
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return false;
+        };
+        let refill = now.saturating_sub(ep.budget_at).as_secs_f64()
+            * CONGESTION_BUDGET_PER_SEC.as_secs_f64();
+        ep.wait_budget = (ep.wait_budget + Duration::from_secs_f64(refill)).min(CONGESTION_WAIT);
+        ep.budget_at = now;
+        let ms = ep.wait_budget.as_millis() as i32;
+        if ms < 1 {
+            return false;
+        }
+        let room = wait_writable(fd, ms);
+        let after = self.start.elapsed();
+        if let Some(ep) = self.endpoints.get_mut(&id) {
+            ep.wait_budget = ep.wait_budget.saturating_sub(after.saturating_sub(now));
+            ep.budget_at = after;
+        }
+        room
     }
 
     fn warn_send(&mut self, id: EndpointId, e: &io::Error) {

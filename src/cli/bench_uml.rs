@@ -4,8 +4,10 @@
 //! versus the same two `linux.uml` boots started by hand: the same image, COW
 //! disks, command lines and in-process switch, each machine's commands piped to
 //! its console shell at once as a script (`timeout -s INT` where the lab has a
-//! step timeout, `sleep`s on h2 where the lab orders it after h1's steps),
-//! ending in `poweroff -f`. Reported: medians and the ratio harness/by hand.
+//! step timeout, the lab's own sleeps and wait timeouts, `sleep`s on h2 where the
+//! lab orders it after h1's steps), ending in `poweroff -f`; both machines start
+//! together. Reported: medians and the ratio harness/by hand, with the host's
+//! load average (`/proc/loadavg`) before and after, since the host is shared.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,11 +33,14 @@ pub struct BenchUmlArgs {
     scenario: PathBuf,
 }
 
-/// h1's part of the arping lab, as a script (same commands, same timeouts; the
-/// full path under `timeout`, which would otherwise exec busybox's own applet).
+/// h1's part of the arping lab, as a script: the same commands with the same
+/// timeouts, and the lab's waits where h1 has to wait (the 1 s `sleep` step after
+/// the capture starts, the 1 s `wait_job` timeout before the halt). The full
+/// path under `timeout`, which would otherwise exec busybox's own applet.
 const H1_SCRIPT: &str = "arping -0 -B -i eth0 -c 1
 ip link set eth0 up
-timeout -s INT 3.5 /usr/sbin/arping -0 -B -i eth0
+sleep 1
+timeout -s INT 3.8 /usr/sbin/arping -0 -B -i eth0
 arping -0 -i eth0 -c 2 1.1.1.1
 arping -0 -i eth0 -c 2 1.1.1.1
 arping -0i eth0 -c1 1.1.1.1
@@ -44,13 +49,15 @@ sync
 poweroff -f
 ";
 
-/// h2's part: up, capture in the background, the address once h1's first
-/// `-c 2` probe is over, the capture stopped after h1's last probe.
+/// h2's part: up, the capture in the background, the address once h1's first
+/// `-c 2` probe is over (1 s + 3.8 s + 2 s after the capture starts), the capture
+/// stopped after h1's last probe and the lab's 1 s `wait_job` timeout (2 s + 1 s
+/// + 1 s later). By hand, fixed sleeps stand in for the harness's ordering.
 const H2_SCRIPT: &str = "ip link set eth0 up
 tcpdump -i eth0 -n -e arp >/tmp/capture 2>&1 &
-sleep 6
+sleep 6.9
 ip addr add 1.1.1.1/24 dev eth0
-sleep 4
+sleep 4.1
 kill -INT %1
 ip neigh
 sync
@@ -68,18 +75,30 @@ pub fn run(args: BenchUmlArgs) -> anyhow::Result<ExitCode> {
     image::build(&spec, &base)?;
     let mut harness = Vec::new();
     let mut by_hand = Vec::new();
+    let load_before = loadavg();
     for i in 0..args.runs.max(1) {
-        let dir = work.path().join(format!("h{i}"));
-        let started = Instant::now();
-        let mut backend = crate::uml::backend::UmlBackend::new();
-        let result = engine::run(&plan, &mut backend, &dir, plan.seed)?;
-        drop(backend);
-        harness.push(started.elapsed());
-        if let Some(f) = result.failures.first() {
-            eprintln!("umltest: warning: harness run {i}: {f}");
-        }
+        // Alternate which side goes first, so a change in the host's load
+        // weighs on both.
+        let run_harness = |harness: &mut Vec<Duration>| -> anyhow::Result<()> {
+            let dir = work.path().join(format!("h{i}"));
+            let started = Instant::now();
+            let mut backend = crate::uml::backend::UmlBackend::new();
+            let result = engine::run(&plan, &mut backend, &dir, plan.seed)?;
+            drop(backend);
+            harness.push(started.elapsed());
+            if let Some(f) = result.failures.first() {
+                eprintln!("umltest: warning: harness run {i}: {f}");
+            }
+            Ok(())
+        };
         let dir = work.path().join(format!("r{i}"));
-        by_hand.push(hand_run(&linux, &base, &dir)?);
+        if i % 2 == 0 {
+            run_harness(&mut harness)?;
+            by_hand.push(hand_run(&linux, &base, &dir)?);
+        } else {
+            by_hand.push(hand_run(&linux, &base, &dir)?);
+            run_harness(&mut harness)?;
+        }
         eprintln!(
             "run {}: harness {:.2}s, by hand {:.2}s",
             i + 1,
@@ -89,8 +108,9 @@ pub fn run(args: BenchUmlArgs) -> anyhow::Result<ExitCode> {
     }
     let (h, r) = (median(harness), median(by_hand));
     println!(
-        "arping lab, two machines, median of {} runs:",
-        args.runs.max(1)
+        "arping lab, two machines, median of {} runs (load average before: {load_before}, after: {}):",
+        args.runs.max(1),
+        loadavg()
     );
     println!("  umltest run --backend uml   {:.2}s", h.as_secs_f64());
     println!("  linux.uml by hand (script)  {:.2}s", r.as_secs_f64());
@@ -99,6 +119,14 @@ pub fn run(args: BenchUmlArgs) -> anyhow::Result<ExitCode> {
         h.as_secs_f64() / r.as_secs_f64().max(1e-9)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The host's 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -43,6 +43,8 @@ struct SwitchRun {
     pcap: PathBuf,
     trace: PathBuf,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// Port as the daemon numbered it → port as the sim numbers it (see `boot`).
+    relabel: BTreeMap<u32, u32>,
 }
 
 /// How a protocol exchange appears in the console artifact.
@@ -79,6 +81,38 @@ pub struct UmlBackend {
     capture: Option<Vec<u16>>,
     /// Problems found while stopping (e.g. a machine that had to be killed).
     notes: Vec<String>,
+    phases: PhaseLog,
+}
+
+/// `UMLTEST_PHASES=1`: each backend call's start (since the backend was made)
+/// and wall time on stderr, to see where a run spends its time (`bench uml`).
+struct PhaseLog {
+    epoch: std::time::Instant,
+    on: bool,
+}
+
+impl Default for PhaseLog {
+    fn default() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            on: std::env::var_os("UMLTEST_PHASES").is_some_and(|v| !v.is_empty() && v != "0"),
+        }
+    }
+}
+
+impl PhaseLog {
+    fn start(&self) -> std::time::Instant {
+        std::time::Instant::now()
+    }
+    fn done(&self, started: std::time::Instant, what: std::fmt::Arguments) {
+        if self.on {
+            eprintln!(
+                "umltest phase: at {:7.3}s took {:6.3}s  {what}",
+                (started - self.epoch).as_secs_f64(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
 
 impl UmlBackend {
@@ -119,6 +153,46 @@ impl UmlBackend {
             }
             if let Some(t) = sw.thread.take() {
                 let _ = t.join();
+            }
+        }
+    }
+
+    /// The switch daemon hands out ports in connection order, and machines that
+    /// boot together connect in any order. The sim numbers them in boot-list order
+    /// (each machine's NICs in turn), so the ports this boot step added are
+    /// renumbered that way in the traces: the same set of port numbers, assigned by
+    /// (place in the boot list, daemon's order). A port's machine is the process
+    /// group of its endpoint (`vde_plug`, started by the machine, in its group).
+    fn number_ports_by_boot_list(&mut self, machines: &[String]) {
+        let groups: Vec<i32> = machines
+            .iter()
+            .map(|n| self.machines.get(n).map_or(-1, |m| m.pid() as i32))
+            .collect();
+        for sw in &mut self.switches {
+            let Ok(endpoints) = endpoint_pids(&sw.mgmt) else {
+                continue;
+            };
+            let mut new: Vec<(usize, u32)> = endpoints
+                .into_iter()
+                .filter(|(port, _)| !sw.relabel.contains_key(port))
+                .map(|(port, pid)| {
+                    let place = process_group(pid)
+                        .and_then(|g| groups.iter().position(|&m| m == g))
+                        .unwrap_or(usize::MAX);
+                    (place, port)
+                })
+                .collect();
+            let mut slots: Vec<u32> = new.iter().map(|&(_, p)| p).collect();
+            slots.sort_unstable();
+            new.sort_unstable();
+            for ((_, port), slot) in new.into_iter().zip(slots) {
+                sw.relabel.insert(port, slot);
+            }
+            if self.phases.on {
+                eprintln!(
+                    "umltest phase: switch {} ports (daemon -> trace): {:?}",
+                    sw.name, sw.relabel
+                );
             }
         }
     }
@@ -199,6 +273,61 @@ fn uses_vde(argv: &[String]) -> bool {
     vde_nics(argv) > 0
 }
 
+/// Each connected port of a switch and the pid its endpoint announced
+/// (`... pid=N` at the end of the description), from the management console's
+/// `port/allprint`.
+fn endpoint_pids(mgmt: &Path) -> std::io::Result<Vec<(u32, u32)>> {
+    use std::io::Read;
+    let mut s = UnixStream::connect(mgmt)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"port/allprint\n")?;
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    // The reply ends with its result line (`1000 Success`, or an error code).
+    while !text.lines().any(|l| {
+        l.len() >= 5
+            && l.as_bytes()[4] == b' '
+            && l[..4].bytes().all(|b| b.is_ascii_digit())
+            && !l.starts_with("0000")
+    }) {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(buf.get(..n).unwrap_or_default()));
+    }
+    Ok(parse_allprint(&text))
+}
+
+/// `Port 0001 ...` then `  -- endpoint ID 0003 module unix prog   : descr pid=N`.
+pub fn parse_allprint(text: &str) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    let mut port = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("Port ") {
+            port = rest.split(' ').next().and_then(|n| n.parse::<u32>().ok());
+        } else if line.trim_start().starts_with("-- endpoint ID") {
+            let pid = line
+                .rsplit(' ')
+                .next()
+                .and_then(|w| w.strip_prefix("pid="))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let (Some(port), Some(pid)) = (port, pid) {
+                out.push((port, pid));
+            }
+        }
+    }
+    out
+}
+
+/// The process group of `pid` (`/proc/<pid>/stat`, the field after the state).
+fn process_group(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the last `)`.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// Printed by linux.uml once a vde NIC is connected to its switch (at boot).
 const VDE_CONNECTED: &str = "vde backend - connection opened";
 
@@ -216,9 +345,13 @@ impl Backend for UmlBackend {
                 source: std::io::Error::other("only image = \"default\" is known"),
             });
         }
+        let t = self.phases.start();
         let mut spec = ImageSpec::default_with(&[]);
         spec.size = size;
-        image::build(&spec, path).map_err(|e| match e {
+        let built = image::build(&spec, path);
+        self.phases
+            .done(t, format_args!("root image {}", path.display()));
+        built.map_err(|e| match e {
             image::ImageError::MissingTool(m) => BackendError::Unavailable {
                 what: format!("{} not found", m.program),
                 package: m.package.to_string(),
@@ -266,6 +399,7 @@ impl Backend for UmlBackend {
                 pcap: private.join(format!("{}.pcap", sw.name)),
                 trace: private.join(format!("{}.trace", sw.name)),
                 thread: None,
+                relabel: BTreeMap::new(),
             };
             config.mgmt = Some(run.mgmt.clone());
             config.pcap = Some(run.pcap.clone());
@@ -294,8 +428,9 @@ impl Backend for UmlBackend {
             source: std::io::Error::other("start() was not called"),
         })?;
         let linux = self.linux.clone().unwrap_or_default();
-        // Start all first (they boot in parallel), from this thread: the
+        // Start all at once (they boot in parallel), from this thread: the
         // parent-death signal is tied to the thread that spawns.
+        let mut nics = Vec::new();
         for name in machines {
             let spec = lab
                 .machines
@@ -308,32 +443,40 @@ impl Backend for UmlBackend {
                 cwd: lab.run_dir.clone(),
                 argv: spec.argv.clone(),
             };
-            let mut m = Machine::start(&config).map_err(machine_error)?;
-            // Switch ports are handed out in connection order: let each machine
-            // connect its vde NICs before the next one starts, so that port numbers
-            // follow the boot list as on the sim. The rest of the boot overlaps.
-            let nics = vde_nics(&spec.argv);
-            if nics > 0 {
-                m.wait_console_count(VDE_CONNECTED, nics, timeout);
-            }
+            let t = self.phases.start();
+            let m = Machine::start(&config).map_err(machine_error)?;
+            self.phases.done(t, format_args!("boot {name}: started"));
+            nics.push(vde_nics(&spec.argv));
             self.machines.insert(name.clone(), m);
         }
         let deadline = std::time::Instant::now() + timeout;
-        for name in machines {
+        for (name, &nics) in machines.iter().zip(&nics) {
+            let t = self.phases.start();
             let m = self.machine(name)?;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if nics > 0 {
+                m.wait_console_count(VDE_CONNECTED, nics, left);
+            }
             let own_init = super::args::first_value(m.argv(), "init=")
                 .is_some_and(|init| init != super::image::INIT_PATH);
             if own_init {
                 continue;
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match m.wait_ready(left) {
+            let ready = m.wait_ready(left);
+            self.phases
+                .done(t, format_args!("boot {name}: NICs connected, shell ready"));
+            let m = self.machine(name)?;
+            match ready {
                 Ok(()) => {}
                 // Exited during boot (e.g. a panic): the console tells why; commands
                 // on it will fail with that text.
                 Err(_) if m.status().is_some() => {}
                 Err(e) => return Err(machine_error(e)),
             }
+        }
+        if nics.iter().any(|&n| n > 0) {
+            self.number_ports_by_boot_list(machines);
         }
         Ok(())
     }
@@ -345,9 +488,14 @@ impl Backend for UmlBackend {
         timeout: Duration,
     ) -> Result<CommandOutcome, BackendError> {
         self.record(machine, Shown::Command(command.to_string()));
-        self.machine(machine)?
+        let t = self.phases.start();
+        let out = self
+            .machine(machine)?
             .run(command, timeout)
-            .map_err(machine_error)
+            .map_err(machine_error);
+        self.phases
+            .done(t, format_args!("run on {machine}: {command}"));
+        out
     }
 
     fn spawn(&mut self, machine: &str, command: &str) -> Result<JobId, BackendError> {
@@ -367,6 +515,7 @@ impl Backend for UmlBackend {
                 .collect::<String>()
         );
         self.record(machine, Shown::CommandLine(command.to_string()));
+        let t = self.phases.start();
         let out = self
             .machine(machine)?
             .run(&wrapped, Duration::from_secs(10))
@@ -393,10 +542,15 @@ impl Backend for UmlBackend {
             "i=0; while [ ! -s {out_file}.out ] && [ ! -e {out_file}.rc ] && [ $i -lt {n} ]; do usleep 50000; i=$((i+1)); done",
             n = JOB_SETTLE.as_millis() / 50
         );
+        self.phases
+            .done(t, format_args!("spawn on {machine}: {command}"));
+        let t = self.phases.start();
         self.record(machine, Shown::Hidden);
         self.machine(machine)?
             .run(&settle, JOB_SETTLE + Duration::from_secs(10))
             .map_err(machine_error)?;
+        self.phases
+            .done(t, format_args!("spawn on {machine}: settle"));
         self.jobs.insert(
             id,
             Job {
@@ -421,6 +575,7 @@ impl Backend for UmlBackend {
                 last_lines: String::new(),
             });
         };
+        let t = self.phases.start();
         self.record(&j.machine, Shown::Hidden);
         let m = self.machine(&j.machine)?;
         let (pid, f) = (j.pid, &j.out_file);
@@ -462,6 +617,8 @@ impl Backend for UmlBackend {
                 Duration::from_secs(10),
             )
             .map_err(machine_error)?;
+        self.phases
+            .done(t, format_args!("wait_job on {}", j.machine));
         Ok(CommandOutcome {
             output: out.output,
             exit_code,
@@ -494,7 +651,9 @@ impl Backend for UmlBackend {
     }
 
     fn sleep(&mut self, duration: Duration) -> Result<(), BackendError> {
+        let t = self.phases.start();
         std::thread::sleep(duration);
+        self.phases.done(t, format_args!("sleep {duration:?}"));
         Ok(())
     }
 
@@ -505,10 +664,12 @@ impl Backend for UmlBackend {
             self.machine(name)?.request_halt();
         }
         for name in machines {
+            let t = self.phases.start();
             let m = self.machine(name)?;
             if m.halt(timeout.max(HALT_TIMEOUT)) == HaltedBy::Killed {
                 killed.push(name.clone());
             }
+            self.phases.done(t, format_args!("halt {name}"));
         }
         if killed.is_empty() {
             return Ok(());
@@ -526,6 +687,7 @@ impl Backend for UmlBackend {
     }
 
     fn finish(&mut self) -> Result<BackendArtifacts, BackendError> {
+        let t = self.phases.start();
         let run_dir = self.run_dir();
         for m in self.machines.values_mut() {
             m.request_halt();
@@ -558,8 +720,19 @@ impl Backend for UmlBackend {
                     .collect(),
                 None => records,
             };
+            let relabel = |p: u32| sw.relabel.get(&p).copied().unwrap_or(p);
+            let records = records
+                .into_iter()
+                .map(|mut r| {
+                    r.in_port = relabel(r.in_port);
+                    r.out_ports = r.out_ports.into_iter().map(relabel).collect();
+                    r.out_ports.sort_unstable();
+                    r
+                })
+                .collect();
             artifacts.traces.insert(sw.name.clone(), records);
         }
+        self.phases.done(t, format_args!("finish"));
         run_dir?;
         if !self.notes.is_empty() {
             return Err(BackendError::Machine {
@@ -755,6 +928,16 @@ mod tests {
     }
 
     #[test]
+    fn allprint_gives_ports_and_endpoint_pids() {
+        let text = "0000 DATA END WITH '.'\nPort 0001 untagged_vlan=0000 ACTIVE - Unnamed Allocatable\n Current User: root Access Control: (User: NONE - Group: NONE)\n IN:  pkts          0          bytes                    0\n  -- endpoint ID 0003 module unix prog   : UML vde_transport user=root pid=31870\nPort 0002 untagged_vlan=0000 ACTIVE\n  -- endpoint ID 0007 module unix prog   : no endpoint description\nPort 0005 x\n  -- endpoint ID 0009 module unix prog   : d pid=12\n.\n1000 Success\n";
+        assert_eq!(parse_allprint(text), vec![(1, 31870), (5, 12)]);
+        assert_eq!(
+            process_group(std::process::id()),
+            Some(nix::unistd::getpgrp().as_raw())
+        );
+    }
+
+    #[test]
     fn vde_nics_are_recognised() {
         let w = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         assert!(uses_vde(&w("mem=64M eth0=vde,sw1")));
@@ -768,6 +951,7 @@ mod tests {
             let _ = parse_pcap(&bytes);
             let _ = parse_trace_head(&line);
             let _ = transcript(&bytes, &[]);
+            let _ = parse_allprint(&line);
         }
     }
 }

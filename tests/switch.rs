@@ -659,6 +659,159 @@ fn a_client_that_never_reads_does_not_stall_the_others() {
     );
 }
 
+/// A group to hand the sockets to: `daemon` (or `nogroup`) as root, else our
+/// own primary group (the only kind a non-root user may chown to for sure).
+fn socket_group() -> (String, u32) {
+    if nix::unistd::geteuid().is_root() {
+        for name in ["daemon", "nogroup", "bin"] {
+            if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
+                if g.gid.as_raw() != 0 {
+                    return (g.name, g.gid.as_raw());
+                }
+            }
+        }
+        panic!("no group daemon, nogroup or bin on this host");
+    }
+    let gid = nix::unistd::getegid();
+    let g = nix::unistd::Group::from_gid(gid)
+        .ok()
+        .flatten()
+        .expect("our primary group has a name");
+    (g.name, gid.as_raw())
+}
+
+/// (name, group id, mode bits) of the socket dir, its ctl socket, the data
+/// socket of one plugged-in client, and the management socket `DIR.mgmt` if any.
+fn group_and_modes(sw: &SwitchProc, dir: &Path) -> Vec<(String, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let c = VdeClient::connect(dir, 0, "g").unwrap_or_else(|e| panic!("{e}\n{}", sw.dump()));
+    let data_name = c.switch_data.file_name().expect("name").to_string_lossy();
+    // The data socket's name ends in the switch's fd number, which differs.
+    let data_name = data_name.split('.').next().expect("port").to_string() + ".*";
+    let mgmt = dir.with_extension("mgmt");
+    [
+        (".", dir.to_path_buf()),
+        ("ctl", dir.join("ctl")),
+        (&data_name, c.switch_data.clone()),
+        ("mgmt", mgmt.clone()),
+    ]
+    .into_iter()
+    .filter(|(name, _)| *name != "mgmt" || mgmt.exists())
+    .map(|(name, p)| {
+        let m = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        (name.to_string(), m.gid(), m.mode() & 0o7777)
+    })
+    .collect()
+}
+
+#[test]
+fn group_and_modes_of_the_sockets_like_vde_switch() {
+    let (group, gid) = socket_group();
+    let our_gid = nix::unistd::getegid().as_raw();
+    let root = nix::unistd::geteuid().is_root();
+    let tmp = util::tempdir();
+    let vde_switch = util::tool("vde_switch", "vde2");
+    // As root the data socket goes to the client socket's owner with only the
+    // user bits of MODE (datasock.c); otherwise it gets MODE.
+    let user_bits = |m: u32| if root { m & 0o700 } else { m };
+    let cases: Vec<(Vec<String>, Vec<(&str, u32, u32)>)> = vec![
+        (
+            vec!["-g".into(), group.clone(), "-m".into(), "660".into()],
+            vec![
+                (".", gid, 0o2770),
+                ("ctl", gid, 0o660),
+                ("001.*", gid, user_bits(0o660)),
+            ],
+        ),
+        (
+            vec!["--dirmode".into(), "2750".into()],
+            vec![
+                (".", our_gid, 0o2750),
+                ("ctl", our_gid, 0o640),
+                ("001.*", our_gid, user_bits(0o640)),
+            ],
+        ),
+        (
+            vec!["-m".into(), "640".into(), "--dirmode".into(), "2711".into()],
+            vec![
+                (".", our_gid, 0o2711),
+                ("ctl", our_gid, 0o640),
+                ("001.*", our_gid, user_bits(0o640)),
+            ],
+        ),
+        (
+            vec![
+                "--mgmtgroup".into(),
+                group.clone(),
+                "--mgmtmode".into(),
+                "660".into(),
+            ],
+            vec![
+                (".", our_gid, 0o2700),
+                ("ctl", our_gid, 0o600),
+                ("001.*", our_gid, user_bits(0o600)),
+                ("mgmt", gid, 0o660),
+            ],
+        ),
+    ];
+    for (n, (args, want)) in cases.iter().enumerate() {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let dir = tmp.path().join(format!("our{n}"));
+        let mgmt = dir.with_extension("mgmt");
+        if args.contains(&"--mgmtgroup") {
+            args.extend(["-M", mgmt.to_str().expect("utf-8")]);
+        }
+        let sw = SwitchProc::ours(&dir, &args);
+        let got = group_and_modes(&sw, &dir);
+        let want: Vec<(String, u32, u32)> = want
+            .iter()
+            .map(|&(n, g, m)| (n.to_string(), g, m))
+            .collect();
+        assert_eq!(got, want, "{args:?}\n{}", sw.dump());
+        let Some(vde_switch) = &vde_switch else {
+            continue;
+        };
+        let dir = tmp.path().join(format!("vde{n}"));
+        let mgmt = dir.with_extension("mgmt");
+        if let Some(m) = args.iter_mut().find(|a| a.ends_with(".mgmt")) {
+            *m = mgmt.to_str().expect("utf-8");
+        }
+        let theirs = SwitchProc::start(vde_switch, &dir, &args);
+        assert_eq!(
+            group_and_modes(&theirs, &dir),
+            got,
+            "vde_switch vs ours, {args:?}"
+        );
+    }
+    // An unknown group: a clear error, exit code 1, nothing created.
+    for opt in ["-g", "--mgmtgroup"] {
+        let args = ["-s", "bad", "-M", "bad.mgmt", opt, "no-such-group-umltest"];
+        let mut runs = vec![];
+        let run = util::umltest(tmp.path(), &[&["switch"][..], &args[..]].concat());
+        runs.push((run.code(), run.stderr()));
+        if let Some(vde_switch) = &vde_switch {
+            let real = Command::new(vde_switch)
+                .args(args)
+                .current_dir(tmp.path())
+                .stdin(Stdio::null())
+                .output()
+                .expect("run vde_switch");
+            runs.push((
+                real.status.code(),
+                String::from_utf8_lossy(&real.stderr).into_owned(),
+            ));
+        }
+        for (code, stderr) in runs {
+            assert_eq!(code, Some(1), "{opt}: {stderr}");
+            assert!(
+                stderr.contains("No such group 'no-such-group-umltest'"),
+                "{opt}: {stderr}"
+            );
+            assert!(!tmp.path().join("bad").exists() && !tmp.path().join("bad.mgmt").exists());
+        }
+    }
+}
+
 #[test]
 fn stale_dir_reused_only_when_nobody_listens() {
     let tmp = util::tempdir();

@@ -49,9 +49,16 @@ pub struct SwitchArgs {
     /// Mode of the control socket (octal); the directory gets matching x bits.
     #[arg(short = 'm', long = "mode", visible_alias = "mod", value_name = "MODE", value_parser = octal)]
     pub mode: Option<u32>,
+    /// Mode of the socket directory (octal); without -m the control socket
+    /// gets it minus the x bits.
+    #[arg(long = "dirmode", value_name = "MODE", value_parser = octal)]
+    pub dirmode: Option<u32>,
     /// Group owner of the directory and sockets.
     #[arg(short = 'g', long = "group", value_name = "GROUP")]
     pub group: Option<String>,
+    /// Group owner of the management socket.
+    #[arg(long = "mgmtgroup", value_name = "GROUP")]
+    pub mgmtgroup: Option<String>,
     /// MAC table buckets (a power of two).
     #[arg(long = "hashsize", value_name = "N", default_value_t = 128)]
     pub hashsize: u32,
@@ -77,13 +84,18 @@ pub fn run(args: SwitchArgs) -> anyhow::Result<ExitCode> {
             "/tmp/vde.ctl"
         })
     });
-    let group = match &args.group {
-        None => None,
-        Some(name) => match nix::unistd::Group::from_name(name) {
-            Ok(Some(g)) => Some(g.gid.as_raw()),
-            _ => bail!("No such group '{name}'"),
-        },
+    // vde_switch's wording; checked before anything is created.
+    let gid = |name: &Option<String>| -> anyhow::Result<Option<u32>> {
+        match name {
+            None => Ok(None),
+            Some(name) => match nix::unistd::Group::from_name(name) {
+                Ok(Some(g)) => Ok(Some(g.gid.as_raw())),
+                _ => bail!("No such group '{name}'"),
+            },
+        }
     };
+    let group = gid(&args.group)?;
+    let mgmt_group = gid(&args.mgmtgroup)?;
     let hash_size = args.hashsize.max(1);
     if !hash_size.is_power_of_two() {
         eprintln!(
@@ -101,9 +113,11 @@ pub fn run(args: SwitchArgs) -> anyhow::Result<ExitCode> {
             ..SwitchConfig::default()
         },
         mode: args.mode,
+        dirmode: args.dirmode,
         group,
         mgmt: opt_abs(&args.mgmt)?,
         mgmt_mode: args.mgmtmode.unwrap_or(0o600),
+        mgmt_group,
         rcfile: args.rcfile.clone(),
         pcap: opt_abs(&args.pcap)?,
         trace: opt_abs(&args.trace)?,

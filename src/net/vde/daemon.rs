@@ -103,13 +103,19 @@ pub struct DaemonConfig {
     /// `-s DIR`.
     pub dir: PathBuf,
     pub switch: SwitchConfig,
-    /// `-m MODE` (ctl socket mode; the directory mode is derived from it).
+    /// `-m MODE` (ctl socket mode; the directory mode is derived from it
+    /// unless `--dirmode` is given).
     pub mode: Option<u32>,
+    /// `--dirmode MODE` (directory mode; without `-m` the ctl socket gets it
+    /// minus the x bits).
+    pub dirmode: Option<u32>,
     /// `-g GROUP` as a gid.
     pub group: Option<u32>,
     /// `-M SOCK` and `--mgmtmode`.
     pub mgmt: Option<PathBuf>,
     pub mgmt_mode: u32,
+    /// `--mgmtgroup GROUP` as a gid.
+    pub mgmt_group: Option<u32>,
     /// `-f FILE` (else `~/.vde2/vde_switch.rc`, `/etc/vde2/vde_switch.rc` if present).
     pub rcfile: Option<PathBuf>,
     pub pcap: Option<PathBuf>,
@@ -128,9 +134,11 @@ impl DaemonConfig {
             dir: dir.into(),
             switch: SwitchConfig::default(),
             mode: None,
+            dirmode: None,
             group: None,
             mgmt: None,
             mgmt_mode: 0o600,
+            mgmt_group: None,
             rcfile: None,
             pcap: None,
             trace: None,
@@ -140,12 +148,19 @@ impl DaemonConfig {
     }
 
     fn ctl_mode(&self) -> u32 {
-        self.mode.unwrap_or(0o600)
+        match (self.mode, self.dirmode) {
+            (Some(m), _) => m,
+            (None, Some(d)) => d & 0o666,
+            (None, None) => 0o600,
+        }
     }
 
-    /// `02700` by default; with `-m`, `02000` plus `rwx` for every class that has
-    /// any of `rw` in MODE (datasock.c `ADDBIT`).
+    /// `--dirmode`, else `02700` by default; with `-m`, `02000` plus `rwx` for
+    /// every class that has any of `rw` in MODE (datasock.c `ADDBIT`).
     fn dir_mode(&self) -> u32 {
+        if let Some(d) = self.dirmode {
+            return d;
+        }
         match self.mode {
             None => 0o2700,
             Some(m) => {
@@ -357,6 +372,10 @@ impl Daemon {
                 l.set_nonblocking(true)
                     .map_err(io_err("set O_NONBLOCK on", path))?;
                 chmod(path, config.mgmt_mode).map_err(io_err("chmod", path))?;
+                if let Some(gid) = config.mgmt_group {
+                    nix::unistd::chown(path, None, Some(gid.into()))
+                        .map_err(|e| io_err("mgmt socket chown", path)(e.into()))?;
+                }
                 Some(l)
             }
         };
@@ -1289,6 +1308,13 @@ mod tests {
         assert_eq!(c.dir_mode(), 0o2777);
         c.mode = Some(0o600);
         assert_eq!(c.dir_mode(), 0o2700);
+        // --dirmode wins over -m's guess; alone it also sets the ctl mode.
+        c.dirmode = Some(0o2711);
+        c.mode = Some(0o640);
+        assert_eq!((c.ctl_mode(), c.dir_mode()), (0o640, 0o2711));
+        c.mode = None;
+        c.dirmode = Some(0o750);
+        assert_eq!((c.ctl_mode(), c.dir_mode()), (0o640, 0o750));
     }
 
     #[test]

@@ -714,7 +714,8 @@ fn group_and_modes_of_the_sockets_like_vde_switch() {
     // As root the data socket goes to the client socket's owner with only the
     // user bits of MODE (datasock.c); otherwise it gets MODE.
     let user_bits = |m: u32| if root { m & 0o700 } else { m };
-    let cases: Vec<(Vec<String>, Vec<(&str, u32, u32)>)> = vec![
+    type Case<'a> = (Vec<String>, Vec<(&'a str, u32, u32)>);
+    let cases: Vec<Case> = vec![
         (
             vec!["-g".into(), group.clone(), "-m".into(), "660".into()],
             vec![

@@ -7,7 +7,10 @@
 //! send (without the `\nvde$ ` prompt) plus an [`Action`] for the daemon
 //! (close the session, shut down, load a file, close an endpoint's sockets).
 //! Commands of vde_switch that this switch does not implement (VLAN creation,
-//! FSTP, plugins, debug subscriptions) answer `1038 Function not implemented`.
+//! tagged ports, FSTP, plugins, debug subscriptions) answer `1038 Function not
+//! implemented` once their arguments pass vde_switch's own checks (bad ones get
+//! its 1022/1006/1098 answers); the read-only VLAN and FSTP views answer for
+//! the one VLAN there is, as vde_switch does with FSTP off.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -165,7 +168,7 @@ const COMMANDS: &[(&str, &str, &str, Kind)] = &[
         "fstp/setfstp",
         "0/1",
         "Fast spanning tree protocol 1=ON 0=OFF",
-        Kind::Plain,
+        Kind::Data,
     ),
     (
         "fstp/setedge",
@@ -363,6 +366,16 @@ fn scan_ints(arg: &str, n: usize) -> Option<Vec<i64>> {
         .map_while(c_scan_i)
         .collect();
     (v.len() == n).then_some(v)
+}
+
+/// The optional VLAN argument of `vlan/print` and `fstp/print`: none, or one
+/// that reads as 0 (`atoi`), is VLAN 0; 1..4094 do not exist here.
+fn vlan_arg(arg: &str) -> Result<(), i32> {
+    match c_atoi(arg) {
+        0 => Ok(()),
+        v if v > 0 && v < 4095 => Err(libc::ENXIO),
+        _ => Err(libc::EINVAL),
+    }
 }
 
 fn errno_line(errno: i32) -> String {
@@ -647,16 +660,10 @@ impl Console<'_> {
                     }
                 }
             }
-            "vlan/print" | "vlan/allprint" => {
-                let all = path == "vlan/allprint";
-                if !arg.is_empty() && c_atoi(arg) != 0 {
-                    let v = c_atoi(arg);
-                    if (0..4095).contains(&v) {
-                        libc::ENXIO
-                    } else {
-                        libc::EINVAL
-                    }
-                } else {
+            "vlan/print" | "vlan/allprint" => match vlan_arg(arg) {
+                Err(e) => e,
+                Ok(()) => {
+                    let all = path == "vlan/allprint";
                     out.push_str("VLAN 0000\n");
                     for (n, p) in sw.ports() {
                         if all || p.is_active() {
@@ -674,15 +681,75 @@ impl Console<'_> {
                     }
                     0
                 }
-            }
-            "vlan/remove" => {
+            },
+            "fstp/print" => match vlan_arg(arg) {
+                Err(e) => e,
+                Ok(()) => {
+                    // FSTP off, one VLAN: this switch is its root and every
+                    // active port is designated (vde-2 fstp.c `fstprintactive`).
+                    out.push_str("FST DATA VLAN 0000 ROOTSWITCH FSTP IS DISABLED\n");
+                    let _ = writeln!(out, " ++ root 80:00:{}", self.info.mac);
+                    out.push_str(" ++ designated ff:ff:ff:ff:ff:ff:ff:ff\n");
+                    let _ = writeln!(
+                        out,
+                        " ++ rootport 0000 cost 0 age {} bonusport 0000 bonuscost 0",
+                        self.now.as_secs()
+                    );
+                    for (n, p) in sw.ports() {
+                        if p.is_active() {
+                            let _ = writeln!(
+                                out,
+                                " -- Port {n:04} tagged=0 portcost=20000000 role=Designated"
+                            );
+                        }
+                    }
+                    0
+                }
+            },
+            // Only VLAN 0 exists and every port is its untagged member; what
+            // would change that (or FSTP) is not implemented: valid requests
+            // answer ENOSYS after the same argument checks as vde_switch.
+            "vlan/create" => {
                 let v = c_atoi(arg);
                 if v > 0 && v < 4095 {
-                    libc::ENXIO
+                    libc::ENOSYS
                 } else {
                     libc::EINVAL
                 }
             }
+            "vlan/remove" => match c_atoi(arg) {
+                0 if sw.ports().next().is_some() => libc::EADDRINUSE,
+                0 => libc::ENOSYS,
+                v if v > 0 && v < 4095 => libc::ENXIO,
+                _ => libc::EINVAL,
+            },
+            "vlan/addport" | "vlan/delport" => match scan_ints(arg, 2) {
+                None => libc::EINVAL,
+                Some(v) => match (v[0], v[1]) {
+                    (vlan, _) if !(0..4095).contains(&vlan) => libc::EINVAL,
+                    (0, port) if port < 0 || port >= i64::from(sw.config().numports) => {
+                        libc::EINVAL
+                    }
+                    (0, port) => match (path, sw.port(port as u16)) {
+                        ("vlan/addport", _) => libc::ENOSYS,
+                        // Its untagged VLAN cannot be removed as a tagged one.
+                        (_, Some(_)) => libc::EADDRINUSE,
+                        (_, None) => libc::ENXIO,
+                    },
+                    _ => libc::ENXIO,
+                },
+            },
+            "fstp/setedge" | "fstp/bonus" => match scan_ints(arg, 3) {
+                None => libc::EINVAL,
+                Some(v) => match (v[0], v[1]) {
+                    (vlan, _) if !(0..4095).contains(&vlan) => libc::EINVAL,
+                    (0, port) if port < 0 || port >= i64::from(sw.config().numports) => {
+                        libc::EINVAL
+                    }
+                    (0, _) => libc::ENOSYS,
+                    _ => libc::ENXIO,
+                },
+            },
             _ => libc::ENOSYS,
         };
         (errno, Action::None)

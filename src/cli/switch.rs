@@ -20,6 +20,15 @@ fn octal(s: &str) -> Result<u32, String> {
 
 /// `umltest switch` options.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Management console (-M SOCK, or stdin without -d): vde_switch 2.3.2's commands and \
+answers. There is one VLAN (0) with every port untagged in it and no spanning tree: \
+vlan/print, vlan/allprint and fstp/print show that; vlan/create, vlan/addport, \
+fstp/setfstp 1, fstp/setedge and fstp/bonus answer 1038 Function not implemented \
+once their arguments pass vde_switch's checks (bad ones get its 1022/1006/1098).
+
+--pcap: records are buffered in 1 MiB chunks and written by a background thread; \
+when the disk falls 8 MiB behind, forwarding waits (nothing is dropped).")]
 pub struct SwitchArgs {
     /// Control directory (default /var/run/vde.ctl as root, else /tmp/vde.ctl).
     #[arg(short = 's', long = "sock", visible_aliases = ["vdesock", "unix"], value_name = "DIR")]

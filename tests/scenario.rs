@@ -321,7 +321,7 @@ cmdline = "mem=64M ubd0=data.img eth0=vde,sw1"
 
 [[machine]]
 name = "h2"
-cmdline = "mem=64M eth0=vde,sw1"
+cmdline = "mem=64M"
 
 [[step]]
 boot = ["h1", "h2"]
@@ -491,6 +491,39 @@ halt = "h1"
     assert!(result.artifacts["h1.console"].contains("Kernel panic"));
 }
 
+/// A backend that cannot inject faults (every one but the sim) says so and
+/// stops, rather than running the lab without them.
+#[test]
+fn a_fault_step_on_a_backend_without_faults_stops_the_run() {
+    let dir = util::tempdir();
+    let plan = plan(
+        r#"
+[scenario]
+name = "faulty"
+[[machine]]
+name = "h1"
+cmdline = "mem=64M"
+[[step]]
+boot = "h1"
+[[step]]
+fault = "eth0"
+on    = "h1"
+loss  = 0.5
+[[step]]
+on = "h1"
+run = "echo unreachable"
+"#,
+    );
+    let mut backend = Double::default();
+    let result = engine::run(&plan, &mut backend, dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result.steps_run, 2, "stopped at the fault step");
+    let failures: Vec<String> = result.failures.iter().map(|f| f.to_string()).collect();
+    assert_eq!(
+        failures,
+        ["step 2 (line 10): fault eth0 on h1: loss 0.5, duplicate 0, delay 0ms: the double backend stopped the run: not supported on the double backend: fault"]
+    );
+}
+
 #[test]
 fn snapshot_mismatch_gives_a_unified_diff_and_update_writes_insta_files() {
     let dir = util::tempdir();
@@ -570,6 +603,8 @@ fn snapshot_mismatch_gives_a_unified_diff_and_update_writes_insta_files() {
 #[case::bad_duration_and_regex("bad_duration_and_regex", "[scenario]\nname = \"x\"\n[[machine]]\nname = \"h1\"\ncmdline = \"\"\n[[step]]\non = \"h1\"\nrun = \"x\"\ntimeout = \"5 parsecs\"\n[[step]]\non = \"h1\"\nrun = \"x\"\nexpect = { stdout_matches = \"(\" }\n")]
 #[case::duplicate_names("duplicate_names", "[scenario]\nname = \"x\"\n[[switch]]\nname = \"h1\"\n[[machine]]\nname = \"h1\"\ncmdline = \"\"\n")]
 #[case::unknown_job_and_switch("unknown_job_and_switch", "[scenario]\nname = \"x\"\n[[switch]]\nname = \"sw1\"\n[[step]]\nwait_job = \"bg\"\n[[step]]\nexpect_trace = \"sw2\"\ncontains = \"ARP\"\n")]
+#[case::bad_faults("bad_faults", "[scenario]\nname = \"x\"\n[[machine]]\nname = \"h1\"\ncmdline = \"\"\n[[step]]\nfault = \"eth0\"\non = \"h1\"\nloss = 1.5\n[[step]]\nfault = \"eth0\"\non = \"h1\"\nfail_write = 2\n[[step]]\nfault = \"ubd1\"\non = \"h1\"\ndelay = \"5ms\"\n[[step]]\nfault = \"ubd1\"\non = \"h1\"\nfail_write = 0\n[[step]]\nfault = \"sda\"\non = \"h1\"\n")]
+#[case::unknown_fault_key("unknown_fault_key", "[scenario]\nname = \"x\"\n[[machine]]\nname = \"h1\"\ncmdline = \"\"\n[[step]]\nfault = \"eth0\"\non = \"h1\"\njitter = \"1ms\"\n")]
 fn bad_scenarios_explain_themselves(#[case] name: &str, #[case] text: &str) {
     insta::assert_snapshot!(format!("bad_{name}"), errors(text));
 }

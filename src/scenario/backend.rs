@@ -45,6 +45,27 @@ pub struct MachineSpec {
     pub argv: Vec<String>,
 }
 
+/// Injected faults on one device of a machine (a `fault` step); every field
+/// replaces the device's previous setting.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// At the switch port of NIC `nic`: frames it sends are lost or duplicated
+    /// with these probabilities (0..=1) and delayed by `delay`.
+    Port {
+        nic: String,
+        loss: f64,
+        duplicate: f64,
+        delay: Duration,
+    },
+    /// On ubd unit `unit`: its `fail_write`th block write from now on fails
+    /// with EIO (`None`: no write fails).
+    Disk { unit: u32, fail_write: Option<u64> },
+}
+
+// Plans compare with `==`; probabilities are checked to be within 0..=1 when
+// the scenario is resolved, so never NaN.
+impl Eq for Fault {}
+
 /// Identifies a background command started with [`Backend::spawn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JobId(pub u32);
@@ -96,6 +117,12 @@ pub enum BackendError {
         machine: String,
         message: String,
         last_lines: String,
+    },
+    /// A step this backend cannot perform (e.g. `fault` on real processes).
+    #[error("not supported on the {backend} backend: {key}")]
+    Unsupported {
+        backend: &'static str,
+        key: &'static str,
     },
     #[error("{context}: {source}")]
     Io {
@@ -165,6 +192,16 @@ pub trait Backend {
     fn halt(&mut self, machines: &[String], timeout: Duration) -> Result<(), BackendError>;
     /// Kills a machine abruptly (fault injection: the host kills the process).
     fn kill(&mut self, machine: &str) -> Result<(), BackendError>;
+    /// Injects `fault` on a device of `machine` (now, or at its boot). Only the
+    /// sim can; the default refuses, so a scenario never silently runs
+    /// without the faults it asks for.
+    fn inject_fault(&mut self, machine: &str, fault: &Fault) -> Result<(), BackendError> {
+        let _ = (machine, fault);
+        Err(BackendError::Unsupported {
+            backend: self.name(),
+            key: "fault",
+        })
+    }
     /// The modification time host-side steps give the files they write (a
     /// careless `copy`, a `write`): `None`, the default, leaves the host's clock
     /// to set it, as on a real host; the sim returns its virtual clock on a fixed

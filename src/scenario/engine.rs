@@ -354,6 +354,10 @@ impl Runner<'_> {
                 self.backend.kill(machine)?;
                 return Ok(Vec::new());
             }
+            Action::Fault { on, fault } => {
+                self.backend.inject_fault(on, fault)?;
+                return Ok(Vec::new());
+            }
             Action::Write { .. }
             | Action::Copy { .. }
             | Action::Mkcow { .. }

@@ -119,6 +119,10 @@ pub enum Action {
         contains: Vec<String>,
         lacks: Vec<String>,
     },
+    Fault {
+        on: String,
+        fault: super::backend::Fault,
+    },
 }
 
 impl Action {
@@ -139,6 +143,7 @@ impl Action {
             Action::Halt(_) => "halt",
             Action::Kill(_) => "kill",
             Action::ExpectTrace { .. } => "expect_trace",
+            Action::Fault { .. } => "fault",
         }
     }
 
@@ -180,6 +185,21 @@ impl Action {
             Action::Halt(m) => format!("halt {}", m.join(", ")),
             Action::Kill(m) => format!("kill {m}"),
             Action::ExpectTrace { switch, .. } => format!("expect_trace {switch}"),
+            Action::Fault { on, fault } => match fault {
+                super::backend::Fault::Port {
+                    nic,
+                    loss,
+                    duplicate,
+                    delay,
+                } => format!(
+                    "fault {nic} on {on}: loss {loss}, duplicate {duplicate}, delay {}",
+                    super::units::format_duration(*delay)
+                ),
+                super::backend::Fault::Disk { unit, fail_write } => match fail_write {
+                    Some(n) => format!("fault ubd{unit} on {on}: write {n} fails"),
+                    None => format!("fault ubd{unit} on {on}: no write fails"),
+                },
+            },
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::backend::SwitchSpec;
+use super::backend::{Fault, SwitchSpec};
 use super::diag::{line_column, Diagnostic, Diagnostics};
 use super::plan::{Action, DiskContent, DiskPlan, Expect, MachinePlan, Plan, Step};
 use super::schema::{RawDisk, RawExpect, RawScenario, RawStep, SizeText, STEP_KINDS};
@@ -806,6 +806,9 @@ impl Resolver<'_> {
             let cow = self.run_file(cow, names, false)?;
             return Some(Action::Check { cow });
         }
+        if let Some(device) = &s.fault {
+            return self.fault(s, device, span, names);
+        }
         if let Some(sw) = &s.expect_trace {
             if !names.switches.contains(sw.get_ref()) {
                 let known: Vec<_> = names.switches.iter().map(String::as_str).collect();
@@ -839,6 +842,100 @@ impl Resolver<'_> {
                 lacks,
             });
         }
+        None
+    }
+
+    /// A `fault` step: a NIC takes `loss`/`duplicate`/`delay`, a disk `fail_write`.
+    fn fault(
+        &mut self,
+        s: &RawStep,
+        device: &Spanned<String>,
+        span: Range<usize>,
+        names: &Names,
+    ) -> Option<Action> {
+        let on = self.on(s, span, names, "fault")?;
+        let name = device.get_ref();
+        let number = |prefix: &str| {
+            name.strip_prefix(prefix)
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<u32>().ok())
+        };
+        let misplaced = |keys: &[(&'static str, Option<Range<usize>>)]| {
+            keys.iter()
+                .find_map(|(k, sp)| sp.clone().map(|sp| (*k, sp)))
+        };
+        if number("eth").is_some() {
+            if let Some((key, sp)) =
+                misplaced(&[("fail_write", s.fail_write.as_ref().map(|v| v.span()))])
+            {
+                self.err(
+                    Some(sp),
+                    format!("`{key}` is a disk fault; `{name}` is a NIC"),
+                );
+                return None;
+            }
+            let mut probability = |v: &Option<Spanned<f64>>, key: &str| match v {
+                Some(p) if (0.0..=1.0).contains(p.get_ref()) => Some(*p.get_ref()),
+                Some(p) => {
+                    self.err(
+                        Some(p.span()),
+                        format!("`{key}` is a probability from 0 to 1, not {}", p.get_ref()),
+                    );
+                    None
+                }
+                None => Some(0.0),
+            };
+            let loss = probability(&s.loss, "loss");
+            let duplicate = probability(&s.duplicate, "duplicate");
+            let delay = match &s.delay {
+                Some(d) => match parse_duration(d.get_ref()) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        self.err(Some(d.span()), e);
+                        None
+                    }
+                },
+                None => Some(Duration::ZERO),
+            };
+            return Some(Action::Fault {
+                on,
+                fault: Fault::Port {
+                    nic: name.clone(),
+                    loss: loss?,
+                    duplicate: duplicate?,
+                    delay: delay?,
+                },
+            });
+        }
+        if let Some(unit) = number("ubd") {
+            if let Some((key, sp)) = misplaced(&[
+                ("loss", s.loss.as_ref().map(|v| v.span())),
+                ("duplicate", s.duplicate.as_ref().map(|v| v.span())),
+                ("delay", s.delay.as_ref().map(|v| v.span())),
+            ]) {
+                self.err(
+                    Some(sp),
+                    format!("`{key}` is a NIC fault; `{name}` is a disk"),
+                );
+                return None;
+            }
+            let fail_write = match &s.fail_write {
+                Some(n) if *n.get_ref() == 0 => {
+                    self.err(Some(n.span()), "`fail_write` counts writes from 1");
+                    return None;
+                }
+                Some(n) => Some(*n.get_ref()),
+                None => None,
+            };
+            return Some(Action::Fault {
+                on,
+                fault: Fault::Disk { unit, fail_write },
+            });
+        }
+        self.err(
+            Some(device.span()),
+            format!("`{name}` is not a device: a NIC like \"eth0\" or a disk like \"ubd1\""),
+        );
         None
     }
 
@@ -876,6 +973,7 @@ fn present_keys(s: &RawStep) -> Vec<(&'static str, Range<usize>)> {
         halt,
         kill,
         expect_trace,
+        fault,
         on,
         background,
         id,
@@ -891,7 +989,11 @@ fn present_keys(s: &RawStep) -> Vec<(&'static str, Range<usize>)> {
         contains,
         lacks,
         timeout,
-        expect
+        expect,
+        loss,
+        duplicate,
+        delay,
+        fail_write
     );
     out
 }

@@ -75,6 +75,7 @@ pub struct RawStep {
     pub halt: Option<Spanned<Names>>,
     pub kill: Option<Spanned<String>>,
     pub expect_trace: Option<Spanned<String>>,
+    pub fault: Option<Spanned<String>>,
 
     pub on: Option<Spanned<String>>,
     pub background: Option<Spanned<bool>>,
@@ -92,6 +93,10 @@ pub struct RawStep {
     pub lacks: Option<Spanned<Texts>>,
     pub timeout: Option<Spanned<String>>,
     pub expect: Option<Spanned<RawExpect>>,
+    pub loss: Option<Spanned<f64>>,
+    pub duplicate: Option<Spanned<f64>>,
+    pub delay: Option<Spanned<String>>,
+    pub fail_write: Option<Spanned<u64>>,
 }
 
 /// What a command step must produce.
@@ -279,6 +284,7 @@ pub const STEP_KINDS: &[StepKindDoc] = &[
     StepKindDoc { key: "check", ty: "path", doc: "Host side: check a COW file against its backing file (exit 0 when consistent, 1 otherwise, with the report as output).", default_timeout_ms: None, options: &["expect"] },
     StepKindDoc { key: "halt", ty: "names", doc: "Halt machines cleanly, so their disks are consistent.", default_timeout_ms: Some(30_000), options: &["timeout"] },
     StepKindDoc { key: "kill", ty: "string", doc: "Kill a machine abruptly, as the host killing its process.", default_timeout_ms: Some(10_000), options: &["timeout"] },
+    StepKindDoc { key: "fault", ty: "device", doc: "Fault injection on machine `on`, from now on (before its boot is fine), drawn from the scenario seed: on a NIC (`\"eth0\"`) frame `loss`, `duplicate` and `delay` at its switch port; on a disk (`\"ubd1\"`) `fail_write`. Unset keys clear that fault. The sim only: the `uml` backend stops with `not supported on the uml backend: fault`.", default_timeout_ms: None, options: &["on", "loss", "duplicate", "delay", "fail_write"] },
     StepKindDoc { key: "expect_trace", ty: "string", doc: "The named switch's trace (the whole run's, checked at the end) `contains` / `lacks` these texts.", default_timeout_ms: None, options: &["contains", "lacks"] },
 ];
 
@@ -323,6 +329,26 @@ pub const STEP_OPTIONS: &[FieldDoc] = &[
         "expect",
         "table",
         "What the command must produce: see `expect` below.",
+    ),
+    f(
+        "loss",
+        "number",
+        "`fault` on a NIC: probability (0 to 1) that a frame it sends is lost before the switch sees it.",
+    ),
+    f(
+        "duplicate",
+        "number",
+        "`fault` on a NIC: probability (0 to 1) that a frame it sends reaches the switch twice.",
+    ),
+    f(
+        "delay",
+        "duration",
+        "`fault` on a NIC: extra delay of every frame it sends, e.g. `\"20ms\"`.",
+    ),
+    f(
+        "fail_write",
+        "integer",
+        "`fault` on a disk: its Nth block write from now on (1 = the next) fails with EIO; the others succeed.",
     ),
 ];
 

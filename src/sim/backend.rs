@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::scenario::backend::{
-    Backend, BackendArtifacts, BackendError, CommandOutcome, JobId, Lab, MachineSpec,
+    Backend, BackendArtifacts, BackendError, CommandOutcome, Fault, JobId, Lab, MachineSpec,
 };
 use crate::sim::boot;
 use crate::sim::disk::DiskFaults;
@@ -67,7 +67,8 @@ impl SimBackend {
         self.apply_port_faults();
     }
 
-    /// Fault injection on `machine`'s ubd unit (when it boots, or now).
+    /// Fault injection on `machine`'s ubd unit (when it boots, or now); writes
+    /// are counted from here for [`DiskFaults::fail_write`].
     pub fn set_disk_faults(&mut self, machine: &str, unit: u32, faults: DiskFaults) {
         self.disk_faults.insert((machine.to_string(), unit), faults);
         if let Some(&m) = self.machines.get(machine) {
@@ -78,6 +79,7 @@ impl SimBackend {
                 .and_then(|m| m.core.disks.get_mut(&unit))
             {
                 d.faults = faults;
+                d.writes = 0;
             }
         }
     }
@@ -340,6 +342,55 @@ impl Backend for SimBackend {
         self.world.power_down(m, String::new(), Some(137));
         if let Some(mm) = self.world.machines.get_mut(m) {
             mm.power = Power::Down("killed".into());
+        }
+        Ok(())
+    }
+
+    fn inject_fault(&mut self, machine: &str, fault: &Fault) -> Result<(), BackendError> {
+        let m = self.machine(machine)?;
+        let argv = self
+            .specs
+            .get(m)
+            .map(|s| s.argv.clone())
+            .unwrap_or_default();
+        let parsed = crate::cmdline::parse(&argv);
+        let missing = |what: String| BackendError::Machine {
+            machine: machine.to_string(),
+            message: format!("has no {what} on its command line to inject a fault into"),
+            last_lines: String::new(),
+        };
+        match fault {
+            Fault::Port {
+                nic,
+                loss,
+                duplicate,
+                delay,
+            } => {
+                if !parsed.net.iter().any(|d| &d.name == nic) {
+                    return Err(missing(nic.clone()));
+                }
+                self.set_port_faults(
+                    machine,
+                    nic,
+                    PortFaults {
+                        loss: *loss,
+                        duplicate: *duplicate,
+                        delay: *delay,
+                    },
+                );
+            }
+            Fault::Disk { unit, fail_write } => {
+                if !parsed.ubd.iter().any(|d| d.index == *unit && !d.implicit) {
+                    return Err(missing(format!("ubd{unit}")));
+                }
+                self.set_disk_faults(
+                    machine,
+                    *unit,
+                    DiskFaults {
+                        fail_write: *fail_write,
+                    },
+                );
+            }
         }
         Ok(())
     }

@@ -13,8 +13,9 @@ use crate::sim::world::{Poll, Program, Sys};
 
 /// Bytes per virtual second.
 const THROUGHPUT: u64 = 200 << 20;
-/// Bytes copied per step.
-const STEP: u64 = 1 << 20;
+/// Bytes copied per step (a step's bytes land at once, then its time passes):
+/// small enough that a machine killed mid-`dd` has written only part of it.
+const STEP: u64 = 64 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum End {

@@ -321,7 +321,7 @@ cmdline = "mem=64M ubd0=data.img eth0=vde,sw1"
 
 [[machine]]
 name = "h2"
-cmdline = "mem=64M"
+cmdline = "mem=64M eth0=vde,sw1"
 
 [[step]]
 boot = ["h1", "h2"]
@@ -520,7 +520,7 @@ run = "echo unreachable"
     let failures: Vec<String> = result.failures.iter().map(|f| f.to_string()).collect();
     assert_eq!(
         failures,
-        ["step 2 (line 10): fault eth0 on h1: loss 0.5, duplicate 0, delay 0ms: the double backend stopped the run: not supported on the double backend: fault"]
+        ["step 2 (line 9): fault eth0 on h1: loss 0.5, duplicate 0, delay 0s: the double backend stopped the run: not supported on the double backend: fault"]
     );
 }
 
@@ -1081,4 +1081,78 @@ fn a_run_folder_too_long_for_unix_sockets_is_reported() {
         "{}",
         r.dump()
     );
+}
+
+/// The per-COW diff artifact lists the ext4 files a COW disk adds, changes and
+/// removes (an image changed with debugfs, its changed blocks written through
+/// a COW); a disk whose bytes did not change says so without reading the
+/// filesystem.
+#[test]
+fn cow_diff_artifact_lists_changed_ext4_files() {
+    use umltest::cow::create::{create, CreateOptions};
+    use umltest::cow::CowFile;
+    let (Some(mkfs), Some(debugfs)) = (
+        util::tool("mkfs.ext4", "e2fsprogs"),
+        util::tool("debugfs", "e2fsprogs"),
+    ) else {
+        return;
+    };
+    let dir = util::tempdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("root/etc")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(d.join("root/etc/hosts"), "hello\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(d.join("root/gone"), "gone\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(d.join("new.txt"), "new\n").unwrap_or_else(|e| panic!("{e}"));
+    let q = |p: &str| d.join(p).display().to_string();
+    util::run_in(
+        d,
+        &mkfs,
+        &[
+            "-q",
+            "-F",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+            &q("root"),
+            &q("base.ext4"),
+            "8M",
+        ],
+    )
+    .expect_code(0);
+    std::fs::copy(d.join("base.ext4"), d.join("target.ext4")).unwrap_or_else(|e| panic!("{e}"));
+    for cmd in [
+        "rm /gone",
+        "write new.txt /new",
+        "sif /etc/hosts mode 0100600",
+    ] {
+        util::run_in(d, &debugfs, &["-w", "-R", cmd, "target.ext4"]).expect_code(0);
+    }
+    let opts = CreateOptions::default();
+    create(&d.join("x.cow"), &d.join("base.ext4"), &opts).unwrap_or_else(|e| panic!("{e}"));
+    create(&d.join("same.cow"), &d.join("base.ext4"), &opts).unwrap_or_else(|e| panic!("{e}"));
+    let base = std::fs::read(d.join("base.ext4")).unwrap_or_else(|e| panic!("{e}"));
+    let target = std::fs::read(d.join("target.ext4")).unwrap_or_else(|e| panic!("{e}"));
+    let mut f = CowFile::open(&d.join("x.cow"), None, true).unwrap_or_else(|e| panic!("{e}"));
+    for (i, (a, b)) in base.chunks(4096).zip(target.chunks(4096)).enumerate() {
+        if a != b {
+            f.write_at(b, i as u64 * 4096)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    drop(f);
+    let files = |cow: &str| {
+        let path = d.join(cow);
+        let diff =
+            umltest::cow::inspect::diff(&path, None, false).unwrap_or_else(|e| panic!("{e}"));
+        umltest::scenario::artifacts::describe_files(&path, None, &diff)
+    };
+    assert_eq!(
+        files("x.cow"),
+        "files: 1 added, 1 changed, 1 removed\nM /etc/hosts (mode)\nD /gone\nA /new\n"
+    );
+    assert_eq!(files("same.cow"), "files: none changed\n");
+    // Not an ext filesystem: no file section at all.
+    std::fs::write(d.join("raw.img"), vec![0u8; 1 << 16]).unwrap_or_else(|e| panic!("{e}"));
+    create(&d.join("raw.cow"), &d.join("raw.img"), &opts).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(files("raw.cow"), "");
 }

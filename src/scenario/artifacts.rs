@@ -68,7 +68,10 @@ pub fn disk_diffs(lab: &Lab) -> BTreeMap<String, String> {
             } else {
                 let backing = dev.backing.as_ref().map(|b| lab.run_dir.join(b));
                 match crate::cow::inspect::diff(&cow_path, backing.as_deref(), false) {
-                    Ok(diff) => text.push_str(&describe_diff(&diff)),
+                    Ok(diff) => {
+                        text.push_str(&describe_diff(&diff));
+                        text.push_str(&describe_files(&cow_path, backing.as_deref(), &diff));
+                    }
                     Err(e) => text.push_str(&format!("cannot read it: {e}\n")),
                 }
             }
@@ -109,6 +112,54 @@ pub fn describe_diff(diff: &crate::cow::inspect::Diff) -> String {
         text.push_str(&format!("{sectors}: {differ}\n"));
     }
     text
+}
+
+/// The files a COW disk adds, changes and removes (`umltest cow diff
+/// --files`), when its backing file holds an ext2/3/4 filesystem; nothing for
+/// other disks. Skipped when no byte differs: then no file can.
+pub fn describe_files(
+    cow: &Path,
+    backing: Option<&Path>,
+    diff: &crate::cow::inspect::Diff,
+) -> String {
+    if !is_ext_fs(&diff.backing) {
+        return String::new();
+    }
+    if diff.changed_bytes == 0 {
+        return "files: none changed\n".to_string();
+    }
+    match crate::cow::files::diff_files(cow, backing) {
+        Ok(changes) if changes.is_empty() => "files: none changed\n".to_string(),
+        Ok(changes) => {
+            let count = |c| changes.iter().filter(|f| f.change == c).count();
+            use crate::cow::files::Change;
+            let mut text = format!(
+                "files: {} added, {} changed, {} removed\n",
+                count(Change::Added),
+                count(Change::Changed),
+                count(Change::Removed)
+            );
+            for f in &changes {
+                text.push_str(&format!("{} {}", f.change.tag(), f.path));
+                if !f.what.is_empty() {
+                    text.push_str(&format!(" ({})", f.what.join(", ")));
+                }
+                text.push('\n');
+            }
+            text
+        }
+        // A half-written filesystem (a machine killed mid-write) may not read.
+        Err(e) => format!("files: cannot read the filesystem: {e}\n"),
+    }
+}
+
+/// Whether `path` starts with an ext2/3/4 superblock (magic 0xEF53 at 1080).
+fn is_ext_fs(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut magic, 1080))
+        .is_ok_and(|()| magic == [0x53, 0xef])
 }
 
 /// A port number as the trace shows it (ports are `u16` in the switch; a

@@ -128,6 +128,21 @@ fn tcpdump_lines(tcpdump: &Path, pcap: &Path, e: bool) -> Vec<String> {
         .collect()
 }
 
+/// `tshark -r PCAP [-Y FILTER] -T fields -E separator=, -e F...`: one line
+/// per frame, the fields comma-separated.
+fn tshark_fields(tshark: &Path, pcap: &Path, filter: Option<&str>, fields: &[&str]) -> util::Run {
+    let mut args = vec!["-r", pcap.to_str().expect("utf-8")];
+    if let Some(f) = filter {
+        args.extend(["-Y", f]);
+    }
+    args.extend(["-T", "fields", "-E", "separator=,"]);
+    for f in fields {
+        args.extend(["-e", f]);
+    }
+    let dir = pcap.parent().expect("pcap in a folder");
+    util::run_in(dir, tshark, &args)
+}
+
 #[test]
 fn tcpdump_line_matches_real_tcpdump() {
     let Some(tcpdump) = util::tool("tcpdump", "tcpdump") else {
@@ -153,31 +168,18 @@ fn tshark_decodes_our_pcap_arp_fields() {
     let pcap = dir.path().join("arp.pcap");
     let frames = sample_frames();
     write_pcap(&pcap, &frames[..2]);
-    let run = util::run_in(
-        dir.path(),
+    let run = tshark_fields(
         &tshark,
+        &pcap,
+        None,
         &[
-            "-r",
-            pcap.to_str().expect("utf-8"),
-            "-T",
-            "fields",
-            "-E",
-            "separator=,",
-            "-e",
             "frame.len",
-            "-e",
             "eth.src",
-            "-e",
             "eth.dst",
-            "-e",
             "arp.opcode",
-            "-e",
             "arp.src.hw_mac",
-            "-e",
             "arp.src.proto_ipv4",
-            "-e",
             "arp.dst.hw_mac",
-            "-e",
             "arp.dst.proto_ipv4",
         ],
     );
@@ -1169,25 +1171,15 @@ fn daemon_pcap_and_trace_show_arp_exchange() {
             "2 port 2 -> 1: fe:fd:0a:4d:00:02 > fe:fd:0a:4d:00:01, ethertype ARP (0x0806), length 42: Reply 10.77.0.2 is-at fe:fd:0a:4d:00:02, length 28",
         ]
     );
-    let run = util::run_in(
-        tmp.path(),
+    let run = tshark_fields(
         &tshark,
+        &pcap,
+        None,
         &[
-            "-r",
-            pcap.to_str().expect("utf-8"),
-            "-T",
-            "fields",
-            "-E",
-            "separator=,",
-            "-e",
             "eth.src",
-            "-e",
             "eth.dst",
-            "-e",
             "arp.opcode",
-            "-e",
             "arp.src.hw_mac",
-            "-e",
             "arp.dst.hw_mac",
         ],
     );
@@ -1312,31 +1304,17 @@ fn two_uml_guests_arping_through_our_switch_and_pcap_shows_it() {
         sw.dump()
     );
     assert!(sw.terminate().success());
-    let run = util::run_in(
-        dir,
+    let run = tshark_fields(
         &tshark,
+        &pcap,
+        Some("arp.dst.proto_ipv4 == 10.77.0.2 || arp.src.proto_ipv4 == 10.77.0.2"),
         &[
-            "-r",
-            pcap.to_str().expect("utf-8"),
-            "-Y",
-            "arp.dst.proto_ipv4 == 10.77.0.2 || arp.src.proto_ipv4 == 10.77.0.2",
-            "-T",
-            "fields",
-            "-E",
-            "separator=,",
-            "-e",
             "frame.len",
-            "-e",
             "eth.src",
-            "-e",
             "eth.dst",
-            "-e",
             "arp.opcode",
-            "-e",
             "arp.src.hw_mac",
-            "-e",
             "arp.src.proto_ipv4",
-            "-e",
             "arp.dst.hw_mac",
         ],
     );

@@ -96,6 +96,16 @@ fn sample_frames() -> Vec<Vec<u8>> {
     frames
 }
 
+/// The first `n` [`sample_frames`], written to `frames.pcap` in a fresh folder.
+fn sample_pcap(n: usize) -> (tempfile::TempDir, std::path::PathBuf, Vec<Vec<u8>>) {
+    let dir = util::tempdir();
+    let pcap = dir.path().join("frames.pcap");
+    let mut frames = sample_frames();
+    frames.truncate(n);
+    write_pcap(&pcap, &frames);
+    (dir, pcap, frames)
+}
+
 fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
     let file = std::fs::File::create(path).expect("create pcap");
     let mut w = PcapWriter::new(std::io::BufWriter::new(file)).expect("pcap header");
@@ -148,10 +158,7 @@ fn tcpdump_line_matches_real_tcpdump() {
     let Some(tcpdump) = util::tool("tcpdump", "tcpdump") else {
         return;
     };
-    let dir = util::tempdir();
-    let pcap = dir.path().join("frames.pcap");
-    let frames = sample_frames();
-    write_pcap(&pcap, &frames);
+    let (_dir, pcap, frames) = sample_pcap(usize::MAX);
     for e in [true, false] {
         let theirs = tcpdump_lines(&tcpdump, &pcap, e);
         let ours: Vec<String> = frames.iter().map(|f| tcpdump_line(f, e)).collect();
@@ -164,10 +171,7 @@ fn tshark_decodes_our_pcap_arp_fields() {
     let Some(tshark) = util::tool("tshark", "tshark") else {
         return;
     };
-    let dir = util::tempdir();
-    let pcap = dir.path().join("arp.pcap");
-    let frames = sample_frames();
-    write_pcap(&pcap, &frames[..2]);
+    let (_dir, pcap, _) = sample_pcap(2);
     let run = tshark_fields(
         &tshark,
         &pcap,
@@ -836,10 +840,12 @@ fn normalize_console(s: &str) -> String {
         .join("\n")
 }
 
-/// The VLAN and FSTP commands of the default, VLAN-less switch. Every line is
+/// `help` and the VLAN and FSTP commands of the default, VLAN-less switch. Every line is
 /// answered like vde_switch 2.3.2 does; state-changing requests it accepts
 /// and we do not implement come last and are compared separately.
 const VLAN_FSTP_COMMANDS: &[&str] = &[
+    "help",
+    "help vlan",
     "vlan/print",
     "vlan/allprint",
     "vlan/print 0",

@@ -102,200 +102,100 @@ enum Kind {
     Data,
 }
 
-/// The command table in vde_switch's registration order (the `help` order).
-const COMMANDS: &[(&str, &str, &str, Kind)] = &[
-    ("ds", "============", "DATA SOCKET MENU", Kind::Menu),
-    ("ds/showinfo", "", "show ds info", Kind::Data),
-    (
-        "help",
-        "[arg]",
-        "Help (limited to arg when specified)",
-        Kind::Data,
-    ),
-    ("logout", "", "logout from this mgmt terminal", Kind::Plain),
-    ("shutdown", "", "shutdown of the switch", Kind::Plain),
-    ("showinfo", "", "show switch version and info", Kind::Data),
-    ("load", "path", "load a configuration script", Kind::Plain),
-    ("debug", "============", "DEBUG MENU", Kind::Menu),
-    ("debug/list", "", "list debug categories", Kind::Data),
-    (
-        "debug/add",
-        "dbgpath",
-        "enable debug info for a given category",
-        Kind::Plain,
-    ),
-    (
-        "debug/del",
-        "dbgpath",
-        "disable debug info for a given category",
-        Kind::Plain,
-    ),
-    ("plugin", "============", "PLUGINS MENU", Kind::Menu),
-    ("plugin/list", "", "list plugins", Kind::Data),
-    ("plugin/add", "library", "load a plugin", Kind::Plain),
-    ("plugin/del", "name", "unload a plugin", Kind::Plain),
-    ("hash", "============", "HASH TABLE MENU", Kind::Menu),
-    ("hash/showinfo", "", "show hash info", Kind::Data),
-    ("hash/setsize", "N", "change hash size", Kind::Plain),
-    (
-        "hash/setgcint",
-        "N",
-        "change garbage collector interval",
-        Kind::Plain,
-    ),
-    (
-        "hash/setexpire",
-        "N",
-        "change hash entries expire time",
-        Kind::Plain,
-    ),
-    (
-        "hash/setminper",
-        "N",
-        "minimum persistence time",
-        Kind::Plain,
-    ),
-    ("hash/print", "", "print the hash table", Kind::Data),
-    ("hash/find", "MAC [VLAN]", "MAC lookup", Kind::Data),
-    (
-        "fstp",
-        "============",
-        "FAST SPANNING TREE MENU",
-        Kind::Menu,
-    ),
-    ("fstp/showinfo", "", "show fstp info", Kind::Data),
-    (
-        "fstp/setfstp",
-        "0/1",
-        "Fast spanning tree protocol 1=ON 0=OFF",
-        Kind::Data,
-    ),
-    (
-        "fstp/setedge",
-        "VLAN PORT 1/0",
-        "Define an edge port for a vlan 1=Y 0=N",
-        Kind::Plain,
-    ),
-    (
-        "fstp/bonus",
-        "VLAN PORT COST",
-        "set the port bonus for a vlan",
-        Kind::Plain,
-    ),
-    (
-        "fstp/print",
-        "[N]",
-        "print fst data for the defined vlan",
-        Kind::Data,
-    ),
-    ("port", "============", "PORT STATUS MENU", Kind::Menu),
-    ("port/showinfo", "", "show port info", Kind::Data),
-    (
-        "port/setnumports",
-        "N",
-        "set the number of ports",
-        Kind::Plain,
-    ),
-    ("port/sethub", "0/1", "1=HUB 0=switch", Kind::Plain),
-    (
-        "port/setvlan",
-        "N VLAN",
-        "set port VLAN (untagged)",
-        Kind::Plain,
-    ),
-    (
-        "port/createauto",
-        "",
-        "create a port with an automatically allocated id (inactive|notallocatable)",
-        Kind::Data,
-    ),
-    (
-        "port/create",
-        "N",
-        "create the port N (inactive|notallocatable)",
-        Kind::Plain,
-    ),
-    ("port/remove", "N", "remove the port N", Kind::Plain),
-    (
-        "port/allocatable",
-        "N 0/1",
-        "Is the port allocatable as unnamed? 1=Y 0=N",
-        Kind::Plain,
-    ),
-    (
-        "port/setuser",
-        "N user",
-        "access control: set user",
-        Kind::Plain,
-    ),
-    (
-        "port/setgroup",
-        "N user",
-        "access control: set group",
-        Kind::Plain,
-    ),
-    (
-        "port/epclose",
-        "N ID",
-        "remove the endpoint port N/id ID",
-        Kind::Plain,
-    ),
-    (
-        "port/resetcounter",
-        "[N]",
-        "reset the port (N) counters",
-        Kind::Plain,
-    ),
-    (
-        "port/print",
-        "[N]",
-        "print the port/endpoint table",
-        Kind::Data,
-    ),
-    (
-        "port/allprint",
-        "[N]",
-        "print the port/endpoint table (including inactive port)",
-        Kind::Data,
-    ),
-    ("vlan", "============", "VLAN MANAGEMENT MENU", Kind::Menu),
-    (
-        "vlan/create",
-        "N",
-        "create the VLAN with tag N",
-        Kind::Plain,
-    ),
-    (
-        "vlan/remove",
-        "N",
-        "remove the VLAN with tag N",
-        Kind::Plain,
-    ),
-    (
-        "vlan/addport",
-        "N PORT",
-        "add port to the vlan N (tagged)",
-        Kind::Plain,
-    ),
-    (
-        "vlan/delport",
-        "N PORT",
-        "add port to the vlan N (tagged)",
-        Kind::Plain,
-    ),
-    (
-        "vlan/print",
-        "[N]",
-        "print the list of defined vlan",
-        Kind::Data,
-    ),
-    (
-        "vlan/allprint",
-        "[N]",
-        "print the list of defined vlan (including inactive port)",
-        Kind::Data,
-    ),
+/// vde_switch 2.3.2's `help` table as it prints it, in its registration order
+/// (columns 18 and 15 wide): the one list of command names and syntaxes.
+const HELP_TABLE: &str = "\
+ds                 ============    DATA SOCKET MENU
+ds/showinfo                        show ds info
+help               [arg]           Help (limited to arg when specified)
+logout                             logout from this mgmt terminal
+shutdown                           shutdown of the switch
+showinfo                           show switch version and info
+load               path            load a configuration script
+debug              ============    DEBUG MENU
+debug/list                         list debug categories
+debug/add          dbgpath         enable debug info for a given category
+debug/del          dbgpath         disable debug info for a given category
+plugin             ============    PLUGINS MENU
+plugin/list                        list plugins
+plugin/add         library         load a plugin
+plugin/del         name            unload a plugin
+hash               ============    HASH TABLE MENU
+hash/showinfo                      show hash info
+hash/setsize       N               change hash size
+hash/setgcint      N               change garbage collector interval
+hash/setexpire     N               change hash entries expire time
+hash/setminper     N               minimum persistence time
+hash/print                         print the hash table
+hash/find          MAC [VLAN]      MAC lookup
+fstp               ============    FAST SPANNING TREE MENU
+fstp/showinfo                      show fstp info
+fstp/setfstp       0/1             Fast spanning tree protocol 1=ON 0=OFF
+fstp/setedge       VLAN PORT 1/0   Define an edge port for a vlan 1=Y 0=N
+fstp/bonus         VLAN PORT COST  set the port bonus for a vlan
+fstp/print         [N]             print fst data for the defined vlan
+port               ============    PORT STATUS MENU
+port/showinfo                      show port info
+port/setnumports   N               set the number of ports
+port/sethub        0/1             1=HUB 0=switch
+port/setvlan       N VLAN          set port VLAN (untagged)
+port/createauto                    create a port with an automatically allocated id (inactive|notallocatable)
+port/create        N               create the port N (inactive|notallocatable)
+port/remove        N               remove the port N
+port/allocatable   N 0/1           Is the port allocatable as unnamed? 1=Y 0=N
+port/setuser       N user          access control: set user
+port/setgroup      N user          access control: set group
+port/epclose       N ID            remove the endpoint port N/id ID
+port/resetcounter  [N]             reset the port (N) counters
+port/print         [N]             print the port/endpoint table
+port/allprint      [N]             print the port/endpoint table (including inactive port)
+vlan               ============    VLAN MANAGEMENT MENU
+vlan/create        N               create the VLAN with tag N
+vlan/remove        N               remove the VLAN with tag N
+vlan/addport       N PORT          add port to the vlan N (tagged)
+vlan/delport       N PORT          add port to the vlan N (tagged)
+vlan/print         [N]             print the list of defined vlan
+vlan/allprint      [N]             print the list of defined vlan (including inactive port)
+";
+
+/// The commands that answer in a `0000 DATA END WITH '.'` block (vde-2's
+/// `WITHFILE`).
+const DATA_COMMANDS: &[&str] = &[
+    "ds/showinfo",
+    "help",
+    "showinfo",
+    "debug/list",
+    "plugin/list",
+    "hash/showinfo",
+    "hash/print",
+    "hash/find",
+    "fstp/showinfo",
+    "fstp/setfstp",
+    "fstp/print",
+    "port/showinfo",
+    "port/createauto",
+    "port/print",
+    "port/allprint",
+    "vlan/print",
+    "vlan/allprint",
 ];
+
+/// (path, syntax, help, kind) of every [`HELP_TABLE`] line.
+fn commands() -> impl Iterator<Item = (&'static str, &'static str, &'static str, Kind)> {
+    HELP_TABLE.lines().map(|l| {
+        let path = l.get(..18).unwrap_or(l).trim_end();
+        let syntax = l.get(19..34).unwrap_or_default().trim_end();
+        let help = l.get(35..).unwrap_or_default();
+        let kind = if syntax == "============" {
+            Kind::Menu
+        } else if DATA_COMMANDS.contains(&path) {
+            Kind::Data
+        } else {
+            Kind::Plain
+        };
+        (path, syntax, help, kind)
+    })
+}
 
 const DEBUG_LIST: &str = "CATEGORY               TAG STATUS HELP
 ------------           --- ------ ----
@@ -426,9 +326,8 @@ impl Console<'_> {
         if line.is_empty() || line.starts_with('#') {
             return (String::new(), Action::None);
         }
-        let Some(&(path, _, _, kind)) = COMMANDS
-            .iter()
-            .find(|(path, _, _, kind)| *kind != Kind::Menu && line.starts_with(path))
+        let Some((path, _, _, kind)) =
+            commands().find(|(path, _, _, kind)| *kind != Kind::Menu && line.starts_with(path))
         else {
             return (errno_line(libc::ENOSYS), Action::None);
         };
@@ -463,9 +362,9 @@ impl Console<'_> {
             "help" => {
                 out.push_str("COMMAND PATH       SYNTAX          HELP\n");
                 out.push_str("------------       --------------  ------------\n");
-                for (p, syntax, help, _) in COMMANDS {
+                for (l, (p, _, _, _)) in HELP_TABLE.lines().zip(commands()) {
                     if p.starts_with(arg) {
-                        let _ = writeln!(out, "{p:<18} {syntax:<15} {help}");
+                        let _ = writeln!(out, "{l}");
                     }
                 }
                 0
@@ -911,7 +810,7 @@ mod tests {
             assert_eq!(got, *want, "command {cmd:?}");
         }
         let (help, _) = con.execute("help");
-        assert_eq!(help.lines().count(), 2 + COMMANDS.len() + 3);
+        assert_eq!(help.lines().count(), 2 + commands().count() + 3);
         assert!(
             help.contains("vlan/delport       N PORT          add port to the vlan N (tagged)\n")
         );

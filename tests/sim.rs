@@ -427,38 +427,6 @@ proptest! {
     }
 }
 
-/// Every lab in `scenarios/` passes against its committed snapshots, twice
-/// with the same artifacts (`--check-determinism`).
-#[test]
-fn every_scenario_matches_its_snapshots() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files: Vec<_> = std::fs::read_dir(root.join("scenarios"))
-        .expect("scenarios/")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty());
-    for file in files {
-        let out = std::process::Command::new(util::umltest_bin())
-            .current_dir(root)
-            .arg("run")
-            .arg(&file)
-            .arg("--check-determinism")
-            .env_remove("INSTA_UPDATE")
-            .output()
-            .expect("run umltest");
-        assert!(
-            out.status.success(),
-            "umltest run {} --check-determinism\nstatus: {:?}\nstdout:\n{}\nstderr:\n{}",
-            file.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
 /// Outputs captured from busybox 1.35 in a UML 6.1 guest booted with `mem=64M`
 /// and a read-only ext4 root (proc, sys and devtmpfs mounted by init).
 #[test]

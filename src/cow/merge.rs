@@ -4,7 +4,7 @@
 //! exact size, which is byte-identical to uml_moo's output whenever the backing
 //! size is a multiple of 512 (uml_moo drops a partial last sector: we warn
 //! instead). Unlike uml_moo (one 512-byte read and write per sector), this
-//! works in 1 MiB windows over only the interesting parts: the backing's data
+//! works in 256 KiB windows over only the interesting parts: the backing's data
 //! extents (`SEEK_DATA`/`SEEK_HOLE`) and the dirty sectors; all-zero 4 KiB
 //! blocks are left as holes, so the output is never more allocated than
 //! uml_moo's.
@@ -28,8 +28,10 @@ use serde::{Deserialize, Serialize};
 use super::file::{pread_zero_fill, CowFile, SECTOR};
 use super::{check_size_mtime, file::read_header, open_regular, CowError};
 
-/// Bytes processed per step: bounds memory (peak well under 64 MiB).
-const WINDOW: u64 = 1 << 20;
+/// Bytes processed per step: bounds memory (peak well under 64 MiB); small
+/// enough for the buffer to stay in the CPU's L2 cache between the read and
+/// the zero check.
+const WINDOW: u64 = 256 << 10;
 /// Holes are kept at the filesystem-block granularity.
 const BLOCK: u64 = 4096;
 
@@ -125,10 +127,16 @@ fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
 }
 
 fn is_zero(b: &[u8]) -> bool {
-    // SAFETY: u8 and u128 are plain integers; align_to only reinterprets the
+    // SAFETY: u8 and u64 are plain integers; align_to only reinterprets the
     // aligned middle part, prefix and suffix stay bytes.
-    let (pre, mid, suf) = unsafe { b.align_to::<u128>() };
-    pre.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && suf.iter().all(|&x| x == 0)
+    let (pre, mid, suf) = unsafe { b.align_to::<u64>() };
+    // OR-folding 512 bytes at a time (no early exit inside a chunk) lets the
+    // compiler vectorise the check of the (mostly zero) backing data.
+    pre.iter().all(|&x| x == 0)
+        && suf.iter().all(|&x| x == 0)
+        && mid
+            .chunks(64)
+            .all(|c| c.iter().fold(0u64, |a, &x| a | x) == 0)
 }
 
 struct Writer<'a> {
@@ -472,5 +480,24 @@ mod tests {
         b[4098] = 0;
         b[1] = 1;
         assert!(!is_zero(&b[1..]));
+    }
+
+    proptest::proptest! {
+        /// The vectorised check agrees with a byte loop for any length,
+        /// alignment and position of a single non-zero byte.
+        #[test]
+        fn is_zero_agrees_with_a_byte_loop(
+            len in 0usize..9000,
+            start in 0usize..16,
+            at in proptest::option::of(0usize..9000),
+            byte in 1u8..,
+        ) {
+            let mut b = vec![0u8; len + 16];
+            if let Some(p) = at.filter(|&p| p < len) {
+                b[start + p] = byte;
+            }
+            let s = &b[start..start + len];
+            proptest::prop_assert_eq!(is_zero(s), s.iter().all(|&x| x == 0));
+        }
     }
 }

@@ -132,6 +132,7 @@ pub fn run(args: SwitchArgs) -> anyhow::Result<ExitCode> {
         trace: opt_abs(&args.trace)?,
         stdin_console: !args.daemon,
         pidfile: opt_abs(&args.pidfile)?,
+        cable_command: false,
     };
     let pidfile = config.pidfile.clone();
     // Before the sockets exist: see block_shutdown_signals.

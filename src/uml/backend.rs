@@ -45,6 +45,8 @@ struct SwitchRun {
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// Port as the daemon numbered it → port as the sim numbers it (see `boot`).
     relabel: BTreeMap<u32, u32>,
+    /// (machine, NIC) whose cable is out → its port.
+    pulled: BTreeMap<(String, String), u32>,
 }
 
 /// How a protocol exchange appears in the console artifact.
@@ -277,26 +279,34 @@ fn uses_vde(argv: &[String]) -> bool {
 /// (`... pid=N` at the end of the description), from the management console's
 /// `port/allprint`.
 fn endpoint_pids(mgmt: &Path) -> std::io::Result<Vec<(u32, u32)>> {
+    Ok(parse_allprint(&mgmt_command(mgmt, "port/allprint")?))
+}
+
+/// One command on a switch's management console; its reply up to and including
+/// the result line (`1000 Success`, or an error code).
+fn mgmt_command(mgmt: &Path, command: &str) -> std::io::Result<String> {
     use std::io::Read;
     let mut s = UnixStream::connect(mgmt)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"port/allprint\n")?;
+    s.write_all(format!("{command}\n").as_bytes())?;
     let mut text = String::new();
     let mut buf = [0u8; 4096];
-    // The reply ends with its result line (`1000 Success`, or an error code).
-    while !text.lines().any(|l| {
+    // The result may follow the prompt on its line (`vde$ 1000 Success`).
+    let is_result = |l: &str| {
+        let l = l.strip_prefix("vde$ ").unwrap_or(l);
         l.len() >= 5
-            && l.as_bytes()[4] == b' '
-            && l[..4].bytes().all(|b| b.is_ascii_digit())
+            && l.as_bytes().get(4) == Some(&b' ')
+            && l.bytes().take(4).all(|b| b.is_ascii_digit())
             && !l.starts_with("0000")
-    }) {
+    };
+    while !text.lines().any(is_result) {
         let n = s.read(&mut buf)?;
         if n == 0 {
             break;
         }
         text.push_str(&String::from_utf8_lossy(buf.get(..n).unwrap_or_default()));
     }
-    Ok(parse_allprint(&text))
+    Ok(text)
 }
 
 /// `Port 0001 ...` then `  -- endpoint ID 0003 module unix prog   : descr pid=N`.
@@ -400,12 +410,15 @@ impl Backend for UmlBackend {
                 trace: private.join(format!("{}.trace", sw.name)),
                 thread: None,
                 relabel: BTreeMap::new(),
+                pulled: BTreeMap::new(),
             };
             config.mgmt = Some(run.mgmt.clone());
             config.pcap = Some(run.pcap.clone());
             config.trace = Some(run.trace.clone());
             // No rc file from the user's home: the lab alone configures the switch.
             config.rcfile = Some(PathBuf::from("/dev/null"));
+            // `link` steps pull cables through the management console.
+            config.cable_command = true;
             let daemon = Daemon::bind(config, LogTarget::Stderr).map_err(|e| BackendError::Io {
                 context: format!("switch {}", sw.name),
                 source: std::io::Error::other(e.to_string()),
@@ -626,14 +639,87 @@ impl Backend for UmlBackend {
         })
     }
 
-    fn set_link(&mut self, machine: &str, nic: &str, _up: bool) -> Result<(), BackendError> {
-        Err(BackendError::Machine {
+    fn set_link(&mut self, machine: &str, nic: &str, up: bool) -> Result<(), BackendError> {
+        let t = self.phases.start();
+        let failed = |message: String| BackendError::Machine {
             machine: machine.to_string(),
-            message: format!(
-                "taking {nic}'s cable out is not supported on the uml backend (sim only)"
-            ),
+            message,
             last_lines: String::new(),
-        })
+        };
+        let m = self.machine(machine)?;
+        let group = m.pid() as i32;
+        // The NIC's switch, and its place among the machine's NICs on that switch
+        // (they connect, and get their ports, in NIC order).
+        let vde: Vec<(String, String)> = m
+            .argv()
+            .iter()
+            .take_while(|a| *a != "--")
+            .filter_map(|a| {
+                let (dev, value) = a.split_once('=')?;
+                let rest = value.strip_prefix("vde,")?;
+                let switch = rest.split(',').next()?;
+                Some((dev.to_string(), switch.to_string()))
+            })
+            .collect();
+        let Some(switch) = vde.iter().find(|(d, _)| d == nic).map(|(_, s)| s.clone()) else {
+            return Err(failed(format!(
+                "has no {nic} plugged into a switch of the lab"
+            )));
+        };
+        let place = vde
+            .iter()
+            .filter(|(_, s)| *s == switch)
+            .position(|(d, _)| d == nic)
+            .unwrap_or(0);
+        let Some(sw) = self.switches.iter().find(|s| s.name == switch) else {
+            return Err(failed(format!(
+                "has no {nic} plugged into a switch of the lab ({switch} is not one)"
+            )));
+        };
+        let mut ports: Vec<u32> = endpoint_pids(&sw.mgmt)
+            .map_err(io(format!("switch {switch}: port/allprint")))?
+            .into_iter()
+            .filter(|&(_, pid)| process_group(pid) == Some(group))
+            .map(|(port, _)| port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        // While the cable is out the port has no endpoint: the port found for the
+        // NIC then is the one its cable was pulled from.
+        let port = match (
+            ports.get(place),
+            sw.pulled.get(&(machine.to_string(), nic.to_string())),
+        ) {
+            (_, Some(&p)) => p,
+            (Some(&p), None) => p,
+            (None, None) => {
+                return Err(failed(format!(
+                    "{nic} is not connected to switch {switch} (no endpoint of this machine on it)"
+                )))
+            }
+        };
+        let reply = mgmt_command(&sw.mgmt, &format!("umltest/cable {port} {}", u8::from(up)))
+            .map_err(io(format!("switch {switch}: umltest/cable")))?;
+        if !reply.contains("1000 Success") {
+            return Err(failed(format!(
+                "switch {switch} refused to {} the cable of port {port}: {}",
+                if up { "put back" } else { "pull" },
+                reply.trim()
+            )));
+        }
+        let key = (machine.to_string(), nic.to_string());
+        if let Some(sw) = self.switches.iter_mut().find(|s| s.name == switch) {
+            if up {
+                sw.pulled.remove(&key);
+            } else {
+                sw.pulled.insert(key, port);
+            }
+        }
+        self.phases.done(
+            t,
+            format_args!("link {} {machine} {nic}", if up { "up" } else { "down" }),
+        );
+        Ok(())
     }
 
     fn wait_console(

@@ -125,6 +125,12 @@ pub struct DaemonConfig {
     pub stdin_console: bool,
     /// `-p FILE`: removed on exit.
     pub pidfile: Option<PathBuf>,
+    /// Accept umltest's own management command `umltest/cable PORT 0|1`, which
+    /// takes the cables of a port's endpoints out (1: puts them back) while their
+    /// sockets stay open, like the sim's `link` step: frames they send are
+    /// dropped, none reach them, the port's addresses are forgotten. Not a
+    /// vde_switch command, so off unless the uml backend asks for it.
+    pub cable_command: bool,
 }
 
 impl DaemonConfig {
@@ -144,6 +150,7 @@ impl DaemonConfig {
             trace: None,
             stdin_console: false,
             pidfile: None,
+            cable_command: false,
         }
     }
 
@@ -253,6 +260,8 @@ pub struct Daemon {
     trace: Option<BufWriter<fs::File>>,
     trace_seq: u64,
     shutdown: bool,
+    /// Endpoints whose cable is out (`umltest/cable`): port, user, description.
+    unplugged: BTreeMap<EndpointId, (u16, Option<u32>, String)>,
 }
 
 fn sun_path_len(p: &Path) -> usize {
@@ -416,6 +425,7 @@ impl Daemon {
             trace,
             trace_seq: 0,
             shutdown: false,
+            unplugged: BTreeMap::new(),
         };
         if let Some(note) = stale_note {
             d.log(&note);
@@ -811,6 +821,7 @@ impl Daemon {
     }
 
     fn close_endpoint(&mut self, id: EndpointId) {
+        self.unplugged.remove(&id);
         self.switch.remove_endpoint(id);
         if let Some(ep) = self.endpoints.remove(&id) {
             let _ = fs::remove_file(&ep.data_path);
@@ -822,6 +833,8 @@ impl Daemon {
         let Some(in_port) = self.endpoints.get(&id).map(|e| e.port) else {
             return;
         };
+        // Cable out: what it sends is read and dropped.
+        let cut = self.unplugged.contains_key(&id);
         for i in 0..BATCH {
             let (Some(buf), Some(iov), Some(hdr)) = (
                 b.bufs.get_mut(i),
@@ -849,7 +862,7 @@ impl Daemon {
                 std::ptr::null_mut(),
             )
         };
-        if got <= 0 {
+        if got <= 0 || cut {
             return;
         }
         let now = self.start.elapsed();
@@ -1092,7 +1105,15 @@ impl Daemon {
             Err(_) => return,
         };
         let line = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
-        let (out, action) = self.console().execute(&line);
+        let cable = line
+            .trim()
+            .strip_prefix("umltest/cable ")
+            .filter(|_| self.config.cable_command)
+            .map(str::to_string);
+        let (out, action) = match cable {
+            Some(args) => (self.cable(&args), Action::None),
+            None => self.console().execute(&line),
+        };
         let _ = s.write_all(out.as_bytes());
         match action {
             Action::Logout => return,
@@ -1108,6 +1129,62 @@ impl Daemon {
         }
         let _ = s.write_all(PROMPT.as_bytes());
         self.mgmt.insert(fd, s);
+    }
+
+    /// `umltest/cable PORT 0|1` (see [`DaemonConfig::cable_command`]); the reply
+    /// in the console's `1000 Success` / `1NNN error` form.
+    fn cable(&mut self, args: &str) -> String {
+        let words: Vec<&str> = args.split_whitespace().collect();
+        let (port, up) = match words.as_slice() {
+            [port, up @ ("0" | "1")] => match port.parse::<u16>() {
+                Ok(p) => (p, *up == "1"),
+                Err(_) => return "1022 Invalid argument\n".into(),
+            },
+            _ => return "1022 Invalid argument\n".into(),
+        };
+        let now = self.start.elapsed();
+        let mut changed = 0;
+        if up {
+            let back: Vec<EndpointId> = self
+                .unplugged
+                .iter()
+                .filter(|(_, (p, _, _))| *p == port)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in back {
+                if let Some((p, user, descr)) = self.unplugged.remove(&id) {
+                    if self
+                        .switch
+                        .add_endpoint(PortRequest::Number(p), id, user, &descr, now)
+                        .is_ok()
+                    {
+                        changed += 1;
+                    }
+                }
+            }
+        } else {
+            let user = self.switch.port(port).and_then(|p| p.cur_user);
+            let here: Vec<(EndpointId, String)> = self
+                .switch
+                .endpoints(port)
+                .iter()
+                .map(|e| (e.id, e.description.clone()))
+                .collect();
+            for (id, descr) in here {
+                if self.switch.remove_endpoint(id).is_some() {
+                    self.unplugged.insert(id, (port, user, descr));
+                    changed += 1;
+                }
+            }
+        }
+        if changed == 0 && !self.unplugged.values().any(|(p, _, _)| *p == port) && !up {
+            return "1006 No such device or address\n".into();
+        }
+        self.log(&format!(
+            "port {port}: cable {} ({changed} endpoints)",
+            if up { "in" } else { "out" }
+        ));
+        "1000 Success\n".into()
     }
 
     /// Returns false on EOF.

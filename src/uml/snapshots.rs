@@ -11,7 +11,8 @@
 //!   only command lines are compared there: where the job's output lands among
 //!   later commands' output is timing (the job's output is compared by its
 //!   `wait_job` expectations and by the trace).
-//! - everything else (disk diffs): exactly, as `umltest run` does on the sim.
+//! - everything else (disk diffs, `host.log`): exactly, but for the backing
+//!   mtimes an mtime mismatch quotes ([`normalize::backing_mtimes`]).
 //!
 //! A real run never writes snapshots: they are the sim's.
 
@@ -62,7 +63,9 @@ pub fn view(artifact: &str, text: &str, background: &BTreeMap<String, BTreeSet<S
         let none = BTreeSet::new();
         return console_view(text, background.get(machine).unwrap_or(&none));
     }
-    text.to_string()
+    // A backing file's mtime, quoted by `check` output or a disk diff, is the
+    // run's, not behaviour.
+    normalize::backing_mtimes(text)
 }
 
 /// Compares a real run's `artifacts` with the snapshots in `dir`, both sides

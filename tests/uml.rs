@@ -368,6 +368,19 @@ mod machine {
             "{}",
             help.dump()
         );
+        // uml_mconsole's local commands: its help after the kernel's; `log hi` is
+        // two requests (`log hi`, then `log \n`), so `OK ` twice [run].
+        assert!(
+            help.stdout()
+                .ends_with("    int  - Interrupt UML session\n"),
+            "{}",
+            help.dump()
+        );
+        let log = con(&["mc1", "log", "hi"]);
+        log.expect_code(0);
+        assert_eq!(log.stdout(), "OK \nOK \n");
+        let version = con(&["mc1", "mconsole-version"]);
+        assert_eq!(version.stdout(), "uml_mconsole client version 2\n");
         // `proc` replies in several chunks (a "\n", the file, then ""): concatenated.
         let cmdline = con(&["mc1", "proc", "cmdline"]);
         cmdline.expect_code(0);

@@ -259,6 +259,8 @@ pub struct Daemon {
     pcap: Option<PcapSink>,
     trace: Option<BufWriter<fs::File>>,
     trace_seq: u64,
+    /// Reused by [`Daemon::others_pending`].
+    pending_poll: Vec<libc::pollfd>,
     shutdown: bool,
     /// Endpoints whose cable is out (`umltest/cable`): port, user, description.
     unplugged: BTreeMap<EndpointId, (u16, Option<u32>, String)>,
@@ -424,6 +426,7 @@ impl Daemon {
             pcap,
             trace,
             trace_seq: 0,
+            pending_poll: Vec::new(),
             shutdown: false,
             unplugged: BTreeMap::new(),
         };
@@ -924,7 +927,7 @@ impl Daemon {
                 }
             }
         }
-        self.flush_sends(b);
+        self.flush_sends(b, id);
     }
 
     fn warn_frame(&mut self, id: EndpointId, port: u16, len: usize) {
@@ -945,7 +948,7 @@ impl Daemon {
         self.log(&msg);
     }
 
-    fn flush_sends(&mut self, b: &mut Batch) {
+    fn flush_sends(&mut self, b: &mut Batch, src: EndpointId) {
         if b.sends.is_empty() {
             return;
         }
@@ -1003,7 +1006,7 @@ impl Daemon {
                     // give a reader that is merely behind a moment (back-pressure
                     // instead of loss), within a budget so that a slow or stuck
                     // client cannot stall the other ports.
-                    if self.wait_for_room(id, fd) {
+                    if self.wait_for_room(id, fd, src) {
                         continue;
                     }
                     break;
@@ -1017,7 +1020,7 @@ impl Daemon {
 
     /// Waits for room on endpoint `id`'s full socket within its budget; true
     /// if there is room.
-    fn wait_for_room(&mut self, id: EndpointId, fd: RawFd) -> bool {
+    fn wait_for_room(&mut self, id: EndpointId, fd: RawFd, src: EndpointId) -> bool {
         let now = self.start.elapsed();
         let Some(ep) = self.endpoints.get_mut(&id) else {
             return false;
@@ -1032,11 +1035,37 @@ impl Daemon {
         }
         let room = wait_writable(fd, ms);
         let after = self.start.elapsed();
+        // A wait that ended with room while nobody but this batch's sender had
+        // frames waiting held up no one else: it is free (the sender is paced
+        // by its reader, without loss). Every other wait is charged.
+        if room && !self.others_pending(src, id) {
+            return true;
+        }
         if let Some(ep) = self.endpoints.get_mut(&id) {
             ep.wait_budget = ep.wait_budget.saturating_sub(after.saturating_sub(now));
             ep.budget_at = after;
         }
         room
+    }
+
+    /// True if an endpoint other than `a` and `b` has frames waiting to be read.
+    fn others_pending(&mut self, a: EndpointId, b: EndpointId) -> bool {
+        let mut fds = std::mem::take(&mut self.pending_poll);
+        fds.clear();
+        fds.extend(
+            self.endpoints
+                .iter()
+                .filter(|(&e, _)| e != a && e != b)
+                .map(|(_, ep)| libc::pollfd {
+                    fd: ep.data.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }),
+        );
+        // SAFETY: fds is a valid, initialized array of pollfd of that length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+        self.pending_poll = fds;
+        n != 0
     }
 
     fn warn_send(&mut self, id: EndpointId, e: &io::Error) {

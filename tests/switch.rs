@@ -493,7 +493,13 @@ struct Mgmt(std::os::unix::net::UnixStream);
 
 impl Mgmt {
     fn connect(path: &Path) -> Mgmt {
-        let s = std::os::unix::net::UnixStream::connect(path).expect("connect mgmt");
+        // Ready = the socket accepts (the real vde_switch may bind it after ctl).
+        let mut stream = None;
+        wait_until(10, "the mgmt socket", || {
+            stream = std::os::unix::net::UnixStream::connect(path).ok();
+            stream.is_some()
+        });
+        let s = stream.expect("connected");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         let mut m = Mgmt(s);
@@ -991,6 +997,37 @@ fn foreign_socket_dir_is_refused() {
         run.dump()
     );
     assert!(!foreign.join("ctl").exists());
+}
+
+/// `ctl` appears last, so a start-up that fails after the sockets are bound
+/// (here: the capture file cannot be created) leaves no socket behind.
+#[test]
+fn a_failed_start_leaves_no_sockets() {
+    let tmp = util::tempdir();
+    let dir = tmp.path().join("sw");
+    let run = util::umltest(
+        tmp.path(),
+        &[
+            "switch",
+            "-s",
+            "sw",
+            "-M",
+            "mgmt",
+            "--pcap",
+            "no/such/dir/x.pcap",
+        ],
+    );
+    run.expect_code(1);
+    assert!(
+        run.stderr().contains("cannot create pcap file"),
+        "{}",
+        run.dump()
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the socket dir: {left:?}");
+    assert!(!tmp.path().join("mgmt").exists(), "mgmt socket left behind");
 }
 
 #[test]

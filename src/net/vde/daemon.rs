@@ -300,6 +300,18 @@ fn switch_mac() -> MacAddr {
     MacAddr([0x00, 0xff, b[0], b[1], b[2], b[3]])
 }
 
+/// Sockets of a switch still starting up: removed when dropped, so an error
+/// halfway leaves nothing behind.
+struct Unpublished(Vec<PathBuf>);
+
+impl Drop for Unpublished {
+    fn drop(&mut self) {
+        for p in self.0.drain(..) {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
 impl Daemon {
     /// Creates and checks the socket directory, binds `DIR/ctl` (taking over a
     /// stale one nobody listens on) and the management socket, runs the rc
@@ -364,10 +376,12 @@ impl Daemon {
             nix::unistd::chown(&tmp, None, Some(gid.into()))
                 .map_err(|e| io_err("Could not chown socket", &ctl)(e.into()))?;
         }
-        fs::rename(&tmp, &ctl).map_err(io_err("Could not bind to socket", &ctl))?;
         listener
             .set_nonblocking(true)
             .map_err(io_err("set O_NONBLOCK on", &ctl))?;
+        // Until `ctl` appears the bound socket is only a temporary name; it goes
+        // away with any error below.
+        let mut unpublished = Unpublished(vec![tmp.clone()]);
         let mgmt_listener = match &config.mgmt {
             None => None,
             Some(path) => {
@@ -380,6 +394,7 @@ impl Daemon {
                     }
                     Err(e) => return Err(io_err("mgmt socket bind", path)(e)),
                 };
+                unpublished.0.push(path.clone());
                 l.set_nonblocking(true)
                     .map_err(io_err("set O_NONBLOCK on", path))?;
                 chmod(path, config.mgmt_mode).map_err(io_err("chmod", path))?;
@@ -434,6 +449,11 @@ impl Daemon {
             d.log(&note);
         }
         d.run_rcfile();
+        // Publishing `ctl` last makes it the one readiness marker: once it exists
+        // the management socket, the capture files and the rc file's settings
+        // are all in place.
+        fs::rename(&tmp, &ctl).map_err(io_err("Could not bind to socket", &ctl))?;
+        unpublished.0.clear();
         Ok(d)
     }
 

@@ -584,6 +584,193 @@ mod lab {
         // Snapshots are the sim's: a real run writes none (not even `.snap.new`).
         assert_eq!(pending_snapshots(), before, "{}", run.dump());
     }
+
+    /// A small lab without wall-clock steps (one ARP probe, answered), so two
+    /// copies running at once on a loaded host do not change its outcome.
+    const PAIR_LAB: &str = r#"[scenario]
+name  = "pair"
+about = "Two hosts on one switch: one ARP probe, answered"
+seed  = 1
+
+[[switch]]
+name = "sw1"
+
+[[disk]]
+name  = "fs.ext4"
+size  = "64M"
+image = "default"
+
+[[machine]]
+name    = "h1"
+cmdline = "mem=64M ubd0=h1.cow,fs.ext4 root=/dev/ubda eth0=vde,sw1"
+
+[[machine]]
+name    = "h2"
+cmdline = "mem=64M ubd0=h2.cow,fs.ext4 root=/dev/ubda eth0=vde,sw1"
+
+[[step]]
+boot = ["h1", "h2"]
+
+[[step]]
+on  = "h2"
+run = "ip link set eth0 up; ip addr add 1.1.1.1/24 dev eth0"
+
+[[step]]
+on  = "h1"
+run = "ip link set eth0 up"
+
+[[step]]
+on     = "h1"
+run    = "arping -0 -i eth0 -c 1 1.1.1.1"
+expect = { exit = 0, stdout = "1 packets transmitted, 1 packets received,   0% unanswered" }
+
+[[step]]
+halt = ["h1", "h2"]
+"#;
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    }
+
+    /// The issue's "unique umids and socket dirs so two runs at once, and runs as
+    /// an ordinary user, work": two `umltest run --backend uml` of one lab at once,
+    /// from the same folder (same machine and switch names), into two run folders.
+    /// As root the second runs as `nobody` (setpriv), with only its run folder and
+    /// HOME writable and the shared image cache read-only; as an ordinary user both
+    /// run as that user.
+    #[test]
+    fn two_runs_at_once_one_as_an_ordinary_user_both_pass() {
+        let _heavy = crate::uml::heavy();
+        // Fills the shared test cache with the default image, so no run builds one.
+        let Some(image) = super::machine::default_image() else {
+            return;
+        };
+        if util::tool("vde_plug", "vde2").is_none() {
+            return;
+        }
+        // SAFETY: plain getter syscall.
+        let root = unsafe { libc::geteuid() } == 0;
+        let setpriv = if root {
+            util::tool("setpriv", "util-linux")
+        } else {
+            eprintln!(
+                "SKIPPED (not a pass): the `nobody` half needs root to drop to; \
+                 both runs use this (ordinary) user instead"
+            );
+            None
+        };
+        if root && setpriv.is_none() {
+            return;
+        }
+        let dir = util::tempdir();
+        let d = dir.path();
+        // Everything `nobody` needs is readable (tempdir makes 0700 folders); only
+        // its own folder is writable.
+        chmod(d, 0o755);
+        std::fs::create_dir(d.join("scenarios")).expect("mkdir");
+        std::fs::write(d.join("scenarios/pair.toml"), PAIR_LAB).expect("write lab");
+        util::umltest(
+            d,
+            &["run", "--update", "--out", "sim", "scenarios/pair.toml"],
+        )
+        .expect_code(0);
+        for entry in std::fs::read_dir(d.join("snapshots/pair")).expect("snapshots") {
+            chmod(&entry.expect("entry").path(), 0o644);
+        }
+        // The binary may sit under a folder `nobody` cannot enter (a checkout in
+        // /root): a readable copy.
+        let bin = d.join("umltest");
+        std::fs::copy(util::umltest_bin(), &bin).expect("copy umltest");
+        chmod(&bin, 0o755);
+        // The image cache: the test cache (root's), read-only for `nobody`.
+        let cache = std::env::temp_dir().join("umltest-test-cache");
+        assert!(
+            std::fs::read_dir(&cache)
+                .expect("test image cache")
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("rootfs-")),
+            "{} holds no image although {} was built from it",
+            cache.display(),
+            image.display()
+        );
+        std::fs::create_dir(d.join("xdg")).expect("mkdir");
+        std::os::unix::fs::symlink(&cache, d.join("xdg/umltest")).expect("symlink");
+        let user = d.join("user");
+        std::fs::create_dir(&user).expect("mkdir");
+        if root {
+            std::os::unix::fs::chown(&user, Some(65534), Some(65534)).expect("chown nobody");
+        }
+        let xdg = d.join("xdg").to_string_lossy().into_owned();
+        let spawn = |as_nobody: bool, out: &str| {
+            let mut cmd = match (&setpriv, as_nobody) {
+                (Some(setpriv), true) => {
+                    let mut c = std::process::Command::new(setpriv);
+                    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+                        .arg(&bin);
+                    c
+                }
+                _ => std::process::Command::new(&bin),
+            };
+            cmd.args([
+                "run",
+                "--backend",
+                "uml",
+                "--out",
+                out,
+                "scenarios/pair.toml",
+            ])
+            .current_dir(d)
+            .env("XDG_CACHE_HOME", &xdg)
+            .env("HOME", &user)
+            .env("TMPDIR", &user)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+            let child = cmd.spawn().expect("spawn umltest run");
+            (format!("{cmd:?}"), child)
+        };
+        let runs = [spawn(false, "out-a"), spawn(true, "user/out-b")];
+        for (nth, (cmdline, child)) in runs.into_iter().enumerate() {
+            let output = child.wait_with_output().expect("wait for umltest run");
+            let run = util::Run {
+                cmdline,
+                cwd: d.to_path_buf(),
+                output,
+            };
+            run.expect_code(0);
+            assert!(
+                run.stdout().contains("1 passed, 0 failed"),
+                "{}",
+                run.dump()
+            );
+            if root && nth == 1 {
+                // The second run's guests really were `nobody`'s: the switch logs
+                // each peer's user.
+                assert!(
+                    run.stderr().contains("UML vde_transport user=nobody"),
+                    "{}",
+                    run.dump()
+                );
+            }
+        }
+        let b = d.join("user/out-b/pair");
+        if root {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(b.join("h1.console")).expect("h1 console");
+            assert_eq!(meta.uid(), 65534, "h1.console not written by nobody");
+        }
+        // Same names, separate machines: each run folder has its own consoles
+        // showing the answered probe.
+        for run_dir in [d.join("out-a/pair"), b] {
+            let console = std::fs::read_to_string(run_dir.join("h1.console"))
+                .unwrap_or_else(|e| panic!("{}: {e}", run_dir.display()));
+            assert!(
+                console.contains("1 packets transmitted, 1 packets received"),
+                "{console}"
+            );
+        }
+    }
 }
 
 /// A lab whose `link` steps pull h2's cable, put it back, then pull h1's.

@@ -480,3 +480,164 @@ fn proc_files_and_mount_match_the_guest() {
         ("ip: SIOCGIFFLAGS: No such device\n".into(), 2)
     );
 }
+
+/// arping 2.23's MAC ping mode (`-T`, or a MAC address as the argument)
+/// against a Linux peer; outputs, exit codes and frames as the real arping
+/// 2.23 printed them against Linux in network namespaces (times aside).
+#[test]
+fn arping_mac_ping_matches_the_real_tools() {
+    let dir = util::tempdir();
+    let mut sim = two_hosts(dir.path());
+    run(
+        &mut sim,
+        "h2",
+        "ip link set eth0 up && ip addr add 10.0.0.2/24 dev eth0",
+    );
+    run(
+        &mut sim,
+        "h1",
+        "ip link set eth0 up && ip addr add 10.0.0.1/24 dev eth0",
+    );
+    let td = sim
+        .spawn("h2", "tcpdump -i eth0 -c 6 -n -e")
+        .expect("spawn");
+    assert!(sim
+        .wait_console("h2", "listening on eth0", Duration::from_secs(1))
+        .expect("wait"));
+    let stats = |sent: u32, recvd: u32| {
+        let mut s = format!(
+            "\n--- fe:fd:00:00:00:02 statistics ---\n\
+             {sent} packets transmitted, {recvd} packets received, {:3.0}% unanswered (0 extra)\n",
+            100.0 - 100.0 * f64::from(recvd) / f64::from(sent)
+        );
+        if recvd > 0 {
+            s.push_str("rtt min/avg/max/std-dev = T");
+        }
+        s
+    };
+    let answered = format!(
+        "ARPING fe:fd:00:00:00:02\n\
+         62 bytes from 10.0.0.2 (fe:fd:00:00:00:02): icmp_seq=0 time=T\n\
+         62 bytes from 10.0.0.2 (fe:fd:00:00:00:02): icmp_seq=1 time=T\n{}",
+        stats(2, 2)
+    );
+    let (out, code) = run(
+        &mut sim,
+        "h1",
+        "arping -c 2 -T 10.0.0.2 -i eth0 fe:fd:00:00:00:02",
+    );
+    assert_eq!((mask_times(&out), code), (answered.clone(), 0));
+
+    // The peer resolved the sender before its first reply, then replied directly.
+    let td = sim
+        .wait_job("h2", td, Duration::from_secs(5))
+        .expect("tcpdump");
+    let strip = |l: &str| {
+        l.split_once(' ')
+            .map(|x| x.1.to_string())
+            .unwrap_or_default()
+    };
+    let frames: Vec<String> = td.output.lines().skip(2).take(6).map(strip).collect();
+    let id = |l: &str| {
+        l.split(", id ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (id0, id1) = (id(&frames[0]), id(&frames[4]));
+    assert_eq!(
+        frames,
+        [
+            format!("fe:fd:00:00:00:01 > fe:fd:00:00:00:02, ethertype IPv4 (0x0800), length 62: 10.0.0.1 > 10.0.0.2: ICMP echo request, id {id0}, seq 0, length 28"),
+            "fe:fd:00:00:00:02 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Request who-has 10.0.0.1 tell 10.0.0.2, length 28".into(),
+            "fe:fd:00:00:00:01 > fe:fd:00:00:00:02, ethertype ARP (0x0806), length 42: Reply 10.0.0.1 is-at fe:fd:00:00:00:01, length 28".into(),
+            format!("fe:fd:00:00:00:02 > fe:fd:00:00:00:01, ethertype IPv4 (0x0800), length 62: 10.0.0.2 > 10.0.0.1: ICMP echo reply, id {id0}, seq 0, length 28"),
+            format!("fe:fd:00:00:00:01 > fe:fd:00:00:00:02, ethertype IPv4 (0x0800), length 62: 10.0.0.1 > 10.0.0.2: ICMP echo request, id {id1}, seq 1, length 28"),
+            format!("fe:fd:00:00:00:02 > fe:fd:00:00:00:01, ethertype IPv4 (0x0800), length 62: 10.0.0.2 > 10.0.0.1: ICMP echo reply, id {id1}, seq 1, length 28"),
+        ]
+    );
+    let (neigh, _) = run(&mut sim, "h2", "ip neigh");
+    assert!(
+        neigh.starts_with("10.0.0.1 dev eth0 lladdr fe:fd:00:00:00:01 ")
+            && neigh.contains("REACHABLE"),
+        "{neigh}"
+    );
+
+    let unanswered = format!(
+        "ARPING fe:fd:00:00:00:02\nTimeout\nTimeout\n{}\n",
+        stats(2, 0)
+    );
+    // An address the peer does not have: dropped (forwarding is off).
+    let (out, code) = run(
+        &mut sim,
+        "h1",
+        "arping -c 2 -T 10.0.0.9 -i eth0 fe:fd:00:00:00:02",
+    );
+    assert_eq!((out, code), (unanswered.clone(), 1));
+    // Without -T: to 255.255.255.255, ignored (icmp_echo_ignore_broadcasts=1).
+    let (out, code) = run(&mut sim, "h1", "arping -c 2 -i eth0 fe:fd:00:00:00:02");
+    assert_eq!((out, code), (unanswered.clone(), 1));
+    // Source 0.0.0.0: a martian source, dropped.
+    let (out, code) = run(
+        &mut sim,
+        "h1",
+        "arping -0 -c 2 -T 10.0.0.2 -i eth0 fe:fd:00:00:00:02",
+    );
+    assert_eq!((out, code), (unanswered, 1));
+    // With the sysctl off the peer answers the broadcast from its address.
+    run(
+        &mut sim,
+        "h2",
+        "sysctl -w net.ipv4.icmp_echo_ignore_broadcasts=0",
+    );
+    let (out, code) = run(&mut sim, "h1", "arping -c 2 -i eth0 fe:fd:00:00:00:02");
+    assert_eq!((mask_times(&out), code), (answered, 0));
+
+    assert_eq!(
+        run(
+            &mut sim,
+            "h1",
+            "arping -D -c 2 -T 10.0.0.2 -i eth0 fe:fd:00:00:00:02"
+        ),
+        ("!!\t  0% packet loss (0 extra)\n".into(), 0)
+    );
+    // Sic: in MAC ping -r prints the IP, -R the MAC.
+    assert_eq!(
+        run(
+            &mut sim,
+            "h1",
+            "arping -r -R -c 1 -T 10.0.0.2 -i eth0 fe:fd:00:00:00:02"
+        ),
+        ("fe:fd:00:00:00:02 10.0.0.2\n".into(), 0)
+    );
+    assert_eq!(
+        run(
+            &mut sim,
+            "h1",
+            "arping -r -c 1 -T 10.0.0.2 -i eth0 fe:fd:00:00:00:02"
+        ),
+        ("10.0.0.2\n".into(), 0)
+    );
+    // The usage errors, word for word (the first has no newline).
+    for (cmd, err) in [
+        (
+            "arping -c 1 -T 10.0.0.2 -B -i eth0 fe:fd:00:00:00:02",
+            "arping: -T can only be used to ping MAC and -BtU only to ping IPs",
+        ),
+        (
+            "arping -c 1 -T 10.0.0.2 -i eth0 10.0.0.2",
+            "arping: Options given only apply to MAC ping, but no MAC address given as argument\n",
+        ),
+        (
+            "arping -c 1 -i eth0 foo:bar",
+            "arping: Illegal mac addr foo:bar\n",
+        ),
+        (
+            "arping -c 1 -t fe:fd:00:00:00:02 -i eth0 fe:fd:00:00:00:02",
+            "arping: Options given only apply to IP ping, but MAC address given as argument\n",
+        ),
+    ] {
+        assert_eq!(run(&mut sim, "h1", cmd), (err.to_string(), 1), "{cmd}");
+    }
+}

@@ -62,6 +62,10 @@ pub enum WireError {
         hlen: u8,
         plen: u8,
     },
+    /// An IPv4 packet after the Ethernet header (byte 14 on) that is not a
+    /// well-formed ICMP echo.
+    #[error("IPv4 packet at byte 14: {what}")]
+    Malformed { what: &'static str },
 }
 
 /// An Ethernet MAC address, printed lower-case as `fe:fd:00:00:00:01`.
@@ -295,6 +299,145 @@ impl ArpRepr {
         f.extend_from_slice(&self.to_bytes());
         f.resize(f.len() + padding, 0);
         f
+    }
+}
+
+/// An IPv4 ICMP echo request or reply (RFC 792) with a 20-byte IP header
+/// without options, as arping's libnet and Linux's `icmp_reply` build them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcmpEchoRepr {
+    /// Echo reply (type 0) rather than echo request (type 8).
+    pub reply: bool,
+    pub tos: u8,
+    /// The IP header's identification field.
+    pub ip_id: u16,
+    pub ttl: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub id: u16,
+    pub seq: u16,
+    pub payload: Vec<u8>,
+}
+
+/// IPv4 header length without options.
+pub const IPV4_HEADER_LEN: usize = 20;
+/// ICMP echo header length (type, code, checksum, id, seq).
+pub const ICMP_ECHO_HEADER_LEN: usize = 8;
+
+impl IcmpEchoRepr {
+    /// The frame: Ethernet header (EtherType IPv4), IP header (no DF, no
+    /// fragment offset, both checksums filled in), ICMP echo, payload.
+    pub fn to_frame(&self, dst: MacAddr, src: MacAddr) -> Vec<u8> {
+        let icmp_len = ICMP_ECHO_HEADER_LEN + self.payload.len();
+        let total = IPV4_HEADER_LEN + icmp_len;
+        let mut f = Vec::with_capacity(ETHERNET_HEADER_LEN + total);
+        f.extend_from_slice(
+            &EthernetRepr {
+                dst,
+                src,
+                ethertype: ETHERTYPE_IPV4,
+            }
+            .to_bytes(),
+        );
+        let mut ip = [0u8; IPV4_HEADER_LEN];
+        ip[0] = 0x45;
+        ip[1] = self.tos;
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&self.ip_id.to_be_bytes());
+        ip[8] = self.ttl;
+        ip[9] = 1;
+        ip[12..16].copy_from_slice(&self.src.octets());
+        ip[16..20].copy_from_slice(&self.dst.octets());
+        let sum = pnet_packet::util::checksum(&ip, 5);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        f.extend_from_slice(&ip);
+        let mut icmp = Vec::with_capacity(icmp_len);
+        icmp.push(if self.reply { 0 } else { 8 });
+        icmp.push(0);
+        icmp.extend_from_slice(&[0, 0]);
+        icmp.extend_from_slice(&self.id.to_be_bytes());
+        icmp.extend_from_slice(&self.seq.to_be_bytes());
+        icmp.extend_from_slice(&self.payload);
+        let sum = pnet_packet::util::checksum(&icmp, 1);
+        icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+        f.extend_from_slice(&icmp);
+        f
+    }
+
+    /// Reads an echo request or reply from a whole frame, checking what the
+    /// Linux receive path checks (`ip_rcv_core`, `icmp_rcv`): version 4, a
+    /// header length of at least 20, the total length within the frame, the
+    /// header checksum, no fragment, protocol ICMP, the ICMP checksum, and
+    /// type 8 or 0. Bytes after the IP total length (Ethernet padding) are
+    /// ignored. Returns the Ethernet header too.
+    pub fn parse_frame(frame: &[u8]) -> Result<(EthernetRepr, IcmpEchoRepr), WireError> {
+        let eth = EthernetRepr::parse(frame)?;
+        let bad = |why: &'static str| WireError::Malformed { what: why };
+        if eth.ethertype != ETHERTYPE_IPV4 {
+            return Err(WireError::EtherType {
+                found: eth.ethertype,
+                expected: ETHERTYPE_IPV4,
+            });
+        }
+        let ip = frame.get(ETHERNET_HEADER_LEN..).unwrap_or_default();
+        let Some(&vhl) = ip.first() else {
+            return Err(WireError::Truncated {
+                what: "an IPv4 header",
+                len: ip.len(),
+                need: IPV4_HEADER_LEN,
+            });
+        };
+        let hlen = usize::from(vhl & 0x0f) * 4;
+        if vhl >> 4 != 4 || hlen < IPV4_HEADER_LEN {
+            return Err(bad("version is not 4 or header length below 20"));
+        }
+        let total = usize::from(be16(ip, 2).unwrap_or(0));
+        if ip.len() < hlen.max(total) || total < hlen {
+            return Err(WireError::Truncated {
+                what: "an IPv4 packet",
+                len: ip.len(),
+                need: hlen.max(total),
+            });
+        }
+        let (header, icmp) = (&ip[..hlen], &ip[hlen..total]);
+        if pnet_packet::util::checksum(header, 5) != be16(header, 10).unwrap_or(0) {
+            return Err(bad("bad header checksum (bytes 24..26)"));
+        }
+        if be16(header, 6).unwrap_or(0) & 0x3fff != 0 {
+            return Err(bad("a fragment (bytes 20..22)"));
+        }
+        if header[9] != 1 {
+            return Err(bad("protocol (byte 23) is not ICMP"));
+        }
+        if icmp.len() < ICMP_ECHO_HEADER_LEN {
+            return Err(WireError::Truncated {
+                what: "an ICMP echo header",
+                len: icmp.len(),
+                need: ICMP_ECHO_HEADER_LEN,
+            });
+        }
+        if pnet_packet::util::checksum(icmp, 1) != be16(icmp, 2).unwrap_or(0) {
+            return Err(bad("bad ICMP checksum"));
+        }
+        let reply = match icmp[0] {
+            0 => true,
+            8 => false,
+            _ => return Err(bad("ICMP type is neither echo request nor reply")),
+        };
+        Ok((
+            eth,
+            IcmpEchoRepr {
+                reply,
+                tos: header[1],
+                ip_id: be16(header, 4).unwrap_or(0),
+                ttl: header[8],
+                src: ipv4_at(header, 12).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                dst: ipv4_at(header, 16).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                id: be16(icmp, 4).unwrap_or(0),
+                seq: be16(icmp, 6).unwrap_or(0),
+                payload: icmp[ICMP_ECHO_HEADER_LEN..].to_vec(),
+            },
+        ))
     }
 }
 

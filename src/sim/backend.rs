@@ -213,10 +213,16 @@ impl Backend for SimBackend {
             };
             let rng = self.world.rng(&format!("machine {}", spec.name));
             let booted = boot::boot(index, &spec.name, &spec.argv, &self.run_dir, rng);
+            // A stream of its own, so the other draws stay as they were.
+            let ip_ident = self
+                .world
+                .rng(&format!("machine {} ip ident", spec.name))
+                .below(1 << 16) as u16;
             let Some(m) = self.world.machines.get_mut(index) else {
                 return Err(BackendError::UnknownMachine(name.clone()));
             };
             m.core = booted.core;
+            m.core.stack.ip_ident = ip_ident;
             for ((mname, unit), f) in &self.disk_faults {
                 if mname == name {
                     if let Some(d) = m.core.disks.get_mut(unit) {

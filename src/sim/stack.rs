@@ -1,6 +1,13 @@
 //! A machine's IPv4 link layer: interfaces, addresses, sysctls, the neighbour
-//! table, and ARP answering as Linux 6.1 does it (`net/ipv4/arp.c`, digest in
-//! `../shared/spec/arping-and-arp.md` §6).
+//! table, ARP answering as Linux 6.1 does it (`net/ipv4/arp.c`, digest in
+//! `../shared/spec/arping-and-arp.md` §6), and ICMP echo answering
+//! (`net/ipv4/icmp.c` `icmp_echo`/`icmp_reply`), with the neighbour
+//! resolution the reply needs (`arp_solicit`, queued until the ARP reply).
+//!
+//! Not modelled: ARP retransmissions (Linux sends up to `mcast_solicit` = 3
+//! requests a second apart, then drops the queue; the sim sends one and keeps
+//! the queue), neighbour state timers (DELAY/PROBE/FAILED), routing between
+//! interfaces (a reply leaves on the interface the request came in on).
 //!
 //! Pure: [`Stack::receive`] takes a frame and the virtual time and returns what
 //! the kernel sends in answer; nothing here touches a clock, a socket or a file.
@@ -9,7 +16,9 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::net::wire::{ArpOp, ArpRepr, EthernetRepr, MacAddr, ETHERTYPE_ARP};
+use crate::net::wire::{
+    ArpOp, ArpRepr, EthernetRepr, IcmpEchoRepr, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4,
+};
 
 /// Length of an ARP frame without padding: what Linux (and UML's transports) send.
 pub const ARP_FRAME_LEN: usize = 42;
@@ -149,7 +158,16 @@ pub struct Stack {
     pub neigh: BTreeMap<(usize, Ipv4Addr), Neighbour>,
     /// `net.ipv4.conf.*` and friends (see [`crate::sim::sysctl`]).
     pub sysctl: BTreeMap<String, String>,
+    /// Neighbours being resolved (NUD_INCOMPLETE): the frames waiting for
+    /// their link-layer address, destination MAC still zero.
+    pub resolving: BTreeMap<(usize, Ipv4Addr), Vec<Vec<u8>>>,
+    /// The next IP identification for packets the kernel sends (Linux hashes
+    /// per destination from a random key; the sim counts from a seeded start).
+    pub ip_ident: u16,
 }
+
+/// `unres_qlen`-like cap on frames queued for one unresolved neighbour.
+const RESOLVE_QUEUE: usize = 100;
 
 fn is_multicast(ip: Ipv4Addr) -> bool {
     ip.octets()[0] & 0xf0 == 0xe0
@@ -164,6 +182,8 @@ impl Stack {
             ifaces,
             neigh: BTreeMap::new(),
             sysctl: BTreeMap::new(),
+            resolving: BTreeMap::new(),
+            ip_ident: 0,
         };
         stack.sysctl = crate::sim::sysctl::defaults(&stack.iface_names());
         stack
@@ -249,6 +269,42 @@ impl Stack {
         iface: usize,
         frame: &[u8],
         now: Duration,
+    ) -> (Verdict, Vec<Vec<u8>>) {
+        if self.ifaces.get(iface).is_none() {
+            return (Verdict::NotArp, Vec::new());
+        }
+        let Ok(eth) = EthernetRepr::parse(frame) else {
+            return (Verdict::NotArp, Vec::new());
+        };
+        if eth.ethertype == ETHERTYPE_IPV4 {
+            return self.receive_ipv4(iface, frame);
+        }
+        if eth.ethertype != ETHERTYPE_ARP {
+            return (Verdict::NotArp, Vec::new());
+        }
+        let (verdict, answer) = self.receive_arp(iface, frame, now);
+        let mut out: Vec<Vec<u8>> = answer.into_iter().collect();
+        // A neighbour that was being resolved and is now known: send what waited.
+        if let Ok((_, arp)) = ArpRepr::parse_frame(frame) {
+            let key = (iface, arp.spa);
+            if let Some(n) = self.neigh.get(&key).copied() {
+                if let Some(queued) = self.resolving.remove(&key) {
+                    for mut f in queued {
+                        f[..6].copy_from_slice(&n.lladdr.0);
+                        out.push(f);
+                    }
+                }
+            }
+        }
+        (verdict, out)
+    }
+
+    /// The ARP half of [`Stack::receive`] (`arp_rcv` and `arp_process`).
+    fn receive_arp(
+        &mut self,
+        iface: usize,
+        frame: &[u8],
+        now: Duration,
     ) -> (Verdict, Option<Vec<u8>>) {
         let Some(dev) = self.ifaces.get(iface) else {
             return (Verdict::NotArp, None);
@@ -256,9 +312,6 @@ impl Stack {
         let Ok(eth) = EthernetRepr::parse(frame) else {
             return (Verdict::NotArp, None);
         };
-        if eth.ethertype != ETHERTYPE_ARP {
-            return (Verdict::NotArp, None);
-        }
         // arp_rcv: PACKET_OTHERHOST frames are dropped even in promiscuous mode.
         if eth.dst != dev.mac && !eth.dst.is_multicast() {
             return (Verdict::Dropped("unicast to another host"), None);
@@ -340,7 +393,8 @@ impl Stack {
         // gratuitous ARP or an unsolicited reply.
         let key = (iface, sip);
         let is_garp = tip == sip;
-        let exists = self.neigh.contains_key(&key);
+        // An entry being resolved (NUD_INCOMPLETE) exists for arp_process too.
+        let exists = self.neigh.contains_key(&key) || self.resolving.contains_key(&key);
         if exists
             || (self.conf(iface, "arp_accept", false) != 0
                 && (is_garp || arp.op == ArpOp::Reply)
@@ -364,6 +418,94 @@ impl Stack {
             );
         }
         (Verdict::Processed, answer)
+    }
+
+    /// `ip_rcv` → `icmp_rcv` → `icmp_echo` for an IPv4 frame: echo requests to
+    /// a local address are answered; to a broadcast address only with
+    /// `net.ipv4.icmp_echo_ignore_broadcasts=0`; anything else addressed to
+    /// another host is dropped (forwarding is off).
+    fn receive_ipv4(&mut self, iface: usize, frame: &[u8]) -> (Verdict, Vec<Vec<u8>>) {
+        let drop = |why| (Verdict::Dropped(why), Vec::new());
+        let Some(dev) = self.ifaces.get(iface) else {
+            return (Verdict::NotArp, Vec::new());
+        };
+        let dev_mac = dev.mac;
+        let Ok((eth, echo)) = IcmpEchoRepr::parse_frame(frame) else {
+            return drop("not a well-formed ICMP echo");
+        };
+        // ip_rcv: PACKET_OTHERHOST frames are dropped even in promiscuous mode.
+        if eth.dst != dev_mac && !eth.dst.is_multicast() {
+            return drop("unicast to another host");
+        }
+        if echo.reply {
+            return drop("echo reply: for a socket, not the kernel");
+        }
+        if !self.route_input_ok(echo.src) {
+            return drop("martian source");
+        }
+        let local = self.is_local(echo.dst);
+        let broadcast = !local && self.is_broadcast(echo.dst);
+        if !local && !broadcast {
+            return drop("not for this host and forwarding is off");
+        }
+        let global = |k: &str| {
+            self.sysctl
+                .get(k)
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        if broadcast && global("net.ipv4.icmp_echo_ignore_broadcasts") != 0 {
+            return drop("echo to broadcast (icmp_echo_ignore_broadcasts)");
+        }
+        if global("net.ipv4.icmp_echo_ignore_all") != 0 {
+            return drop("icmp_echo_ignore_all");
+        }
+        // The reply goes back to the sender, which must be on-link here.
+        let Some(on_link) = self
+            .ifaces
+            .get(iface)
+            .and_then(|d| d.addrs.iter().find(|a| a.contains(echo.src)).copied())
+        else {
+            return drop("no route back to the sender");
+        };
+        // fib_compute_spec_dst: the local address asked for, or for a
+        // broadcast the interface address on the sender's subnet.
+        let src = if local { echo.dst } else { on_link.addr };
+        let ident = self.ip_ident;
+        self.ip_ident = self.ip_ident.wrapping_add(1);
+        let reply = IcmpEchoRepr {
+            reply: true,
+            ip_id: ident,
+            ttl: 64,
+            src,
+            dst: echo.src,
+            ..echo
+        };
+        let key = (iface, echo.src);
+        if let Some(n) = self.neigh.get(&key) {
+            return (Verdict::Processed, vec![reply.to_frame(n.lladdr, dev_mac)]);
+        }
+        // arp_solicit: one broadcast request (sender IP = the reply's source,
+        // arp_announce 0); the reply waits in the neighbour's queue.
+        let queue = self.resolving.entry(key).or_default();
+        let first = queue.is_empty();
+        if queue.len() < RESOLVE_QUEUE {
+            queue.push(reply.to_frame(MacAddr([0; 6]), dev_mac));
+        }
+        let mut out = Vec::new();
+        if first {
+            out.push(
+                ArpRepr {
+                    op: ArpOp::Request,
+                    sha: dev_mac,
+                    spa: src,
+                    tha: MacAddr([0; 6]),
+                    tpa: echo.src,
+                }
+                .to_frame(MacAddr([0xff; 6]), dev_mac, 0),
+            );
+        }
+        (Verdict::Processed, out)
     }
 
     /// `ip_route_input` on the request's source: martian sources (broadcast,
@@ -414,7 +556,7 @@ mod tests {
     fn dad_probe_for_a_local_address_gets_the_kernels_42_byte_reply() {
         let mut s = host_with(Some([1, 1, 1, 1]));
         let (_, reply) = s.receive(1, &request([0, 0, 0, 0], [1, 1, 1, 1]), Duration::ZERO);
-        let reply = reply.expect("a reply");
+        let reply = reply.into_iter().next().expect("a reply");
         assert_eq!(
             reply,
             [
@@ -436,7 +578,7 @@ mod tests {
             ([1, 1, 1, 1], [1, 1, 1, 1]),
         ] {
             let (_, reply) = s.receive(1, &request(sip, tip), Duration::ZERO);
-            assert_eq!(reply, None, "{sip:?} asking for {tip:?}");
+            assert!(reply.is_empty(), "{sip:?} asking for {tip:?}");
         }
     }
 
@@ -444,7 +586,7 @@ mod tests {
     fn normal_request_is_answered_and_leaves_a_stale_entry() {
         let mut s = host_with(Some([1, 1, 1, 1]));
         let (_, reply) = s.receive(1, &request([1, 1, 1, 5], [1, 1, 1, 1]), Duration::ZERO);
-        let reply = reply.expect("reply");
+        let reply = reply.into_iter().next().expect("reply");
         assert_eq!(
             &reply[38..42],
             &[1, 1, 1, 5],
@@ -467,13 +609,13 @@ mod tests {
         s.ifaces.push(eth1);
         let probe = request([0, 0, 0, 0], [1, 1, 1, 1]);
         assert!(
-            s.receive(1, &probe, Duration::ZERO).1.is_some(),
+            !s.receive(1, &probe, Duration::ZERO).1.is_empty(),
             "default 0: any interface"
         );
         s.sysctl
             .insert("net.ipv4.conf.all.arp_ignore".into(), "1".into());
-        assert!(s.receive(1, &probe, Duration::ZERO).1.is_none());
-        assert!(s.receive(2, &probe, Duration::ZERO).1.is_some());
+        assert!(s.receive(1, &probe, Duration::ZERO).1.is_empty());
+        assert!(!s.receive(2, &probe, Duration::ZERO).1.is_empty());
     }
 
     #[test]
@@ -483,7 +625,7 @@ mod tests {
         f[..6].copy_from_slice(&[0xfe, 0xfd, 0, 0, 0, 9]);
         assert_eq!(
             s.receive(1, &f, Duration::ZERO),
-            (Verdict::Dropped("unicast to another host"), None)
+            (Verdict::Dropped("unicast to another host"), Vec::new())
         );
     }
 

@@ -24,6 +24,8 @@ const GLOBAL_KEYS: &[(&str, &str)] = &[
     ("kernel.hostname", "(none)"),
     ("kernel.osrelease", "6.1.176"),
     ("kernel.ostype", "Linux"),
+    ("net.ipv4.icmp_echo_ignore_all", "0"),
+    ("net.ipv4.icmp_echo_ignore_broadcasts", "1"),
     ("net.ipv4.ip_forward", "0"),
     ("net.ipv4.neigh.default.gc_stale_time", "60"),
 ];

@@ -925,9 +925,14 @@ impl World {
         let Some(m) = self.machines.get_mut(machine) else {
             return;
         };
-        let (_, reply) = m.core.stack.receive(iface, &frame, now);
-        if let Some(reply) = reply {
-            let jitter = Duration::from_nanos(m.core.rng.below(10_000));
+        let (_, replies) = m.core.stack.receive(iface, &frame, now);
+        if replies.is_empty() {
+            return;
+        }
+        // One delay for the batch: the kernel sends them in order, and the
+        // queue keeps insertion order for equal times.
+        let jitter = Duration::from_nanos(m.core.rng.below(10_000));
+        for reply in replies {
             self.push(
                 now + KERNEL_DELAY + jitter,
                 EventKind::Tx {

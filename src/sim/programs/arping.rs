@@ -1,16 +1,23 @@
-//! Thomas Habets' arping 2.23 (IP ping mode), from `src/arping.c` at tag
-//! `arping-2.23` and runs of the real binary in a UML 6.1 guest
-//! (arping-and-arp.md §1–5): option parsing with GNU getopt (clustered flags,
-//! permuted operands), the send/wait loop in virtual time, the reply filter of
-//! `pingip_recv`, every output format and exit code.
+//! Thomas Habets' arping 2.23, from `src/arping.c` at tag `arping-2.23` and
+//! runs of the real binary in a UML 6.1 guest (arping-and-arp.md §1–5) and
+//! in network namespaces: option parsing with GNU getopt (clustered flags,
+//! permuted operands), the send/wait loop in virtual time, the reply filters
+//! of `pingip_recv` and `pingmac_recv`, every output format and exit code.
 //!
-//! Not emulated: MAC ping mode (an argument that is a MAC address), `-v`
-//! diagnostics, `-V`/`-Q` VLAN tags, `--help`'s long text.
+//! MAC ping mode (the argument is a MAC address, or `-T IP`): `pingmac_send`
+//! sends an ICMP echo request to that MAC and to the `-T` address
+//! (255.255.255.255 without it), with IP id = ICMP id = a random number per
+//! request, seq = the request's index, and a 20-byte payload: the
+//! CLOCK_MONOTONIC `struct timespec` of a 64-bit guest, then a 4-byte random
+//! suffix drawn once per run (62-byte frames); a reply counts if it is an
+//! echo reply to our MAC from the target MAC carrying that suffix.
+//!
+//! Not emulated: `-v` diagnostics, `-V`/`-Q` VLAN tags, `--help`'s long text.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::net::wire::{ArpOp, ArpRepr, MacAddr};
+use crate::net::wire::{ArpOp, ArpRepr, IcmpEchoRepr, MacAddr};
 use crate::sim::programs::getopt::{getopt, Opt};
 use crate::sim::world::{Poll, Program, Sys};
 
@@ -81,6 +88,18 @@ pub struct Arping {
     time_to_die: bool,
     stats: Vec<f64>,
     phase: Phase,
+    /// MAC ping mode (ICMP echo to a MAC) rather than IP ping (ARP).
+    pingmac: bool,
+    /// MAC ping's per-run random payload suffix.
+    suffix: [u8; 4],
+}
+
+/// Which ping `main` settled on (`enum { NONE, PINGMAC, PINGIP } mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    None,
+    PingMac,
+    PingIp,
 }
 
 impl Arping {
@@ -115,6 +134,8 @@ impl Arping {
             time_to_die: false,
             stats: Vec::new(),
             phase: Phase::Done,
+            pingmac: false,
+            suffix: [0; 4],
         }
     }
 
@@ -130,6 +151,8 @@ impl Arping {
         };
         let (mut srcip_opt, mut dstip_opt): (Option<String>, Option<String>) = (None, None);
         let (mut dstip_given, mut srcmac_opt, mut dstmac_opt) = (false, None, None);
+        let (mut opt_b, mut opt_t, mut opt_u) = (false, false, false);
+        let mut mode = Mode::None;
         let mut ifname: Option<String> = None;
         for opt in &parsed.opts {
             let Opt { flag, arg } = opt;
@@ -142,6 +165,7 @@ impl Arping {
                 'B' => {
                     dstip_opt = Some("255.255.255.255".into());
                     dstip_given = true;
+                    opt_b = true;
                 }
                 'c' => self.max_count = i64::from(atoi(&arg)),
                 'C' => self.max_replies = u32::try_from(atoi(&arg)).unwrap_or(0),
@@ -183,13 +207,21 @@ impl Arping {
                 }
                 's' => srcmac_opt = Some(arg),
                 'S' => srcip_opt = Some(arg),
-                't' => dstmac_opt = Some(arg),
+                't' => {
+                    dstmac_opt = Some(arg);
+                    mode = Mode::PingIp;
+                }
                 'T' => {
-                    sys.err("arping: MAC ping mode (-T) is not emulated by the sim\n");
-                    return Err(1);
+                    opt_t = true;
+                    dstip_opt = Some(arg);
+                    mode = Mode::PingMac;
                 }
                 'u' => self.also_total = true,
-                'U' => self.unsolicited = true,
+                'U' => {
+                    opt_u = true;
+                    self.unsolicited = true;
+                    mode = Mode::PingIp;
+                }
                 'w' => {
                     self.deadline = Some(secs(atof(&arg)));
                 }
@@ -218,19 +250,30 @@ impl Arping {
             sys.err("arping: Too many args on command line. Expected at most one.\n");
             return Err(1);
         }
+        if (mode == Mode::PingIp && opt_t)
+            || (mode == Mode::PingMac && (opt_b || dstmac_opt.is_some() || opt_u))
+        {
+            // Sic: no newline.
+            sys.err("arping: -T can only be used to ping MAC and -BtU only to ping IPs");
+            return Err(1);
+        }
+        if opt_t && opt_b {
+            sys.err("arping: -B can't be used with -T, since they set the same thing\n");
+            return Err(1);
+        }
         if let Some(mac) = &srcmac_opt {
-            match mac.parse::<MacAddr>() {
-                Ok(m) => self.srcmac = m,
-                Err(_) => {
+            match get_mac_addr(mac) {
+                Some(m) => self.srcmac = m,
+                None => {
                     sys.err(&format!("arping: Weird MAC addr {mac}\n"));
                     return Err(1);
                 }
             }
         }
         if let Some(mac) = &dstmac_opt {
-            match mac.parse::<MacAddr>() {
-                Ok(m) => self.dstmac = m,
-                Err(_) => {
+            match get_mac_addr(mac) {
+                Some(m) => self.dstmac = m,
+                None => {
                     sys.err(&format!("Illegal MAC addr {mac}\n"));
                     return Err(1);
                 }
@@ -250,7 +293,15 @@ impl Arping {
         }
         if let Some(dst) = &dstip_opt {
             self.iface = libnet_init(sys, ifname.as_deref())?;
-            self.dstip = dst.parse().unwrap_or(Ipv4Addr::BROADCAST);
+            match xresolve(dst) {
+                Some(ip) => self.dstip = ip,
+                None => {
+                    sys.err(&format!(
+                        "arping: Can't resolve {dst}, or {dst} is broadcast. If it is, use -B instead of -T\n"
+                    ));
+                    return Err(1);
+                }
+            }
         }
         if self.finddup && self.max_count == -1 {
             self.max_count = 3;
@@ -261,20 +312,50 @@ impl Arping {
             self.iface = libnet_init(sys, ifname.as_deref())?;
             self.dstip = own_ip(sys, self.iface).unwrap_or(Ipv4Addr::BROADCAST);
         }
-        if parm.is_none() && dstip_given {
-            self.iface = libnet_init(sys, ifname.as_deref())?;
-            parm = Some(self.dstip.to_string());
+        if mode == Mode::None {
+            if let Some(p) = &parm {
+                mode = if is_mac_addr(p) {
+                    Mode::PingMac
+                } else {
+                    Mode::PingIp
+                };
+            } else if dstip_given {
+                mode = Mode::PingIp;
+                self.iface = libnet_init(sys, ifname.as_deref())?;
+                parm = Some(self.dstip.to_string());
+            }
         }
         let Some(parm) = parm else {
             sys.out(USAGE);
             return Err(1);
         };
-        if parm.parse::<MacAddr>().is_ok() {
-            sys.err("arping: MAC ping mode is not emulated by the sim\n");
+        self.iface = libnet_init(sys, ifname.as_deref())?;
+        if mode == Mode::PingIp && !dstip_given && is_mac_addr(&parm) {
+            sys.err(
+                "arping: Options given only apply to IP ping, but MAC address given as argument\n",
+            );
             return Err(1);
         }
-        self.iface = libnet_init(sys, ifname.as_deref())?;
-        if !dstip_given {
+        self.pingmac = mode == Mode::PingMac;
+        if self.pingmac {
+            if parsed.operands.len() != 1 {
+                sys.out(USAGE);
+                return Err(1);
+            }
+            if !is_mac_addr(&parm) {
+                sys.err("arping: Options given only apply to MAC ping, but no MAC address given as argument\n");
+                return Err(1);
+            }
+            match get_mac_addr(&parm) {
+                Some(m) => self.dstmac = m,
+                None => {
+                    sys.err(&format!("arping: Illegal mac addr {parm}\n"));
+                    return Err(1);
+                }
+            }
+            // getrandom(4) in main; the sim draws from the machine's seeded stream.
+            sys.m.rng.fill(&mut self.suffix);
+        } else if !dstip_given {
             match parm.parse::<Ipv4Addr>() {
                 Ok(ip) => self.dstip = ip,
                 Err(_) => {
@@ -283,7 +364,7 @@ impl Arping {
                 }
             }
         }
-        self.target = if dstip_given {
+        self.target = if dstip_given || self.pingmac {
             parm
         } else {
             self.dstip.to_string()
@@ -317,11 +398,8 @@ impl Arping {
         Ok(())
     }
 
-    /// `pingip_send` then `wait_time`: starts the next wait, or ends the loop.
-    fn next_request(&mut self, sys: &mut Sys) -> Poll {
-        if (self.max_count >= 0 && self.count >= self.max_count) || self.time_to_die {
-            return self.finish(sys);
-        }
+    /// `pingip_send`: an ARP request (or reply with `-P`), 58 bytes.
+    fn pingip_send(&mut self, sys: &mut Sys) {
         let tha = if self.unsolicited {
             MacAddr([0xff; 6])
         } else if self.send_reply {
@@ -342,6 +420,41 @@ impl Arping {
         }
         .to_frame(self.dstmac, self.srcmac, 16);
         sys.send(self.iface, frame);
+    }
+
+    /// `pingmac_send(xrandom(), c)`: an ICMP echo request to the target MAC.
+    fn pingmac_send(&mut self, sys: &mut Sys) {
+        let id = sys.m.rng.below(1 << 16) as u16;
+        // struct timespec { tv_sec, tv_nsec } of CLOCK_MONOTONIC, 64-bit x86.
+        let mut payload = Vec::with_capacity(20);
+        payload.extend_from_slice(&(sys.now.as_secs() as i64).to_le_bytes());
+        payload.extend_from_slice(&i64::from(sys.now.subsec_nanos()).to_le_bytes());
+        payload.extend_from_slice(&self.suffix);
+        let frame = IcmpEchoRepr {
+            reply: false,
+            tos: 0,
+            ip_id: id,
+            ttl: 64,
+            src: self.srcip,
+            dst: self.dstip,
+            id,
+            seq: self.count as u16,
+            payload,
+        }
+        .to_frame(self.dstmac, self.srcmac);
+        sys.send(self.iface, frame);
+    }
+
+    /// `pingip_send` then `wait_time`: starts the next wait, or ends the loop.
+    fn next_request(&mut self, sys: &mut Sys) -> Poll {
+        if (self.max_count >= 0 && self.count >= self.max_count) || self.time_to_die {
+            return self.finish(sys);
+        }
+        if self.pingmac {
+            self.pingmac_send(sys);
+        } else {
+            self.pingip_send(sys);
+        }
         self.last_sent = sys.now;
         self.sent += 1;
         let wait = match self.deadline {
@@ -410,6 +523,81 @@ impl Arping {
         Poll::Exit(code)
     }
 
+    /// `pingmac_recv`: counts and prints a matching echo reply. It reads the
+    /// frame at fixed offsets (a 20-byte IP header assumed) and checks neither
+    /// checksums nor the ICMP id, as arping does; pcap's `icmp` filter has
+    /// already required EtherType IPv4 and protocol 1.
+    fn on_echo_reply(&mut self, sys: &mut Sys, frame: &[u8]) -> bool {
+        if frame.get(12..14) != Some(&[0x08, 0x00]) || frame.get(23) != Some(&1) {
+            return false;
+        }
+        // LIBNET_ETH_H + LIBNET_ARP_H + LIBNET_ICMPV4_H: 14 + 8 + 4.
+        if frame.len() < 26 {
+            return false;
+        }
+        let (Some(dst), Some(src)) = (
+            MacAddr::from_slice(&frame[0..6]),
+            MacAddr::from_slice(&frame[6..12]),
+        ) else {
+            return false;
+        };
+        if dst != self.srcmac {
+            return false;
+        }
+        if self.dstmac != MacAddr([0xff; 6]) && src != self.dstmac {
+            return false;
+        }
+        let Some(ip_src) = frame
+            .get(26..30)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(Ipv4Addr::from)
+        else {
+            return false;
+        };
+        if self.addr_must_be_same && ip_src != self.dstip {
+            return false;
+        }
+        if frame.get(34) != Some(&0) || frame.get(35) != Some(&0) {
+            return false;
+        }
+        // The payload after the 8-byte echo header: timespec, then the suffix.
+        if frame.len() < 42 + 20 || frame.get(58..62) != Some(&self.suffix[..]) {
+            return false;
+        }
+        let seq = frame
+            .get(40..42)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .unwrap_or(0);
+        let rtt = sys.now.saturating_sub(self.last_sent);
+        self.stats.push(rtt.as_secs_f64());
+        let mut s = String::new();
+        if self.beep {
+            s.push('\x07');
+        }
+        // Sic: in MAC ping -r prints the IP and -R the MAC.
+        match self.display {
+            Display::Dot => s.push('!'),
+            Display::Normal => s.push_str(&format!(
+                "{} bytes from {ip_src} ({src}): icmp_seq={seq} time={}",
+                frame.len(),
+                ts2str(rtt)
+            )),
+            Display::Quiet => {}
+            Display::Raw => s.push_str(&ip_src.to_string()),
+            Display::RRaw => s.push_str(&src.to_string()),
+            Display::RawRaw => s.push_str(&format!("{src} {ip_src}")),
+        }
+        if !matches!(self.display, Display::Quiet | Display::Dot) {
+            s.push('\n');
+        }
+        sys.out(&s);
+        self.received += 1;
+        if self.received >= self.max_replies {
+            self.time_to_die = true;
+        }
+        true
+    }
+
     /// `pingip_recv`: counts and prints a matching reply.
     fn on_reply(&mut self, sys: &mut Sys, frame: &[u8]) -> bool {
         if frame.len() < 42 || frame.get(12..14) != Some(&[0x08, 0x06]) {
@@ -471,6 +659,107 @@ impl Arping {
         }
         true
     }
+}
+
+/// `is_mac_addr`: Cisco style (`0011.2233.4455`), Windows style
+/// (`00-11-22-33-44-55`), or anything containing a `:`.
+fn is_mac_addr(p: &str) -> bool {
+    let b = p.as_bytes();
+    let styled = |sep_every: usize, sep: u8, len: usize| {
+        b.len() == len
+            && b.iter().enumerate().all(|(i, &c)| {
+                if i % sep_every == sep_every - 1 {
+                    c == sep
+                } else {
+                    c.is_ascii_hexdigit()
+                }
+            })
+    };
+    styled(5, b'.', 14) || styled(3, b'-', 17) || p.contains(':')
+}
+
+/// `get_mac_addr`: `sscanf` with `%x:%x:%x:%x:%x:%x`, `%2x%x.%2x%x.%2x%x`,
+/// then `%x-%x-%x-%x-%x-%x`; each number keeps its low byte.
+fn get_mac_addr(s: &str) -> Option<MacAddr> {
+    let scan = |fmt: &[(Option<usize>, Option<u8>)]| -> Option<MacAddr> {
+        let mut rest = s.as_bytes();
+        let mut out = [0u8; 6];
+        for (byte, (width, sep)) in out.iter_mut().zip(fmt) {
+            let (v, used) = scan_hex(rest, *width)?;
+            *byte = (v & 0xff) as u8;
+            rest = &rest[used..];
+            if let Some(sep) = sep {
+                // A literal in the format: a mismatch stops sscanf there.
+                if rest.first() != Some(sep) {
+                    return None;
+                }
+                rest = &rest[1..];
+            }
+        }
+        Some(MacAddr(out))
+    };
+    let colon = [(None, Some(b':')); 5];
+    let dash = [(None, Some(b'-')); 5];
+    let with_last = |seps: [(Option<usize>, Option<u8>); 5]| {
+        let mut v = seps.to_vec();
+        v.push((None, None));
+        v
+    };
+    let cisco = [
+        (Some(2), None),
+        (None, Some(b'.')),
+        (Some(2), None),
+        (None, Some(b'.')),
+        (Some(2), None),
+        (None, None),
+    ];
+    scan(&with_last(colon))
+        .or_else(|| scan(&cisco))
+        .or_else(|| scan(&with_last(dash)))
+}
+
+/// One `%x` (or `%2x`) conversion: optional white space, sign, `0x`, hex
+/// digits (at most `width` characters in all). Returns the value and the
+/// bytes consumed, or None if no digit matched.
+fn scan_hex(b: &[u8], width: Option<usize>) -> Option<(u32, usize)> {
+    let mut i = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    let start = i;
+    let limit = |i: usize| width.is_none_or(|w| i - start < w);
+    let mut neg = false;
+    if limit(i) && matches!(b.get(i), Some(b'+' | b'-')) {
+        neg = b.get(i) == Some(&b'-');
+        i += 1;
+    }
+    if limit(i + 1)
+        && b.get(i) == Some(&b'0')
+        && matches!(b.get(i + 1), Some(b'x' | b'X'))
+        && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+    {
+        i += 2;
+    }
+    let digits_from = i;
+    let mut v: u32 = 0;
+    while limit(i) {
+        let Some(d) = b.get(i).and_then(|c| (*c as char).to_digit(16)) else {
+            break;
+        };
+        v = v.wrapping_mul(16).wrapping_add(d);
+        i += 1;
+    }
+    if i == digits_from {
+        return None;
+    }
+    Some((if neg { v.wrapping_neg() } else { v }, i))
+}
+
+/// `xresolve` for the forms the sim knows: 255.255.255.255 is accepted
+/// (libnet's resolver returns it as its error value), anything else must be
+/// a dotted quad (no DNS in a lab guest).
+fn xresolve(name: &str) -> Option<Ipv4Addr> {
+    if name == "255.255.255.255" {
+        return Some(Ipv4Addr::BROADCAST);
+    }
+    name.parse().ok()
 }
 
 /// `do_libnet_init`: the interface must exist and be up.
@@ -640,7 +929,12 @@ impl Program for Arping {
         if !to_us {
             return Poll::Pending;
         }
-        if self.on_reply(sys, frame) && self.time_to_die {
+        let counted = if self.pingmac {
+            self.on_echo_reply(sys, frame)
+        } else {
+            self.on_reply(sys, frame)
+        };
+        if counted && self.time_to_die {
             // -C reached: ping_recv returns at once, no Timeout line.
             return self.finish(sys);
         }

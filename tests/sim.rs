@@ -641,3 +641,81 @@ fn arping_mac_ping_matches_the_real_tools() {
         assert_eq!(run(&mut sim, "h1", cmd), (err.to_string(), 1), "{cmd}");
     }
 }
+
+/// The frames of a MAC ping as the sim's trace renders them and as the real
+/// tcpdump 4.99 prints the pcap of the same frames (`-n -e`, `-n`), and
+/// `-vv` finds both checksums of every ICMP frame correct.
+#[test]
+fn mac_ping_frames_render_as_real_tcpdump_prints_them() {
+    let Some(tcpdump) = util::tool("tcpdump", "tcpdump") else {
+        return;
+    };
+    let dir = util::tempdir();
+    let mut sim = two_hosts(dir.path());
+    run(
+        &mut sim,
+        "h2",
+        "ip link set eth0 up && ip addr add 10.0.0.2/24 dev eth0",
+    );
+    run(
+        &mut sim,
+        "h1",
+        "ip link set eth0 up && ip addr add 10.0.0.1/24 dev eth0 && arping -c 2 -T 10.0.0.2 -i eth0 fe:fd:00:00:00:02",
+    );
+    let a = sim.finish().expect("finish");
+    let frames: Vec<Vec<u8>> = a.traces["sw1"].iter().map(|r| r.frame.clone()).collect();
+    assert_eq!(
+        frames.len(),
+        6,
+        "2 requests, ARP request and reply, 2 replies"
+    );
+    let pcap = dir.path().join("macping.pcap");
+    let file = std::fs::File::create(&pcap).expect("create pcap");
+    let mut w =
+        umltest::net::wire::PcapWriter::new(std::io::BufWriter::new(file)).expect("pcap header");
+    for (i, f) in frames.iter().enumerate() {
+        w.write_frame(Duration::new(1000 + i as u64, 0), f)
+            .expect("write frame");
+    }
+    w.flush().expect("flush");
+    drop(w);
+    let pcap_s = pcap.to_str().expect("utf-8");
+    for e in [true, false] {
+        let args: Vec<&str> = if e {
+            vec!["-n", "-e", "-r", pcap_s]
+        } else {
+            vec!["-n", "-r", pcap_s]
+        };
+        let r = util::run_in(dir.path(), &tcpdump, &args);
+        r.expect_code(0);
+        let theirs: Vec<String> = r
+            .stdout()
+            .lines()
+            .map(|l| {
+                l.split_once(' ')
+                    .map(|x| x.1.to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let ours: Vec<String> = frames
+            .iter()
+            .map(|f| umltest::net::wire::tcpdump_line(f, e))
+            .collect();
+        assert_eq!(ours, theirs, "tcpdump -n{}", if e { " -e" } else { "" });
+    }
+    let r = util::run_in(dir.path(), &tcpdump, &["-n", "-vv", "-r", pcap_s]);
+    r.expect_code(0);
+    let vv = r.stdout();
+    assert!(!vv.contains("bad cksum") && !vv.contains("wrong"), "{vv}");
+    assert_eq!(
+        vv.matches("tos 0x0, ttl 64, id ").count(),
+        4,
+        "no DF, TTL 64 both ways: {vv}"
+    );
+    assert_eq!(
+        vv.matches("flags [none], proto ICMP (1), length 48)")
+            .count(),
+        4,
+        "{vv}"
+    );
+}

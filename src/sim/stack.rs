@@ -629,6 +629,119 @@ mod tests {
         );
     }
 
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// Frames captured (tcpdump -xx) on a veth peer running Linux while the
+    /// real arping 2.23 ran `arping -c 2 -T 10.0.0.2 -i simva
+    /// 02:00:00:00:00:02` from 10.0.0.1 / 02:00:00:00:00:01.
+    const REAL_ECHO_REQUEST: &str = "0200 0000 0002 0200 0000 0001 0800 4500
+        0030 ccb1 0000 4001 9a19 0a00 0001 0a00 0002 0800 6a6e ccb1 0000 9f3e
+        0000 0000 0000 de4d 521a 0000 0000 f8bf f878";
+    const REAL_ARP_SOLICIT: &str = "ffff ffff ffff 0200 0000 0002 0806 0001
+        0800 0604 0001 0200 0000 0002 0a00 0002 0000 0000 0000 0a00 0001";
+    const REAL_ARP_REPLY: &str = "0200 0000 0002 0200 0000 0001 0806 0001
+        0800 0604 0002 0200 0000 0001 0a00 0001 0200 0000 0002 0a00 0002";
+    const REAL_ECHO_REPLY: &str = "0200 0000 0001 0200 0000 0002 0800 4500
+        0030 1fdb 0000 4001 46f0 0a00 0002 0a00 0001 0000 726e ccb1 0000 9f3e
+        0000 0000 0000 de4d 521a 0000 0000 f8bf f878";
+
+    fn echo_peer() -> Stack {
+        let mut eth = Iface::ethernet("eth0", MacAddr([2, 0, 0, 0, 0, 2]));
+        eth.up = true;
+        eth.addrs.push(IfAddr {
+            addr: Ipv4Addr::new(10, 0, 0, 2),
+            prefix: 24,
+            brd: Ipv4Addr::UNSPECIFIED,
+        });
+        let mut s = Stack::new(vec![eth]);
+        // The real reply's IP id, so whole frames compare.
+        s.ip_ident = 0x1fdb;
+        s
+    }
+
+    #[test]
+    fn echo_request_resolves_the_sender_then_replies_as_linux_did() {
+        let mut s = echo_peer();
+        let (v, out) = s.receive(1, &hex(REAL_ECHO_REQUEST), Duration::ZERO);
+        assert_eq!((v, out), (Verdict::Processed, vec![hex(REAL_ARP_SOLICIT)]));
+        let (_, out) = s.receive(1, &hex(REAL_ARP_REPLY), Duration::ZERO);
+        assert_eq!(out, vec![hex(REAL_ECHO_REPLY)]);
+        let n = s
+            .neigh
+            .get(&(1, Ipv4Addr::new(10, 0, 0, 1)))
+            .expect("entry");
+        assert_eq!(n.state, NudState::Reachable, "as `ip neigh` showed");
+        assert!(s.resolving.is_empty());
+        // Now known: the next request is answered directly.
+        let (_, out) = s.receive(1, &hex(REAL_ECHO_REQUEST), Duration::ZERO);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][..6], &[2, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn echo_to_broadcast_follows_icmp_echo_ignore_broadcasts() {
+        let mut s = echo_peer();
+        let mut req = hex(REAL_ECHO_REQUEST);
+        // To 255.255.255.255: new destination, header checksum redone.
+        req[30..34].copy_from_slice(&[255; 4]);
+        req[24..26].copy_from_slice(&[0, 0]);
+        let sum = pnet_packet::util::checksum(&req[14..34], 5);
+        req[24..26].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(
+            s.receive(1, &req, Duration::ZERO),
+            (
+                Verdict::Dropped("echo to broadcast (icmp_echo_ignore_broadcasts)"),
+                Vec::new()
+            )
+        );
+        s.sysctl
+            .insert("net.ipv4.icmp_echo_ignore_broadcasts".into(), "0".into());
+        s.receive(1, &req, Duration::ZERO);
+        let (_, out) = s.receive(1, &hex(REAL_ARP_REPLY), Duration::ZERO);
+        let (_, reply) = IcmpEchoRepr::parse_frame(&out[0]).expect("echo reply");
+        assert!(reply.reply);
+        assert_eq!(
+            reply.src,
+            Ipv4Addr::new(10, 0, 0, 2),
+            "from the interface address"
+        );
+    }
+
+    #[test]
+    fn echo_to_a_foreign_address_or_from_0_0_0_0_is_dropped() {
+        let mut s = echo_peer();
+        let mut to_other = hex(REAL_ECHO_REQUEST);
+        to_other[33] = 9;
+        to_other[24..26].copy_from_slice(&[0, 0]);
+        let sum = pnet_packet::util::checksum(&to_other[14..34], 5);
+        to_other[24..26].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(
+            s.receive(1, &to_other, Duration::ZERO).0,
+            Verdict::Dropped("not for this host and forwarding is off")
+        );
+        let mut from_zero = hex(REAL_ECHO_REQUEST);
+        from_zero[26..30].copy_from_slice(&[0; 4]);
+        from_zero[24..26].copy_from_slice(&[0, 0]);
+        let sum = pnet_packet::util::checksum(&from_zero[14..34], 5);
+        from_zero[24..26].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(
+            s.receive(1, &from_zero, Duration::ZERO).0,
+            Verdict::Dropped("martian source")
+        );
+        let mut bad_sum = hex(REAL_ECHO_REQUEST);
+        bad_sum[40] ^= 1;
+        assert_eq!(
+            s.receive(1, &bad_sum, Duration::ZERO).0,
+            Verdict::Dropped("not a well-formed ICMP echo")
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn receive_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {

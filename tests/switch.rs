@@ -227,6 +227,19 @@ struct SwitchProc {
 impl SwitchProc {
     /// Starts `program [pre...] -s DIR [args...]` and waits for `DIR/ctl`.
     fn spawn(program: &Path, pre: &[&str], dir: &Path, args: &[&str]) -> SwitchProc {
+        let mut sw = Self::spawn_unready(program, pre, dir, args);
+        let ctl = dir.join("ctl");
+        // Ready = the ctl socket accepts connections (vde_switch binds before it
+        // listens; ours renames a listening socket into place).
+        wait_until(10, "the ctl socket", || {
+            std::os::unix::net::UnixStream::connect(&ctl).is_ok() || !sw.alive()
+        });
+        assert!(ctl.exists(), "switch did not start\n{}", sw.dump());
+        sw
+    }
+
+    /// Started, not yet known to serve.
+    fn spawn_unready(program: &Path, pre: &[&str], dir: &Path, args: &[&str]) -> SwitchProc {
         let stderr = dir.with_extension("stderr");
         let mut all = pre.to_vec();
         all.extend_from_slice(&["-s", dir.to_str().expect("utf-8")]);
@@ -238,19 +251,11 @@ impl SwitchProc {
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-        let mut sw = SwitchProc {
+        SwitchProc {
             child,
             stderr,
             cmdline: format!("{} {}", program.display(), all.join(" ")),
-        };
-        let ctl = dir.join("ctl");
-        // Ready = the ctl socket accepts connections (vde_switch binds before it
-        // listens; ours renames a listening socket into place).
-        wait_until(10, "the ctl socket", || {
-            std::os::unix::net::UnixStream::connect(&ctl).is_ok() || !sw.alive()
-        });
-        assert!(ctl.exists(), "switch did not start\n{}", sw.dump());
-        sw
+        }
     }
 
     /// The real vde_switch.
@@ -1416,16 +1421,29 @@ fn uml_daemon_transport_guest_talks_to_a_vde_guest() {
 }
 
 /// Regression: SIGTERM used to be blocked only once the serving loop started,
-/// so a SIGTERM right after the sockets appeared killed the switch with the
-/// default action and left its socket dir behind. A long rc file (run after
-/// `ctl` accepts connections, before the loop) holds that window open.
+/// so a SIGTERM during start-up killed the switch with the default action and
+/// left its socket dir behind. A long rc file (run once the sockets are bound,
+/// before `ctl` is published and the loop starts) holds that window open; the
+/// bound, not yet published ctl socket (`.ctl-PID`) marks it.
 #[test]
 fn sigterm_during_start_up_still_cleans_up() {
     let tmp = util::tempdir();
     let rc = tmp.path().join("rc");
-    std::fs::write(&rc, "hash/setexpire 50\n".repeat(200_000)).expect("rc");
+    std::fs::write(&rc, "hash/setexpire 50\n".repeat(20_000)).expect("rc");
     let dir = tmp.path().join("sw");
-    let mut sw = SwitchProc::ours(&dir, &["-f", rc.to_str().expect("utf-8")]);
+    let mut sw = SwitchProc::spawn_unready(
+        &util::umltest_bin(),
+        &["switch"],
+        &dir,
+        &["-f", rc.to_str().expect("utf-8")],
+    );
+    wait_until(10, "the switch to bind its sockets", || {
+        let bound = std::fs::read_dir(&dir).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".ctl-"))
+        });
+        bound || dir.join("ctl").exists() || !sw.alive()
+    });
     let status = sw.terminate();
     assert!(status.success(), "{status:?}\n{}", sw.dump());
     assert!(!dir.exists(), "socket dir left behind\n{}", sw.dump());

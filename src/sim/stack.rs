@@ -136,7 +136,14 @@ pub struct Neighbour {
     pub lladdr: MacAddr,
     pub state: NudState,
     pub updated: Duration,
+    /// `neigh->probes` as `ip neigh` shows it: 0 for entries learnt from
+    /// the peer; an entry the kernel resolved keeps `ucast_probes` (3) plus
+    /// one per solicitation sent (4 after one, as a UML 6.1 guest showed).
+    pub probes: u32,
 }
+
+/// `probes` of an entry resolved with one ARP request (see [`Neighbour::probes`]).
+const PROBES_AFTER_ONE_SOLICIT: u32 = 4;
 
 /// Why a received frame produced no answer (for tests and traces).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,12 +384,14 @@ impl Stack {
         {
             if !self.arp_ignore(iface, sip, tip) {
                 // neigh_event_ns: create or refresh the requester's entry.
+                let probes = self.probes_of(iface, sip);
                 self.neigh.insert(
                     (iface, sip),
                     Neighbour {
                         lladdr: sha,
                         state: NudState::Stale,
                         updated: now,
+                        probes,
                     },
                 );
                 answer = Some(reply(tip));
@@ -408,16 +417,26 @@ impl Stack {
             } else {
                 NudState::Stale
             };
+            let probes = self.probes_of(iface, sip);
             self.neigh.insert(
                 key,
                 Neighbour {
                     lladdr: sha,
                     state,
                     updated: now,
+                    probes,
                 },
             );
         }
         (Verdict::Processed, answer)
+    }
+
+    /// The probe count an updated entry keeps (neigh_update leaves it alone).
+    fn probes_of(&self, iface: usize, ip: Ipv4Addr) -> u32 {
+        if self.resolving.contains_key(&(iface, ip)) {
+            return PROBES_AFTER_ONE_SOLICIT;
+        }
+        self.neigh.get(&(iface, ip)).map_or(0, |n| n.probes)
     }
 
     /// `ip_rcv` → `icmp_rcv` → `icmp_echo` for an IPv4 frame: echo requests to

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use crate::net::wire::MacAddr;
-use crate::sim::stack::{IfAddr, Iface, Stack};
+use crate::sim::stack::{IfAddr, Iface, NudState, Stack};
 use crate::sim::world::{Poll, Program, Sys};
 
 const IP_USAGE: &str = "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary.\n\n\
@@ -360,9 +360,17 @@ fn ip_neigh(sys: &mut Sys, args: &[String]) -> i32 {
             String::new()
         };
         // busybox prints the kernel's cache ages; a fresh lab shows 0/0/0.
+        // `ref` (refcount - 1) is 1 while a state timer holds the entry:
+        // REACHABLE has one, STALE none.
+        let refs = if n.state == NudState::Reachable {
+            "ref 1 "
+        } else {
+            ""
+        };
         s.push_str(&format!(
-            "{ip} {dev}lladdr {} used 0/0/0 probes 0 {}\n",
+            "{ip} {dev}lladdr {} {refs}used 0/0/0 probes {} {}\n",
             n.lladdr,
+            n.probes,
             n.state.name()
         ));
     }

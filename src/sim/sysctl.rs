@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 const CONF_KEYS: &[(&str, &str)] = &[
     ("arp_accept", "0"),
     ("arp_announce", "0"),
+    ("arp_evict_nocarrier", "1"),
     ("arp_filter", "0"),
     ("arp_ignore", "0"),
+    ("arp_notify", "0"),
     ("drop_gratuitous_arp", "0"),
     ("forwarding", "0"),
     ("proxy_arp", "0"),
@@ -24,6 +26,7 @@ const GLOBAL_KEYS: &[(&str, &str)] = &[
     ("kernel.hostname", "(none)"),
     ("kernel.osrelease", "6.1.176"),
     ("kernel.ostype", "Linux"),
+    ("net.ipv4.icmp_echo_enable_probe", "0"),
     ("net.ipv4.icmp_echo_ignore_all", "0"),
     ("net.ipv4.icmp_echo_ignore_broadcasts", "1"),
     ("net.ipv4.ip_forward", "0"),
@@ -156,6 +159,38 @@ mod tests {
         );
         assert_eq!(run2.0, "net.ipv4.conf.all.arp_ignore = 1\n");
         assert_eq!(table["net.ipv4.conf.all.arp_ignore"], "1");
+    }
+
+    /// Every `arp_*` key of `net.ipv4.conf.{all,default,eth0,lo}` and every
+    /// `icmp_echo_*` key, with the values `sysctl -a` printed in a UML 6.1.176
+    /// guest (busybox 1.35) booted with `eth0=vde,sw1`.
+    #[test]
+    fn arp_and_icmp_echo_keys_are_the_guests() {
+        let table = defaults(&["lo".to_string(), "eth0".to_string()]);
+        let mut want = vec![
+            ("net.ipv4.icmp_echo_enable_probe".to_string(), "0"),
+            ("net.ipv4.icmp_echo_ignore_all".to_string(), "0"),
+            ("net.ipv4.icmp_echo_ignore_broadcasts".to_string(), "1"),
+        ];
+        for scope in ["all", "default", "eth0", "lo"] {
+            for (k, v) in [
+                ("arp_accept", "0"),
+                ("arp_announce", "0"),
+                ("arp_evict_nocarrier", "1"),
+                ("arp_filter", "0"),
+                ("arp_ignore", "0"),
+                ("arp_notify", "0"),
+            ] {
+                want.push((format!("net.ipv4.conf.{scope}.{k}"), v));
+            }
+        }
+        let got: Vec<(String, &str)> = table
+            .iter()
+            .filter(|(k, _)| k.contains(".arp_") || k.contains(".icmp_echo_"))
+            .map(|(k, v)| (k.clone(), v.as_str()))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
     }
 
     #[test]

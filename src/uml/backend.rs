@@ -876,9 +876,15 @@ pub fn transcript(raw: &[u8], commands: &[Shown]) -> String {
         }
         // The shell's job-control notice about the harness's job wrapper
         // (`[1]+  Done  (trap : INT; ...)`) is bookkeeping, not the scenario's.
-        if bare.starts_with("UMLTEST-END-")
-            || (bare.starts_with('[') && bare.contains(JOB_FILE_PREFIX))
-        {
+        if bare.starts_with("UMLTEST-END-") {
+            // The marker's own leading newline; output without a final newline
+            // keeps it, so the next line still starts on a line of its own.
+            if out.ends_with("\n\n") {
+                out.pop();
+            }
+            continue;
+        }
+        if bare.starts_with('[') && bare.contains(JOB_FILE_PREFIX) {
             continue;
         }
         out.push_str(line);
@@ -985,7 +991,7 @@ mod tests {
 
     #[test]
     fn transcript_shows_commands_and_drops_markers() {
-        let raw = b"boot\r\nUMLTEST-SHELL-READY\r\nUMLTEST-BEGIN-1\r\nhi\r\nUMLTEST-END-1:0\r\nUMLTEST-BEGIN-2\r\nUMLTEST-END-2:1\r\n";
+        let raw = b"boot\r\nUMLTEST-SHELL-READY\r\nUMLTEST-BEGIN-1\r\nhi\r\n\r\nUMLTEST-END-1:0\r\nUMLTEST-BEGIN-2\r\n\r\nUMLTEST-END-2:1\r\n";
         assert_eq!(
             transcript(
                 raw,
@@ -998,7 +1004,7 @@ mod tests {
         );
         // A background job: its line, not the wrapper's pid; the harness's waits
         // hidden; the job's output where it was collected.
-        let raw = b"UMLTEST-BEGIN-1\r\n[1] 697\r\n697\r\nUMLTEST-END-1:0\r\nUMLTEST-BEGIN-2\r\nUMLTEST-END-2:0\r\nkernel line\r\n[1]+  Done  (trap : INT; echo ${?} 1>/tmp/umltest-job-1.rc)\r\nUMLTEST-BEGIN-3\r\n0\r\nUMLTEST-END-3:0\r\nUMLTEST-BEGIN-4\r\nlistening\r\nUMLTEST-END-4:0\r\n";
+        let raw = b"UMLTEST-BEGIN-1\r\n[1] 697\r\n697\r\n\r\nUMLTEST-END-1:0\r\nUMLTEST-BEGIN-2\r\n\r\nUMLTEST-END-2:0\r\nkernel line\r\n[1]+  Done  (trap : INT; echo ${?} 1>/tmp/umltest-job-1.rc)\r\nUMLTEST-BEGIN-3\r\n0\r\n\r\nUMLTEST-END-3:0\r\nUMLTEST-BEGIN-4\r\nlistening\r\n\r\nUMLTEST-END-4:0\r\n";
         assert_eq!(
             transcript(
                 raw,

@@ -5,9 +5,12 @@
 //! controlling tty, echo off and empty prompts. Each command is sent as one line:
 //!
 //! ```text
-//! printf '%s-%s\n' UMLTEST BEGIN-7; command eval "$(printf '\145\143...')" </dev/null; printf '%s-%s:%d\n' UMLTEST END-7 $?
+//! printf '%s-%s\n' UMLTEST BEGIN-7; command eval "$(printf '\145\143...')" </dev/null; printf '\n%s-%s:%d\n' UMLTEST END-7 $?
 //! ```
 //!
+//! - The end marker starts with a newline of its own, so output that does not end
+//!   in one (`printf x`, arping's usage errors) cannot glue itself to the marker;
+//!   the reader takes that one newline off again.
 //! - The command travels octal-escaped, so quotes, `$`, `%`, newlines and control
 //!   characters reach the shell untouched by the tty (no ^C/^D/^U inside the line) and
 //!   a syntax error in it cannot swallow the end marker (eval reports it, `$?` = 2;
@@ -46,7 +49,7 @@ pub fn encode_command(command: &str, seq: u64) -> Result<String, EncodeError> {
     let escaped: String = command.bytes().map(|b| format!("\\{b:03o}")).collect();
     Ok(format!(
         "printf '%s-%s\\n' UMLTEST BEGIN-{seq}; command eval \"$(printf '{escaped}')\" </dev/null; \
-         printf '%s-%s:%d\\n' UMLTEST END-{seq} $?\n"
+         printf '\\n%s-%s:%d\\n' UMLTEST END-{seq} $?\n"
     ))
 }
 
@@ -83,6 +86,11 @@ pub fn find_exchange(transcript: &[u8], from: usize, seq: u64) -> Option<Exchang
     let code_text = String::from_utf8_lossy(hay.get(end_at + end.len()..end_line_end)?);
     let exit_code = code_text.trim().parse().ok()?;
     let raw = hay.get(out_start..end_at)?;
+    // The newline the end marker brings (a `\r\n` from the tty) is not output.
+    let raw = raw
+        .strip_suffix(b"\r\n")
+        .or_else(|| raw.strip_suffix(b"\n"))
+        .unwrap_or(raw);
     Some(Exchange {
         output: normalize_newlines(&String::from_utf8_lossy(raw)),
         exit_code,
@@ -187,7 +195,7 @@ mod tests {
         let line = encode_command("echo hi", 3).unwrap_or_default();
         // With echo on, the typed line comes first; it must not count as a marker.
         let transcript = format!(
-            "noise\r\n{}\rUMLTEST-BEGIN-3\r\nhi\r\nthere\r\nUMLTEST-END-3:0\r\nrest",
+            "noise\r\n{}\rUMLTEST-BEGIN-3\r\nhi\r\nthere\r\n\r\nUMLTEST-END-3:0\r\nrest",
             line.replace('\n', "\r\n")
         );
         let ex = find_exchange(transcript.as_bytes(), 0, 3).unwrap_or_else(|| panic!("none"));
@@ -204,10 +212,16 @@ mod tests {
             find_exchange(b"UMLTEST-BEGIN-31\nUMLTEST-END-31:0\n", 0, 3),
             None
         );
-        let ex = find_exchange(b"UMLTEST-BEGIN-4\nUMLTEST-END-4:130\n", 0, 4);
+        let ex = find_exchange(b"UMLTEST-BEGIN-4\n\nUMLTEST-END-4:130\n", 0, 4);
         assert_eq!(
             ex.map(|e| (e.output, e.exit_code)),
             Some((String::new(), 130))
+        );
+        // Output without a final newline (`printf x`) stays apart from the marker.
+        let ex = find_exchange(b"UMLTEST-BEGIN-5\r\nx\r\nUMLTEST-END-5:1\r\n", 0, 5);
+        assert_eq!(
+            ex.map(|e| (e.output, e.exit_code)),
+            Some(("x".to_string(), 1))
         );
     }
 

@@ -587,38 +587,7 @@ mod lab {
 
     /// A small lab without wall-clock steps (one ARP probe, answered), so two
     /// copies running at once on a loaded host do not change its outcome.
-    const PAIR_LAB: &str = r#"[scenario]
-name  = "pair"
-about = "Two hosts on one switch: one ARP probe, answered"
-seed  = 1
-
-[[switch]]
-name = "sw1"
-
-[[disk]]
-name  = "fs.ext4"
-size  = "64M"
-image = "default"
-
-[[machine]]
-name    = "h1"
-cmdline = "mem=64M ubd0=h1.cow,fs.ext4 root=/dev/ubda eth0=vde,sw1"
-
-[[machine]]
-name    = "h2"
-cmdline = "mem=64M ubd0=h2.cow,fs.ext4 root=/dev/ubda eth0=vde,sw1"
-
-[[step]]
-boot = ["h1", "h2"]
-
-[[step]]
-on  = "h2"
-run = "ip link set eth0 up; ip addr add 1.1.1.1/24 dev eth0"
-
-[[step]]
-on  = "h1"
-run = "ip link set eth0 up"
-
+    const PAIR_LAB_STEPS: &str = r#"
 [[step]]
 on     = "h1"
 run    = "arping -0 -i eth0 -c 1 1.1.1.1"
@@ -670,7 +639,11 @@ halt = ["h1", "h2"]
         // its own folder is writable.
         chmod(d, 0o755);
         std::fs::create_dir(d.join("scenarios")).expect("mkdir");
-        std::fs::write(d.join("scenarios/pair.toml"), PAIR_LAB).expect("write lab");
+        let lab = format!(
+            "[scenario]\nname = \"pair\"\nabout = \"Two hosts on one switch: one ARP probe, answered\"\nseed = 1\n{two_hosts}{PAIR_LAB_STEPS}",
+            two_hosts = super::TWO_HOSTS
+        );
+        std::fs::write(d.join("scenarios/pair.toml"), lab).expect("write lab");
         util::umltest(
             d,
             &["run", "--update", "--out", "sim", "scenarios/pair.toml"],
@@ -774,12 +747,9 @@ halt = ["h1", "h2"]
 }
 
 /// A lab whose `link` steps pull h2's cable, put it back, then pull h1's.
-const LINK_LAB: &str = r#"[scenario]
-name  = "link"
-about = "h2's cable out: h1's probes get no answer and reach nobody; back in, they are answered"
-seed  = 1
-
-[[switch]]
+/// Two hosts on one switch, both NICs up, h2 owning 1.1.1.1: the start of the
+/// labs below, after their `[scenario]` table.
+const TWO_HOSTS: &str = r#"[[switch]]
 name = "sw1"
 
 [[disk]]
@@ -805,7 +775,9 @@ run = "ip link set eth0 up; ip addr add 1.1.1.1/24 dev eth0"
 [[step]]
 on  = "h1"
 run = "ip link set eth0 up"
+"#;
 
+const LINK_LAB_STEPS: &str = r#"
 [[step]]
 link = "down"
 on   = "h2"
@@ -849,7 +821,10 @@ fn link_steps_on_the_uml_backend_agree_with_the_sim() {
     }
     let dir = util::tempdir();
     std::fs::create_dir_all(dir.path().join("scenarios")).expect("mkdir");
-    std::fs::write(dir.path().join("scenarios/link.toml"), LINK_LAB).expect("write lab");
+    let lab = format!(
+        "[scenario]\nname = \"link\"\nabout = \"h2's cable out: h1's probes get no answer and reach nobody; back in, they are answered\"\nseed = 1\n{TWO_HOSTS}{LINK_LAB_STEPS}"
+    );
+    std::fs::write(dir.path().join("scenarios/link.toml"), lab).expect("write lab");
     let run = util::umltest(
         dir.path(),
         &[

@@ -1141,45 +1141,21 @@ fn bench_cow_smoke() {
 /// mounting.
 #[test]
 fn cli_diff_files_lists_ext4_changes() {
-    let (Some(mkfs), Some(debugfs)) = (
-        util::tool("mkfs.ext4", "e2fsprogs"),
-        util::tool("debugfs", "e2fsprogs"),
-    ) else {
-        return;
-    };
     let dir = util::tempdir();
     let d = dir.path();
-    for (p, body) in [
-        ("root/etc/hosts", "hello\n"),
-        ("root/d/keep", "keep\n"),
-        ("root/d/gone", "gone\n"),
-    ] {
-        std::fs::create_dir_all(d.join(p).parent().expect("parent")).expect("mkdir");
-        std::fs::write(d.join(p), body).expect("write");
-    }
     std::fs::write(d.join("new.txt"), "new data\n").expect("write");
-    util::run_in(
-        d,
-        &mkfs,
-        &[
-            "-q",
-            "-F",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-            "root",
-            "base.ext4",
-            "8M",
-        ],
-    )
-    .expect_code(0);
-    std::fs::copy(d.join("base.ext4"), d.join("target.ext4")).expect("cp");
-    for cmd in [
+    let tree = [
+        ("etc/hosts", "hello\n"),
+        ("d/keep", "keep\n"),
+        ("d/gone", "gone\n"),
+    ];
+    let edits = [
         "rm /d/gone",
         "write new.txt /d/new",
         "sif /etc/hosts mode 0100600",
-    ] {
-        util::run_in(d, &debugfs, &["-w", "-R", cmd, "target.ext4"]).expect_code(0);
+    ];
+    if util::ext4_base_and_edited(d, &tree, &edits).is_none() {
+        return;
     }
     set_mtime(&d.join("base.ext4"), MTIME);
     create(
@@ -1188,15 +1164,7 @@ fn cli_diff_files_lists_ext4_changes() {
         &CreateOptions::default(),
     )
     .expect("create");
-    let base = std::fs::read(d.join("base.ext4")).expect("base");
-    let target = std::fs::read(d.join("target.ext4")).expect("target");
-    let mut f = CowFile::open(&d.join("x.cow"), None, true).expect("open");
-    for (i, (a, b)) in base.chunks(4096).zip(target.chunks(4096)).enumerate() {
-        if a != b {
-            f.write_at(b, i as u64 * 4096).expect("write block");
-        }
-    }
-    drop(f);
+    util::write_changed_blocks(d, &d.join("x.cow"));
     let r = util::umltest(d, &["cow", "diff", "--files", "x.cow"]);
     r.expect_code(0);
     let stdout = r.stdout();

@@ -1090,56 +1090,22 @@ fn a_run_folder_too_long_for_unix_sockets_is_reported() {
 #[test]
 fn cow_diff_artifact_lists_changed_ext4_files() {
     use umltest::cow::create::{create, CreateOptions};
-    use umltest::cow::CowFile;
-    let (Some(mkfs), Some(debugfs)) = (
-        util::tool("mkfs.ext4", "e2fsprogs"),
-        util::tool("debugfs", "e2fsprogs"),
-    ) else {
-        return;
-    };
     let dir = util::tempdir();
     let d = dir.path();
-    std::fs::create_dir_all(d.join("root/etc")).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(d.join("root/etc/hosts"), "hello\n").unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(d.join("root/gone"), "gone\n").unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(d.join("new.txt"), "new\n").unwrap_or_else(|e| panic!("{e}"));
-    let q = |p: &str| d.join(p).display().to_string();
-    util::run_in(
-        d,
-        &mkfs,
-        &[
-            "-q",
-            "-F",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-            &q("root"),
-            &q("base.ext4"),
-            "8M",
-        ],
-    )
-    .expect_code(0);
-    std::fs::copy(d.join("base.ext4"), d.join("target.ext4")).unwrap_or_else(|e| panic!("{e}"));
-    for cmd in [
+    let tree = [("etc/hosts", "hello\n"), ("gone", "gone\n")];
+    let edits = [
         "rm /gone",
         "write new.txt /new",
         "sif /etc/hosts mode 0100600",
-    ] {
-        util::run_in(d, &debugfs, &["-w", "-R", cmd, "target.ext4"]).expect_code(0);
+    ];
+    if util::ext4_base_and_edited(d, &tree, &edits).is_none() {
+        return;
     }
     let opts = CreateOptions::default();
     create(&d.join("x.cow"), &d.join("base.ext4"), &opts).unwrap_or_else(|e| panic!("{e}"));
     create(&d.join("same.cow"), &d.join("base.ext4"), &opts).unwrap_or_else(|e| panic!("{e}"));
-    let base = std::fs::read(d.join("base.ext4")).unwrap_or_else(|e| panic!("{e}"));
-    let target = std::fs::read(d.join("target.ext4")).unwrap_or_else(|e| panic!("{e}"));
-    let mut f = CowFile::open(&d.join("x.cow"), None, true).unwrap_or_else(|e| panic!("{e}"));
-    for (i, (a, b)) in base.chunks(4096).zip(target.chunks(4096)).enumerate() {
-        if a != b {
-            f.write_at(b, i as u64 * 4096)
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-    }
-    drop(f);
+    util::write_changed_blocks(d, &d.join("x.cow"));
     let files = |cow: &str| {
         let path = d.join(cow);
         let diff =

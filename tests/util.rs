@@ -140,3 +140,48 @@ pub fn umltest_env(cwd: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> R
         output,
     }
 }
+
+/// In `d`: an 8 MiB ext4 `base.ext4` made from `tree` (paths below the image
+/// root, with contents) and a copy `target.ext4` changed by the debugfs
+/// commands `edits` (a `write` takes its source from `d`). `None` (skipped)
+/// without mkfs.ext4 or debugfs.
+pub fn ext4_base_and_edited(d: &Path, tree: &[(&str, &str)], edits: &[&str]) -> Option<()> {
+    let mkfs = tool("mkfs.ext4", "e2fsprogs")?;
+    let debugfs = tool("debugfs", "e2fsprogs")?;
+    let root = d.join("ext4-root");
+    for (p, body) in tree {
+        let path = root.join(p);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, body).expect("write");
+    }
+    let root_arg = root.display().to_string();
+    let args = [
+        "-q",
+        "-F",
+        "-E",
+        "root_owner=0:0",
+        "-d",
+        &root_arg,
+        "base.ext4",
+        "8M",
+    ];
+    run_in(d, &mkfs, &args).expect_code(0);
+    std::fs::copy(d.join("base.ext4"), d.join("target.ext4")).expect("cp");
+    for cmd in edits {
+        run_in(d, &debugfs, &["-w", "-R", cmd, "target.ext4"]).expect_code(0);
+    }
+    Some(())
+}
+
+/// Writes through the COW `cow` (over `base.ext4`) the 4 KiB blocks in which
+/// `target.ext4` differs from it, so the COW's view is the edited image.
+pub fn write_changed_blocks(d: &Path, cow: &Path) {
+    let base = std::fs::read(d.join("base.ext4")).expect("base");
+    let target = std::fs::read(d.join("target.ext4")).expect("target");
+    let mut f = umltest::cow::CowFile::open(cow, None, true).expect("open COW");
+    for (i, (a, b)) in base.chunks(4096).zip(target.chunks(4096)).enumerate() {
+        if a != b {
+            f.write_at(b, i as u64 * 4096).expect("write block");
+        }
+    }
+}

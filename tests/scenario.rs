@@ -491,8 +491,9 @@ halt = "h1"
     assert!(result.artifacts["h1.console"].contains("Kernel panic"));
 }
 
-/// A backend that cannot inject faults (every one but the sim) says so and
-/// stops, rather than running the lab without them.
+/// A lab with a `fault` step is refused up front by a backend that cannot
+/// inject faults (every one but the sim): it never runs without them, and
+/// nothing boots only to stop at the fault.
 #[test]
 fn a_fault_step_on_a_backend_without_faults_stops_the_run() {
     let dir = util::tempdir();
@@ -515,13 +516,15 @@ run = "echo unreachable"
 "#,
     );
     let mut backend = Double::default();
-    let result = engine::run(&plan, &mut backend, dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(result.steps_run, 2, "stopped at the fault step");
-    let failures: Vec<String> = result.failures.iter().map(|f| f.to_string()).collect();
+    let err = engine::run(&plan, &mut backend, &dir.path().join("run"), 1)
+        .err()
+        .unwrap_or_else(|| panic!("the lab ran without its fault"));
     assert_eq!(
-        failures,
-        ["step 2 (line 9): fault eth0 on h1: loss 0.5, duplicate 0, delay 0s: the double backend stopped the run: not supported on the double backend: fault"]
+        err.to_string(),
+        "step 2 (line 9) is a `fault` step, which the double backend cannot perform (only the sim injects faults): nothing was run"
     );
+    assert!(backend.calls.is_empty(), "nothing ran: {:?}", backend.calls);
+    assert!(!dir.path().join("run").exists(), "no run folder");
 }
 
 #[test]
@@ -931,6 +934,47 @@ fn scenario_file(#[files("scenarios/*.toml")] file: PathBuf) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(stdout.lines().last(), Some("1 passed, 0 failed"));
+}
+
+/// `--backend both` wraps each backend in a `Recorder`, which must change
+/// nothing: every lab gives the same failures and artifacts through it as
+/// without it (a method left to the trait's default once made the sim refuse
+/// `fault` steps and give careless copies the host's clock in `both` runs).
+#[rstest::rstest]
+fn the_recorder_of_backend_both_changes_nothing(#[files("scenarios/*.toml")] file: PathBuf) {
+    use umltest::uml::differential::Recorder;
+    let plan = resolve::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let dir = util::tempdir();
+    let mut plain = umltest::sim::SimBackend::new();
+    let direct = engine::run(&plan, &mut plain, &dir.path().join("direct"), plan.seed)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut recorder = Recorder::new(umltest::sim::SimBackend::new());
+    let recorded = engine::run(
+        &plan,
+        &mut recorder,
+        &dir.path().join("recorded"),
+        plan.seed,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        direct.failures.is_empty(),
+        "{}: {:?}",
+        file.display(),
+        direct.failures
+    );
+    assert_eq!(direct.failures, recorded.failures, "{}", file.display());
+    assert_eq!(
+        direct.artifacts.keys().collect::<Vec<_>>(),
+        recorded.artifacts.keys().collect::<Vec<_>>()
+    );
+    for (name, text) in &direct.artifacts {
+        assert_eq!(
+            text,
+            &recorded.artifacts[name],
+            "{}: artifact {name}",
+            file.display()
+        );
+    }
 }
 
 const SMALL_LAB: &str = r#"[scenario]

@@ -161,11 +161,11 @@ pub fn load_all(files: &[PathBuf]) -> Option<Vec<Plan>> {
 fn make_backend(kind: BackendKind) -> Result<Box<dyn Backend>, String> {
     match kind {
         BackendKind::Sim => Ok(Box::new(crate::sim::SimBackend::new())),
-        // Only ARP in the traces, as `both` compares them: the snapshots are the
-        // sim's, which models no kernel background traffic.
+        // The traces keep what `both` compares: the snapshots are the sim's,
+        // which models no kernel background traffic.
         BackendKind::Uml => Ok(Box::new(
             crate::uml::backend::UmlBackend::new()
-                .capture_only(&[crate::uml::backend::ETHERTYPE_ARP]),
+                .capture_only(crate::uml::backend::COMPARED_ETHERTYPES),
         )),
         // `both` runs each scenario through uml::differential::run_both (see
         // run_once); this backend is only the fallback handle of the loop.
@@ -266,6 +266,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         match ran {
             Err(EngineError::Unavailable(e)) => {
                 eprintln!("umltest: {}: cannot run here: {e}", plan.name);
+                unavailable += 1;
+                continue;
+            }
+            Err(e @ EngineError::Unsupported { .. }) => {
+                eprintln!("umltest: {} ({}): {e}", plan.name, plan.file.display());
                 unavailable += 1;
                 continue;
             }

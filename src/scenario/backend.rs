@@ -195,6 +195,12 @@ pub trait Backend {
     /// Injects `fault` on a device of `machine` (now, or at its boot). Only the
     /// sim can; the default refuses, so a scenario never silently runs
     /// without the faults it asks for.
+    /// Whether [`Backend::inject_fault`] works: the engine refuses a lab with
+    /// `fault` steps up front on a backend that cannot, rather than boot it and
+    /// stop at the first one.
+    fn can_inject_faults(&self) -> bool {
+        false
+    }
     fn inject_fault(&mut self, machine: &str, fault: &Fault) -> Result<(), BackendError> {
         let _ = (machine, fault);
         Err(BackendError::Unsupported {

@@ -47,6 +47,15 @@ pub enum EngineError {
     /// The backend cannot run here (missing program): exit code 4.
     #[error(transparent)]
     Unavailable(BackendError),
+    /// The lab has a step this backend cannot perform (a `fault` on real
+    /// kernels): refused before anything runs.
+    #[error("step {step} (line {line}) is a `{key}` step, which the {backend} backend cannot perform (only the sim injects faults): nothing was run")]
+    Unsupported {
+        backend: &'static str,
+        key: &'static str,
+        step: usize,
+        line: usize,
+    },
     /// The run folder could not be prepared.
     #[error("preparing the run folder {dir}: {message}")]
     RunFolder { dir: PathBuf, message: String },
@@ -153,6 +162,20 @@ pub fn run(
     run_dir: &Path,
     seed: u64,
 ) -> Result<RunResult, EngineError> {
+    if !backend.can_inject_faults() {
+        if let Some(step) = plan
+            .steps
+            .iter()
+            .find(|s| matches!(s.action, Action::Fault { .. }))
+        {
+            return Err(EngineError::Unsupported {
+                backend: backend.name(),
+                key: "fault",
+                step: step.number,
+                line: step.line,
+            });
+        }
+    }
     std::fs::create_dir_all(run_dir).map_err(|e| EngineError::RunFolder {
         dir: run_dir.to_path_buf(),
         message: e.to_string(),

@@ -4,22 +4,45 @@
 //! (order, contents) is kept.
 
 /// A trace with its time column dropped: `<seq> <time> port ...` becomes
-/// `<seq> port ...` (the real backend's times are wall-clock).
+/// `<seq> port ...` (the real backend's times are wall-clock). ICMP echo ids
+/// are numbered in order of first appearance (`id #1`): a real arping draws
+/// them at random, while a reply echoing its request's id is behaviour and
+/// stays visible.
 pub fn trace(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    let mut ids: Vec<String> = Vec::new();
     for line in text.lines() {
         let mut parts = line.splitn(3, ' ');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(seq), Some(time), Some(rest)) if is_time(time) => {
-                out.push_str(seq);
-                out.push(' ');
-                out.push_str(rest);
-            }
-            _ => out.push_str(line),
-        }
+        let line = match (parts.next(), parts.next(), parts.next()) {
+            (Some(seq), Some(time), Some(rest)) if is_time(time) => format!("{seq} {rest}"),
+            _ => line.to_string(),
+        };
+        out.push_str(&number_icmp_id(&line, &mut ids));
         out.push('\n');
     }
     out
+}
+
+/// `ICMP echo request, id 58478, seq 0` → `ICMP echo request, id #1, seq 0`,
+/// the number being the id's position in `ids` (appended when new).
+fn number_icmp_id(line: &str, ids: &mut Vec<String>) -> String {
+    const KEYS: [&str; 2] = ["ICMP echo request, id ", "ICMP echo reply, id "];
+    let Some((key_end, digits)) = KEYS.iter().find_map(|k| {
+        let end = line.find(k)? + k.len();
+        let n = line[end..].bytes().take_while(u8::is_ascii_digit).count();
+        (n > 0 && line[end + n..].starts_with(',')).then_some((end, n))
+    }) else {
+        return line.to_string();
+    };
+    let id = &line[key_end..key_end + digits];
+    let number = match ids.iter().position(|x| x == id) {
+        Some(i) => i + 1,
+        None => {
+            ids.push(id.to_string());
+            ids.len()
+        }
+    };
+    format!("{}#{number}{}", &line[..key_end], &line[key_end + digits..])
 }
 
 fn is_time(word: &str) -> bool {
@@ -115,6 +138,23 @@ fn strip_printk_time(line: &str) -> &str {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn icmp_ids_are_numbered_by_first_appearance() {
+        let t = "1 0.1 port 1 -> 2: x: ICMP echo request, id 58478, seq 0, length 28\n\
+                 2 0.2 port 2 -> 1: x: ICMP echo reply, id 58478, seq 0, length 28\n\
+                 3 0.3 port 1 -> 2: x: ICMP echo request, id 7, seq 1, length 28\n\
+                 4 0.4 port 2 -> 1: x: ICMP echo reply, id 58478, seq 1, length 28\n\
+                 5 0.5 port 1 -> 2: x: ICMP echo request, id 12x, seq 1\n";
+        assert_eq!(
+            trace(t),
+            "1 port 1 -> 2: x: ICMP echo request, id #1, seq 0, length 28\n\
+             2 port 2 -> 1: x: ICMP echo reply, id #1, seq 0, length 28\n\
+             3 port 1 -> 2: x: ICMP echo request, id #2, seq 1, length 28\n\
+             4 port 2 -> 1: x: ICMP echo reply, id #1, seq 1, length 28\n\
+             5 port 1 -> 2: x: ICMP echo request, id 12x, seq 1\n"
+        );
+    }
 
     #[test]
     fn trace_drops_time_only() {

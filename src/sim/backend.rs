@@ -352,6 +352,9 @@ impl Backend for SimBackend {
         Ok(())
     }
 
+    fn can_inject_faults(&self) -> bool {
+        true
+    }
     fn inject_fault(&mut self, machine: &str, fault: &Fault) -> Result<(), BackendError> {
         let m = self.machine(machine)?;
         let argv = self

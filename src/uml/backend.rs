@@ -27,6 +27,12 @@ use crate::scenario::backend::{
 
 /// Ethertype of ARP, for [`UmlBackend::capture_only`].
 pub const ETHERTYPE_ARP: u16 = 0x0806;
+/// Ethertype of IPv4, for [`UmlBackend::capture_only`].
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// What a real run's traces keep when they are compared with the sim's: ARP
+/// and IPv4. A real kernel's own IPv6 traffic (neighbour discovery, MLD
+/// reports at link-up) is background the sim does not model and no lab asks for.
+pub const COMPARED_ETHERTYPES: &[u16] = &[ETHERTYPE_ARP, ETHERTYPE_IPV4];
 
 /// Longest wait for a background command to show it is running (see `spawn`).
 const JOB_SETTLE: Duration = Duration::from_secs(3);

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::scenario::backend::{
-    Backend, BackendArtifacts, BackendError, CommandOutcome, JobId, Lab,
+    Backend, BackendArtifacts, BackendError, CommandOutcome, Fault, JobId, Lab,
 };
 use crate::scenario::engine::{self, EngineError, Failure, RunResult};
 use crate::scenario::normalize;
@@ -113,6 +113,15 @@ impl<B: Backend> Backend for Recorder<B> {
     }
     fn kill(&mut self, machine: &str) -> Result<(), BackendError> {
         self.inner.kill(machine)
+    }
+    fn can_inject_faults(&self) -> bool {
+        self.inner.can_inject_faults()
+    }
+    fn inject_fault(&mut self, machine: &str, fault: &Fault) -> Result<(), BackendError> {
+        self.inner.inject_fault(machine, fault)
+    }
+    fn file_time(&self) -> Option<std::time::SystemTime> {
+        self.inner.file_time()
     }
     fn finish(&mut self) -> Result<BackendArtifacts, BackendError> {
         self.inner.finish()
@@ -296,7 +305,7 @@ pub fn run_both(plan: &Plan, run_dir: &Path, seed: u64) -> Result<RunResult, Eng
     }
     // The real run first: without linux.uml nothing runs at all (exit code 4).
     let mut uml = Recorder::new(
-        super::backend::UmlBackend::new().capture_only(&[super::backend::ETHERTYPE_ARP]),
+        super::backend::UmlBackend::new().capture_only(super::backend::COMPARED_ETHERTYPES),
     );
     let uml_result = engine::run(plan, &mut uml, &uml_dir, seed)?;
     let mut sim = Recorder::new(crate::sim::SimBackend::new());

@@ -132,10 +132,15 @@ pub struct Sys<'a> {
 
 impl Sys<'_> {
     fn write(&mut self, target: &Target0, s: &str) {
+        self.write_bytes(target, s.as_bytes());
+    }
+    fn write_bytes(&mut self, target: &Target0, s: &[u8]) {
         match target {
             Target0::Console => {
-                self.job_out.push_str(s);
-                self.m.console.push_str(s);
+                // The console is text: bytes that are not UTF-8 show as U+FFFD.
+                let s = String::from_utf8_lossy(s);
+                self.job_out.push_str(&s);
+                self.m.console.push_str(&s);
             }
             Target0::Null => {}
             Target0::File(path) => {
@@ -143,7 +148,7 @@ impl Sys<'_> {
                     .files
                     .entry(path.clone())
                     .or_default()
-                    .extend_from_slice(s.as_bytes());
+                    .extend_from_slice(s);
             }
         }
     }
@@ -151,6 +156,11 @@ impl Sys<'_> {
     pub fn out(&mut self, s: &str) {
         let t = self.out.stdout.clone();
         self.write(&t, s);
+    }
+    /// Writes bytes to the program's stdout (a file gets them as they are).
+    pub fn out_bytes(&mut self, s: &[u8]) {
+        let t = self.out.stdout.clone();
+        self.write_bytes(&t, s);
     }
     /// Writes to the program's stderr.
     pub fn err(&mut self, s: &str) {

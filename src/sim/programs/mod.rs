@@ -7,6 +7,7 @@ pub mod arping;
 pub mod dd;
 pub mod getopt;
 pub mod ip;
+pub mod printf;
 pub mod tcpdump;
 
 use std::time::Duration;
@@ -32,6 +33,9 @@ pub fn lookup(name: &str, args: &[String]) -> Option<Box<dyn Program>> {
         "ip" => instant(ip::ip),
         "ifconfig" => instant(ip::ifconfig),
         "echo" => instant(echo),
+        // ash runs its builtin for a bare name; a path execs the applet.
+        "printf" if base == name => instant(|sys, args| run_printf(sys, printf::Invocation::Builtin, args)),
+        "printf" => instant(|sys, args| run_printf(sys, printf::Invocation::Applet, args)),
         "true" => instant(|_, _| 0),
         "false" => instant(|_, _| 1),
         "cat" => instant(cat),
@@ -78,6 +82,18 @@ fn echo(sys: &mut Sys, args: &[String]) -> i32 {
     }
     sys.out(&s);
     0
+}
+
+/// busybox `printf`, its stdout and stderr written in the order it writes them.
+fn run_printf(sys: &mut Sys, how: printf::Invocation, args: &[String]) -> i32 {
+    let p = printf::printf(how, args);
+    for chunk in &p.chunks {
+        match chunk {
+            printf::Chunk::Out(bytes) => sys.out_bytes(bytes),
+            printf::Chunk::Err(text) => sys.err(text),
+        }
+    }
+    p.status
 }
 
 fn meminfo(mem: u64) -> String {

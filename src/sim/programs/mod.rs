@@ -34,7 +34,9 @@ pub fn lookup(name: &str, args: &[String]) -> Option<Box<dyn Program>> {
         "ifconfig" => instant(ip::ifconfig),
         "echo" => instant(echo),
         // ash runs its builtin for a bare name; a path execs the applet.
-        "printf" if base == name => instant(|sys, args| run_printf(sys, printf::Invocation::Builtin, args)),
+        "printf" if base == name => {
+            instant(|sys, args| run_printf(sys, printf::Invocation::Builtin, args))
+        }
         "printf" => instant(|sys, args| run_printf(sys, printf::Invocation::Applet, args)),
         "true" => instant(|_, _| 0),
         "false" => instant(|_, _| 1),

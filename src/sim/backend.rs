@@ -218,11 +218,13 @@ impl Backend for SimBackend {
                 .world
                 .rng(&format!("machine {} ip ident", spec.name))
                 .below(1 << 16) as u16;
+            let neigh_rng = self.world.rng(&format!("machine {} neigh", spec.name));
             let Some(m) = self.world.machines.get_mut(index) else {
                 return Err(BackendError::UnknownMachine(name.clone()));
             };
             m.core = booted.core;
             m.core.stack.ip_ident = ip_ident;
+            m.core.stack.seed_neigh(neigh_rng);
             for ((mname, unit), f) in &self.disk_faults {
                 if mname == name {
                     if let Some(d) = m.core.disks.get_mut(unit) {

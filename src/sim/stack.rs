@@ -2,19 +2,26 @@
 //! table, ARP answering as Linux 6.1 does it (`net/ipv4/arp.c`, digest in
 //! `../shared/spec/arping-and-arp.md` §6), and ICMP echo answering
 //! (`net/ipv4/icmp.c` `icmp_echo`/`icmp_reply`), with the neighbour
-//! resolution the reply needs (`arp_solicit`, queued until the ARP reply).
+//! resolution the reply needs: the neighbour state machine of
+//! `net/core/neighbour.c` (`__neigh_event_send`, `neigh_update`,
+//! `neigh_timer_handler`) with `arp_solicit`'s requests, on the virtual clock.
 //!
-//! Not modelled: ARP retransmissions (Linux sends up to `mcast_solicit` = 3
-//! requests a second apart, then drops the queue; the sim sends one and keeps
-//! the queue), neighbour state timers (DELAY/PROBE/FAILED), routing between
-//! interfaces (a reply leaves on the interface the request came in on).
+//! Not modelled: routing between interfaces (a reply leaves on the interface
+//! the request came in on); neighbour garbage collection (`neigh_periodic_work`
+//! and `neigh_forced_gc` only remove entries once a table holds
+//! `gc_thresh1` = 128 of them, so in a lab a FAILED or STALE entry stays, as
+//! `ip neigh` on a UML 6.1 guest shows); `app_solicit` (0 by default).
 //!
 //! Pure: [`Stack::receive`] takes a frame and the virtual time and returns what
-//! the kernel sends in answer; nothing here touches a clock, a socket or a file.
+//! the kernel sends in answer, [`Stack::run_timers`] what the neighbour timers
+//! send at a given time; the random `reachable_time` comes from the stack's
+//! seeded stream. Nothing here touches a clock, a socket or a file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::Duration;
+
+use crate::sim::rng::{self, Rng};
 
 use crate::net::wire::{
     ArpOp, ArpRepr, EthernetRepr, IcmpEchoRepr, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4,
@@ -117,33 +124,123 @@ impl Iface {
 /// Neighbour states (`include/net/neighbour.h` NUD_*), as `ip neigh` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum NudState {
+    Incomplete,
     Reachable,
     Stale,
+    Delay,
+    Probe,
+    Failed,
 }
 
 impl NudState {
     pub fn name(self) -> &'static str {
         match self {
+            NudState::Incomplete => "INCOMPLETE",
             NudState::Reachable => "REACHABLE",
             NudState::Stale => "STALE",
+            NudState::Delay => "DELAY",
+            NudState::Probe => "PROBE",
+            NudState::Failed => "FAILED",
+        }
+    }
+    /// NUD_VALID: the entry has a link-layer address (`ip neigh` shows it).
+    pub fn valid(self) -> bool {
+        matches!(
+            self,
+            NudState::Reachable | NudState::Stale | NudState::Delay | NudState::Probe
+        )
+    }
+    /// NUD_CONNECTED (of the states modelled): confirmed recently.
+    fn connected(self) -> bool {
+        self == NudState::Reachable
+    }
+    /// NUD_IN_TIMER: a timer runs while the entry is in this state.
+    fn in_timer(self) -> bool {
+        matches!(
+            self,
+            NudState::Incomplete | NudState::Reachable | NudState::Delay | NudState::Probe
+        )
+    }
+}
+
+/// A neighbour table entry (`struct neighbour`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    /// The link-layer address; meaningful only in a [`NudState::valid`] state.
+    pub lladdr: MacAddr,
+    pub state: NudState,
+    pub updated: Duration,
+    /// Last time a packet went out through the slow path (`neigh_event_send`).
+    pub used: Duration,
+    /// Last confirmation of reachability; None for "long ago" (Linux sets
+    /// `jiffies - 2 * base_reachable_time`, older than any check looks).
+    pub confirmed: Option<Duration>,
+    /// `neigh->probes`, as `ip neigh` shows it: resolution starts it at
+    /// `ucast_solicit` (3) and counts each request (4 after one; a UML 6.1
+    /// guest shows `probes 6 FAILED` after three unanswered ones); PROBE
+    /// restarts it at 0; entries learnt from the peer have 0.
+    pub probes: u32,
+    /// When the entry's timer fires (`neigh->timer`), if it runs.
+    pub timer: Option<Duration>,
+    /// Frames waiting for the address (NUD_INCOMPLETE), destination still zero.
+    pub queue: VecDeque<Vec<u8>>,
+}
+
+impl Neighbour {
+    /// A fresh entry (`___neigh_create`): NUD_NONE becomes a state at once,
+    /// so the caller gives it.
+    fn new(state: NudState, now: Duration) -> Self {
+        Self {
+            lladdr: MacAddr([0; 6]),
+            state,
+            updated: now,
+            used: now,
+            confirmed: None,
+            probes: 0,
+            timer: None,
+            queue: VecDeque::new(),
         }
     }
 }
 
-/// A neighbour table entry.
+/// Neighbour parameters (`net.ipv4.neigh.<dev>.*`) with Linux 6.1's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Neighbour {
-    pub lladdr: MacAddr,
-    pub state: NudState,
-    pub updated: Duration,
-    /// `neigh->probes` as `ip neigh` shows it: 0 for entries learnt from
-    /// the peer; an entry the kernel resolved keeps `ucast_probes` (3) plus
-    /// one per solicitation sent (4 after one, as a UML 6.1 guest showed).
-    pub probes: u32,
+struct NeighParms {
+    mcast_solicit: u32,
+    ucast_solicit: u32,
+    retrans_time: Duration,
+    delay_first_probe_time: Duration,
+    base_reachable_time: Duration,
+    locktime: Duration,
 }
 
-/// `probes` of an entry resolved with one ARP request (see [`Neighbour::probes`]).
-const PROBES_AFTER_ONE_SOLICIT: u32 = 4;
+/// `neigh_periodic_work` runs every `base_reachable_time / 2` and re-draws
+/// every `reachable_time` once this much passed since the last draw.
+const REDRAW_AFTER: Duration = Duration::from_secs(300);
+
+/// The guest kernel's tick (CONFIG_HZ=100 in the Debian linux.uml 6.1).
+const JIFFY: Duration = Duration::from_millis(10);
+
+/// When a kernel timer armed at `now` for `delay` later really fires: the
+/// timer wheel (`kernel/time/timer.c` `calc_index`) rounds the expiry in
+/// jiffies up to the granularity of the level its distance falls in (8
+/// levels, 64 buckets each, 8 times coarser per level), always at least one
+/// jiffy: a 1 s timer fires 1.01 to 1.08 s later (a UML guest's ARP retries
+/// were 1.029 s and 1.034 s apart).
+pub fn timer_expiry(now: Duration, delay: Duration) -> Duration {
+    let jiffy = JIFFY.as_nanos() as u64;
+    let now_j = now.as_nanos() as u64 / jiffy;
+    let delta = (delay.as_nanos() as u64).div_ceil(jiffy);
+    let expires = now_j + delta;
+    // LVL_START(n) = 63 << 3(n-1); level n has granularity 8^n jiffies.
+    let mut lvl = 0u32;
+    while lvl < 7 && delta >= 63u64 << (3 * lvl) {
+        lvl += 1;
+    }
+    let shift = 3 * lvl;
+    let bucket = ((expires >> shift) + 1) << shift;
+    Duration::from_nanos(bucket.saturating_mul(jiffy))
+}
 
 /// Why a received frame produced no answer (for tests and traces).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,15 +262,20 @@ pub struct Stack {
     pub neigh: BTreeMap<(usize, Ipv4Addr), Neighbour>,
     /// `net.ipv4.conf.*` and friends (see [`crate::sim::sysctl`]).
     pub sysctl: BTreeMap<String, String>,
-    /// Neighbours being resolved (NUD_INCOMPLETE): the frames waiting for
-    /// their link-layer address, destination MAC still zero.
-    pub resolving: BTreeMap<(usize, Ipv4Addr), Vec<Vec<u8>>>,
     /// The next IP identification for packets the kernel sends (Linux hashes
     /// per destination from a random key; the sim counts from a seeded start).
     pub ip_ident: u16,
+    /// Per interface, its `reachable_time` (drawn on first use).
+    reachable: Vec<Duration>,
+    /// When `reachable_time` was last re-drawn, and the next periodic work.
+    last_rand: Duration,
+    next_work: Duration,
+    /// The stream `reachable_time` is drawn from.
+    rng: Rng,
 }
 
-/// `unres_qlen`-like cap on frames queued for one unresolved neighbour.
+/// Cap on frames queued for one unresolved neighbour (Linux counts bytes,
+/// `unres_qlen_bytes`; the oldest are dropped first as there).
 const RESOLVE_QUEUE: usize = 100;
 
 fn is_multicast(ip: Ipv4Addr) -> bool {
@@ -189,11 +291,21 @@ impl Stack {
             ifaces,
             neigh: BTreeMap::new(),
             sysctl: BTreeMap::new(),
-            resolving: BTreeMap::new(),
             ip_ident: 0,
+            reachable: Vec::new(),
+            last_rand: Duration::ZERO,
+            next_work: Duration::ZERO,
+            rng: rng::stream(0, "neigh"),
         };
         stack.sysctl = crate::sim::sysctl::defaults(&stack.iface_names());
         stack
+    }
+
+    /// Gives the stack its random stream (the machine's, from the scenario
+    /// seed); `reachable_time` values are drawn from it.
+    pub fn seed_neigh(&mut self, rng: Rng) {
+        self.rng = rng;
+        self.reachable.clear();
     }
 
     pub fn iface_names(&self) -> Vec<String> {
@@ -284,26 +396,12 @@ impl Stack {
             return (Verdict::NotArp, Vec::new());
         };
         if eth.ethertype == ETHERTYPE_IPV4 {
-            return self.receive_ipv4(iface, frame);
+            return self.receive_ipv4(iface, frame, now);
         }
         if eth.ethertype != ETHERTYPE_ARP {
             return (Verdict::NotArp, Vec::new());
         }
-        let (verdict, answer) = self.receive_arp(iface, frame, now);
-        let mut out: Vec<Vec<u8>> = answer.into_iter().collect();
-        // A neighbour that was being resolved and is now known: send what waited.
-        if let Ok((_, arp)) = ArpRepr::parse_frame(frame) {
-            let key = (iface, arp.spa);
-            if let Some(n) = self.neigh.get(&key).copied() {
-                if let Some(queued) = self.resolving.remove(&key) {
-                    for mut f in queued {
-                        f[..6].copy_from_slice(&n.lladdr.0);
-                        out.push(f);
-                    }
-                }
-            }
-        }
-        (verdict, out)
+        self.receive_arp(iface, frame, now)
     }
 
     /// The ARP half of [`Stack::receive`] (`arp_rcv` and `arp_process`).
@@ -312,49 +410,65 @@ impl Stack {
         iface: usize,
         frame: &[u8],
         now: Duration,
-    ) -> (Verdict, Option<Vec<u8>>) {
+    ) -> (Verdict, Vec<Vec<u8>>) {
+        let (verdict, answer, flushed) = self.arp_process(iface, frame, now);
+        let mut out: Vec<Vec<u8>> = answer.into_iter().collect();
+        // Frames that waited for this neighbour go out after the answer.
+        out.extend(flushed);
+        (verdict, out)
+    }
+
+    /// `arp_rcv` and `arp_process`: the verdict, the answer, and the frames
+    /// a neighbour update released.
+    fn arp_process(
+        &mut self,
+        iface: usize,
+        frame: &[u8],
+        now: Duration,
+    ) -> (Verdict, Option<Vec<u8>>, Vec<Vec<u8>>) {
+        let none = |v| (v, None, Vec::new());
         let Some(dev) = self.ifaces.get(iface) else {
-            return (Verdict::NotArp, None);
+            return none(Verdict::NotArp);
         };
         let Ok(eth) = EthernetRepr::parse(frame) else {
-            return (Verdict::NotArp, None);
+            return none(Verdict::NotArp);
         };
         // arp_rcv: PACKET_OTHERHOST frames are dropped even in promiscuous mode.
         if eth.dst != dev.mac && !eth.dst.is_multicast() {
-            return (Verdict::Dropped("unicast to another host"), None);
+            return none(Verdict::Dropped("unicast to another host"));
         }
         if frame.len() < ARP_FRAME_LEN {
-            return (Verdict::Dropped("shorter than an ARP header"), None);
+            return none(Verdict::Dropped("shorter than an ARP header"));
         }
         // Header fields checked by arp_rcv/arp_process before ArpRepr's
         // Ethernet/IPv4 restriction: hrd may also be 6 (IEEE 802).
         let field = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
         let (hrd, pro, hln, pln) = (field(14), field(16), frame[18], frame[19]);
         if hln != 6 || pln != 4 {
-            return (Verdict::Dropped("address lengths are not 6 and 4"), None);
+            return none(Verdict::Dropped("address lengths are not 6 and 4"));
         }
         if !(hrd == 1 || hrd == 6) || pro != 0x0800 {
-            return (Verdict::Dropped("not Ethernet/IPv4"), None);
+            return none(Verdict::Dropped("not Ethernet/IPv4"));
         }
         // ArpRepr insists on hrd 1; parse a copy with hrd normalised.
         let mut body = [0u8; 28];
         body.copy_from_slice(&frame[14..42]);
         body[0..2].copy_from_slice(&1u16.to_be_bytes());
         let Ok(arp) = ArpRepr::parse(&body) else {
-            return (Verdict::Dropped("malformed"), None);
+            return none(Verdict::Dropped("malformed"));
         };
         if !matches!(arp.op, ArpOp::Request | ArpOp::Reply) {
-            return (Verdict::Dropped("neither request nor reply"), None);
+            return none(Verdict::Dropped("neither request nor reply"));
         }
         let (sip, tip, sha) = (arp.spa, arp.tpa, arp.sha);
         if is_multicast(tip) {
-            return (Verdict::Dropped("target is multicast"), None);
+            return none(Verdict::Dropped("target is multicast"));
         }
         if tip.is_loopback() && self.conf(iface, "route_localnet", false) == 0 {
-            return (Verdict::Dropped("target is loopback"), None);
+            return none(Verdict::Dropped("target is loopback"));
         }
         if sip == tip && self.conf(iface, "drop_gratuitous_arp", false) != 0 {
-            return (Verdict::Dropped("gratuitous ARP"), None);
+            return none(Verdict::Dropped("gratuitous ARP"));
         }
         let dev_mac = dev.mac;
         let reply = |tip: Ipv4Addr| {
@@ -371,9 +485,9 @@ impl Stack {
         // never creates a neighbour entry.
         if sip == Ipv4Addr::UNSPECIFIED {
             if arp.op == ArpOp::Request && self.is_local(tip) && !self.arp_ignore(iface, sip, tip) {
-                return (Verdict::Processed, Some(reply(tip)));
+                return (Verdict::Processed, Some(reply(tip)), Vec::new());
             }
-            return (Verdict::Processed, None);
+            return none(Verdict::Processed);
         }
         let mut answer = None;
         // Not local (or broadcast): only proxy ARP could answer; it is off by default.
@@ -382,28 +496,24 @@ impl Stack {
             && self.is_local(tip)
             && !self.is_broadcast(tip)
         {
+            let mut flushed = Vec::new();
             if !self.arp_ignore(iface, sip, tip) {
                 // neigh_event_ns: create or refresh the requester's entry.
-                let probes = self.probes_of(iface, sip);
-                self.neigh.insert(
-                    (iface, sip),
-                    Neighbour {
-                        lladdr: sha,
-                        state: NudState::Stale,
-                        updated: now,
-                        probes,
-                    },
-                );
+                self.neigh
+                    .entry((iface, sip))
+                    .or_insert_with(|| Neighbour::new(NudState::Failed, now));
+                flushed = self.neigh_update(iface, sip, sha, NudState::Stale, true, now);
                 answer = Some(reply(tip));
             }
-            return (Verdict::Processed, answer);
+            return (Verdict::Processed, answer, flushed);
         }
         // Update an existing entry; create one only with arp_accept for a
         // gratuitous ARP or an unsolicited reply.
         let key = (iface, sip);
         let is_garp = tip == sip;
-        // An entry being resolved (NUD_INCOMPLETE) exists for arp_process too.
-        let exists = self.neigh.contains_key(&key) || self.resolving.contains_key(&key);
+        // Any entry counts, also one being resolved or FAILED.
+        let exists = self.neigh.contains_key(&key);
+        let mut flushed = Vec::new();
         if exists
             || (self.conf(iface, "arp_accept", false) != 0
                 && (is_garp || arp.op == ArpOp::Reply)
@@ -417,33 +527,29 @@ impl Stack {
             } else {
                 NudState::Stale
             };
-            let probes = self.probes_of(iface, sip);
-            self.neigh.insert(
-                key,
-                Neighbour {
-                    lladdr: sha,
-                    state,
-                    updated: now,
-                    probes,
-                },
-            );
+            // A new address is taken only after `locktime` (1 s) since the
+            // last update, or from a gratuitous ARP.
+            let locktime = self.parms(iface).locktime;
+            let entry = self
+                .neigh
+                .entry(key)
+                .or_insert_with(|| Neighbour::new(NudState::Failed, now));
+            let override_ = is_garp || now > entry.updated + locktime;
+            flushed = self.neigh_update(iface, sip, sha, state, override_, now);
         }
-        (Verdict::Processed, answer)
-    }
-
-    /// The probe count an updated entry keeps (neigh_update leaves it alone).
-    fn probes_of(&self, iface: usize, ip: Ipv4Addr) -> u32 {
-        if self.resolving.contains_key(&(iface, ip)) {
-            return PROBES_AFTER_ONE_SOLICIT;
-        }
-        self.neigh.get(&(iface, ip)).map_or(0, |n| n.probes)
+        (Verdict::Processed, answer, flushed)
     }
 
     /// `ip_rcv` → `icmp_rcv` → `icmp_echo` for an IPv4 frame: echo requests to
     /// a local address are answered; to a broadcast address only with
     /// `net.ipv4.icmp_echo_ignore_broadcasts=0`; anything else addressed to
     /// another host is dropped (forwarding is off).
-    fn receive_ipv4(&mut self, iface: usize, frame: &[u8]) -> (Verdict, Vec<Vec<u8>>) {
+    fn receive_ipv4(
+        &mut self,
+        iface: usize,
+        frame: &[u8],
+        now: Duration,
+    ) -> (Verdict, Vec<Vec<u8>>) {
         let drop = |why| (Verdict::Dropped(why), Vec::new());
         let Some(dev) = self.ifaces.get(iface) else {
             return (Verdict::NotArp, Vec::new());
@@ -500,31 +606,319 @@ impl Stack {
             dst: echo.src,
             ..echo
         };
-        let key = (iface, echo.src);
-        if let Some(n) = self.neigh.get(&key) {
-            return (Verdict::Processed, vec![reply.to_frame(n.lladdr, dev_mac)]);
+        let frame = reply.to_frame(MacAddr([0; 6]), dev_mac);
+        (
+            Verdict::Processed,
+            self.neigh_output(iface, echo.src, frame, now),
+        )
+    }
+
+    /// The neighbour parameters of interface `iface`: Linux 6.1's defaults,
+    /// or `net.ipv4.neigh.<dev>.<key>` where a lab set one.
+    fn parms(&self, iface: usize) -> NeighParms {
+        let dev = self
+            .ifaces
+            .get(iface)
+            .map(|i| i.name.replace('.', "/"))
+            .unwrap_or_default();
+        let get = |key: &str, default: u64| {
+            self.sysctl
+                .get(&format!("net.ipv4.neigh.{dev}.{key}"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        NeighParms {
+            mcast_solicit: u32::try_from(get("mcast_solicit", 3)).unwrap_or(u32::MAX),
+            ucast_solicit: u32::try_from(get("ucast_solicit", 3)).unwrap_or(u32::MAX),
+            retrans_time: Duration::from_millis(get("retrans_time_ms", 1000)),
+            delay_first_probe_time: Duration::from_secs(get("delay_first_probe_time", 5)),
+            base_reachable_time: Duration::from_millis(get("base_reachable_time_ms", 30_000)),
+            locktime: Duration::from_millis(get("locktime", 100) * 10),
         }
-        // arp_solicit: one broadcast request (sender IP = the reply's source,
-        // arp_announce 0); the reply waits in the neighbour's queue.
-        let queue = self.resolving.entry(key).or_default();
-        let first = queue.is_empty();
-        if queue.len() < RESOLVE_QUEUE {
-            queue.push(reply.to_frame(MacAddr([0; 6]), dev_mac));
+    }
+
+    /// `neigh_rand_reach_time`: uniform in [base/2, 3*base/2).
+    fn draw_reachable(&mut self, iface: usize) -> Duration {
+        let base = self.parms(iface).base_reachable_time.as_millis() as u64;
+        if base == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(self.rng.below(base) + base / 2)
+    }
+
+    /// The interface's `reachable_time` at `now` (`neigh->parms->reachable_time`):
+    /// drawn for each device when it appears, re-drawn for all by the
+    /// periodic work (every 15 s) once 300 s passed since the last draw. The
+    /// kernel's first periodic run is itself at a random delay; the sim
+    /// starts the 15 s rhythm at boot.
+    fn reachable_time(&mut self, iface: usize, now: Duration) -> Duration {
+        let period = self.parms(0).base_reachable_time / 2;
+        let period = period.max(JIFFY);
+        while self.next_work <= now {
+            if self.next_work > self.last_rand + REDRAW_AFTER {
+                self.last_rand = self.next_work;
+                for i in 0..self.reachable.len() {
+                    let r = self.draw_reachable(i);
+                    if let Some(slot) = self.reachable.get_mut(i) {
+                        *slot = r;
+                    }
+                }
+            }
+            self.next_work += period;
+        }
+        while self.reachable.len() <= iface {
+            let r = self.draw_reachable(self.reachable.len());
+            self.reachable.push(r);
+        }
+        self.reachable.get(iface).copied().unwrap_or_default()
+    }
+
+    /// The kernel sends `frame` (destination MAC still zero) to `ip` on
+    /// `iface` through the neighbour layer (`neigh_output` /
+    /// `__neigh_event_send`): returns the frames that leave now.
+    pub fn neigh_output(
+        &mut self,
+        iface: usize,
+        ip: Ipv4Addr,
+        mut frame: Vec<u8>,
+        now: Duration,
+    ) -> Vec<Vec<u8>> {
+        let parms = self.parms(iface);
+        let entry = self
+            .neigh
+            .entry((iface, ip))
+            .or_insert_with(|| Neighbour::new(NudState::Failed, now));
+        // The fast path (a REACHABLE entry with its cached header) leaves
+        // `used` alone; everything else goes through neigh_event_send.
+        if entry.state != NudState::Reachable {
+            entry.used = now;
+        }
+        let mut probe = false;
+        match entry.state {
+            NudState::Failed => {
+                if parms.mcast_solicit == 0 {
+                    entry.updated = now;
+                    return Vec::new();
+                }
+                entry.probes = parms.ucast_solicit;
+                entry.state = NudState::Incomplete;
+                entry.updated = now;
+                entry.timer = Some(timer_expiry(now, parms.retrans_time.max(JIFFY)));
+                probe = true;
+            }
+            NudState::Stale => {
+                entry.state = NudState::Delay;
+                entry.updated = now;
+                entry.timer = Some(timer_expiry(now, parms.delay_first_probe_time));
+            }
+            _ => {}
         }
         let mut out = Vec::new();
-        if first {
-            out.push(
-                ArpRepr {
-                    op: ArpOp::Request,
-                    sha: dev_mac,
-                    spa: src,
-                    tha: MacAddr([0; 6]),
-                    tpa: echo.src,
-                }
-                .to_frame(MacAddr([0xff; 6]), dev_mac, 0),
-            );
+        if entry.state == NudState::Incomplete {
+            if entry.queue.len() >= RESOLVE_QUEUE {
+                entry.queue.pop_front();
+            }
+            entry.queue.push_back(frame);
+        } else if let Some(dst) = frame.get_mut(..6) {
+            dst.copy_from_slice(&entry.lladdr.0);
+            out.push(frame);
         }
-        (Verdict::Processed, out)
+        if probe {
+            out.extend(self.neigh_probe(iface, ip));
+        }
+        out
+    }
+
+    /// `neigh_probe` → `arp_solicit`: counts the probe and builds the
+    /// request: broadcast while `probes` is beyond `ucast_solicit`, else
+    /// unicast to the known address (PROBE). Sender IP: the queued packet's
+    /// source if it is local (arp_announce 0), else the interface's address.
+    fn neigh_probe(&mut self, iface: usize, ip: Ipv4Addr) -> Option<Vec<u8>> {
+        let parms = self.parms(iface);
+        let dev = self.ifaces.get(iface)?;
+        let dev_mac = dev.mac;
+        let fallback = dev
+            .addrs
+            .iter()
+            .find(|a| a.contains(ip))
+            .or(dev.addrs.first())
+            .map_or(Ipv4Addr::UNSPECIFIED, |a| a.addr);
+        let entry = self.neigh.get_mut(&(iface, ip))?;
+        entry.probes += 1;
+        let queued_src = entry.queue.back().and_then(|f| {
+            let b: [u8; 4] = f.get(26..30)?.try_into().ok()?;
+            Some(Ipv4Addr::from(b))
+        });
+        let dst = if entry.probes <= parms.ucast_solicit {
+            entry.lladdr
+        } else {
+            MacAddr([0xff; 6])
+        };
+        let spa = match queued_src {
+            Some(src) if self.is_local(src) => src,
+            _ => fallback,
+        };
+        Some(
+            ArpRepr {
+                op: ArpOp::Request,
+                sha: dev_mac,
+                spa,
+                tha: MacAddr([0; 6]),
+                tpa: ip,
+            }
+            .to_frame(dst, dev_mac, 0),
+        )
+    }
+
+    /// `neigh_update(n, lladdr, new, override ? F_OVERRIDE : 0)` for an
+    /// existing entry: returns the queued frames a newly valid entry sends.
+    fn neigh_update(
+        &mut self,
+        iface: usize,
+        ip: Ipv4Addr,
+        lladdr: MacAddr,
+        new: NudState,
+        override_: bool,
+        now: Duration,
+    ) -> Vec<Vec<u8>> {
+        let reachable = self.reachable_time(iface, now);
+        let Some(entry) = self.neigh.get_mut(&(iface, ip)) else {
+            return Vec::new();
+        };
+        let old = entry.state;
+        let mut new = new;
+        if new.connected() {
+            entry.confirmed = Some(now);
+        }
+        if old.valid() {
+            if lladdr != entry.lladdr && !override_ {
+                return Vec::new();
+            }
+            // Valid, same address, told STALE: the state stays.
+            if lladdr == entry.lladdr && new == NudState::Stale {
+                new = old;
+            }
+        }
+        if new != old || lladdr != entry.lladdr {
+            entry.updated = now;
+        }
+        if new != old {
+            entry.timer = None;
+            if new == NudState::Probe {
+                entry.probes = 0;
+            }
+            if new.in_timer() {
+                let delay = if new == NudState::Reachable {
+                    reachable
+                } else {
+                    Duration::ZERO
+                };
+                entry.timer = Some(timer_expiry(now, delay));
+            }
+            entry.state = new;
+        }
+        if lladdr != entry.lladdr {
+            entry.lladdr = lladdr;
+            if !new.connected() {
+                entry.confirmed = None;
+            }
+        }
+        if new == old || old.valid() {
+            return Vec::new();
+        }
+        let mut out: Vec<Vec<u8>> = entry.queue.drain(..).collect();
+        for f in &mut out {
+            if let Some(dst) = f.get_mut(..6) {
+                dst.copy_from_slice(&lladdr.0);
+            }
+        }
+        out
+    }
+
+    /// The earliest pending neighbour timer.
+    pub fn next_timer(&self) -> Option<Duration> {
+        self.neigh.values().filter_map(|n| n.timer).min()
+    }
+
+    /// Runs every neighbour timer due at or before `now`
+    /// (`neigh_timer_handler`), in time order; returns the frames they send,
+    /// each with its interface.
+    pub fn run_timers(&mut self, now: Duration) -> Vec<(usize, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            let due = self
+                .neigh
+                .iter()
+                .filter_map(|(k, n)| n.timer.filter(|&t| t <= now).map(|t| (t, *k)))
+                .min();
+            let Some((at, key)) = due else {
+                return out;
+            };
+            if let Some(frame) = self.neigh_timer(key, at) {
+                out.push((key.0, frame));
+            }
+        }
+    }
+
+    /// `neigh_timer_handler` for one entry whose timer fired at `now`.
+    fn neigh_timer(&mut self, key: (usize, Ipv4Addr), now: Duration) -> Option<Vec<u8>> {
+        let (iface, ip) = key;
+        let parms = self.parms(iface);
+        let reachable = self.reachable_time(iface, now);
+        let entry = self.neigh.get_mut(&key)?;
+        entry.timer = None;
+        let retrans = parms.retrans_time.max(JIFFY);
+        let confirmed_within = |d: Duration| entry.confirmed.is_some_and(|c| now <= c + d);
+        let next = match entry.state {
+            NudState::Reachable => {
+                if confirmed_within(reachable) {
+                    entry.confirmed.map(|c| c + reachable)
+                } else if now <= entry.used + parms.delay_first_probe_time {
+                    entry.state = NudState::Delay;
+                    entry.updated = now;
+                    Some(now + parms.delay_first_probe_time)
+                } else {
+                    entry.state = NudState::Stale;
+                    entry.updated = now;
+                    None
+                }
+            }
+            NudState::Delay => {
+                if confirmed_within(parms.delay_first_probe_time) {
+                    entry.state = NudState::Reachable;
+                    entry.updated = now;
+                    entry.confirmed.map(|c| c + reachable)
+                } else {
+                    entry.state = NudState::Probe;
+                    entry.updated = now;
+                    entry.probes = 0;
+                    Some(now + retrans)
+                }
+            }
+            NudState::Incomplete | NudState::Probe => Some(now + retrans),
+            NudState::Stale | NudState::Failed => None,
+        };
+        // neigh_max_probes: ucast + app + mcast while INCOMPLETE, ucast +
+        // app + mcast_resolicit (0) in PROBE.
+        let max_probes = match entry.state {
+            NudState::Incomplete => parms.ucast_solicit + parms.mcast_solicit,
+            _ => parms.ucast_solicit,
+        };
+        if matches!(entry.state, NudState::Incomplete | NudState::Probe)
+            && entry.probes >= max_probes
+        {
+            // neigh_invalidate: the waiting frames are dropped.
+            entry.state = NudState::Failed;
+            entry.queue.clear();
+            return None;
+        }
+        if entry.state.in_timer() {
+            entry.timer = next.map(|t| timer_expiry(now, t.saturating_sub(now)));
+        }
+        if matches!(entry.state, NudState::Incomplete | NudState::Probe) {
+            return self.neigh_probe(iface, ip);
+        }
+        None
     }
 
     /// `ip_route_input` on the request's source: martian sources (broadcast,
@@ -696,7 +1090,7 @@ mod tests {
             .get(&(1, Ipv4Addr::new(10, 0, 0, 1)))
             .expect("entry");
         assert_eq!(n.state, NudState::Reachable, "as `ip neigh` showed");
-        assert!(s.resolving.is_empty());
+        assert!(n.queue.is_empty(), "the queued reply went out");
         // Now known: the next request is answered directly.
         let (_, out) = s.receive(1, &hex(REAL_ECHO_REQUEST), Duration::ZERO);
         assert_eq!(out.len(), 1);

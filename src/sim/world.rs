@@ -285,6 +285,8 @@ pub struct Machine {
     pub power: Power,
     pub jobs: BTreeMap<u32, Job>,
     next_job: u32,
+    /// The time of the pending neighbour-timer event, if one is queued.
+    neigh_timer: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -308,6 +310,10 @@ enum EventKind {
         machine: usize,
         iface: usize,
         frame: Vec<u8>,
+    },
+    /// A machine's earliest neighbour timer is due.
+    NeighTimer {
+        machine: usize,
     },
 }
 
@@ -387,6 +393,7 @@ impl World {
             power: Power::Off,
             jobs: BTreeMap::new(),
             next_job: 1,
+            neigh_timer: None,
         });
         self.machines.len() - 1
     }
@@ -634,6 +641,8 @@ impl World {
         if poll != Poll::Pending {
             job.wake_at = None;
         }
+        // The program may have changed the neighbour table (`ip neigh flush`).
+        self.arm_neigh(r.machine);
         for e in fx.drain(..) {
             match e {
                 Effect::Send { iface, frame } => {
@@ -857,7 +866,47 @@ impl World {
                 iface,
                 frame,
             } => self.transmit(machine, iface, frame, Duration::ZERO),
+            EventKind::NeighTimer { machine } => {
+                let now = self.now;
+                let Some(m) = self.machines.get_mut(machine) else {
+                    return;
+                };
+                // A later event than the one armed last: superseded.
+                if m.power != Power::Running || m.neigh_timer != Some(now) {
+                    return;
+                }
+                m.neigh_timer = None;
+                let frames = m.core.stack.run_timers(now);
+                for (iface, frame) in frames {
+                    self.transmit(machine, iface, frame, Duration::ZERO);
+                }
+                self.arm_neigh(machine);
+            }
         }
+    }
+
+    /// Queues an event for the machine's earliest neighbour timer unless
+    /// one at that time or earlier is queued already (a stale one is
+    /// recognised when it fires and re-arms).
+    fn arm_neigh(&mut self, machine: usize) {
+        let now = self.now;
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
+        if m.power != Power::Running {
+            return;
+        }
+        let Some(at) = m.core.stack.next_timer() else {
+            return;
+        };
+        let at = at.max(now);
+        if m.neigh_timer
+            .is_some_and(|armed| armed <= at && armed >= now)
+        {
+            return;
+        }
+        m.neigh_timer = Some(at);
+        self.push(at, EventKind::NeighTimer { machine });
     }
 
     fn switch_in(&mut self, switch: usize, port: usize, frame: Rc<[u8]>) {
@@ -936,6 +985,10 @@ impl World {
             return;
         };
         let (_, replies) = m.core.stack.receive(iface, &frame, now);
+        self.arm_neigh(machine);
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
         if replies.is_empty() {
             return;
         }

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use crate::net::wire::MacAddr;
-use crate::sim::stack::{IfAddr, Iface, NudState, Stack};
+use crate::sim::stack::{IfAddr, Iface, Stack};
 use crate::sim::world::{Poll, Program, Sys};
 
 const IP_USAGE: &str = "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary.\n\n\
@@ -359,17 +359,20 @@ fn ip_neigh(sys: &mut Sys, args: &[String]) -> i32 {
         } else {
             String::new()
         };
-        // busybox prints the kernel's cache ages; a fresh lab shows 0/0/0.
-        // `ref` (refcount - 1) is 1 while a state timer holds the entry:
-        // REACHABLE has one, STALE none.
-        let refs = if n.state == NudState::Reachable {
-            "ref 1 "
+        // busybox divides the kernel's cache ages (clock_t) by the psched
+        // clock rate (10^9 from /proc/net/psched): always 0/0/0, as a UML
+        // guest shows even after a minute. `ref` (refcount - 1) is 1 while
+        // a state timer holds the entry (INCOMPLETE, REACHABLE, DELAY,
+        // PROBE); the address only in a valid state (INCOMPLETE and FAILED
+        // leave two spaces).
+        let refs = if n.timer.is_some() { "ref 1 " } else { "" };
+        let lladdr = if n.state.valid() {
+            format!("lladdr {}", n.lladdr)
         } else {
-            ""
+            String::new()
         };
         s.push_str(&format!(
-            "{ip} {dev}lladdr {} {refs}used 0/0/0 probes {} {}\n",
-            n.lladdr,
+            "{ip} {dev}{lladdr} {refs}used 0/0/0 probes {} {}\n",
             n.probes,
             n.state.name()
         ));

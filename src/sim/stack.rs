@@ -1155,12 +1155,234 @@ mod tests {
         );
     }
 
+    /// Runs every neighbour timer until `until`, as the world does: returns
+    /// (time, frame) for each frame the timers sent.
+    fn run_until(s: &mut Stack, until: Duration) -> Vec<(Duration, Vec<u8>)> {
+        let mut sent = Vec::new();
+        while let Some(t) = s.next_timer().filter(|&t| t <= until) {
+            for (_, f) in s.run_timers(t) {
+                sent.push((t, f));
+            }
+        }
+        sent
+    }
+
+    fn entry(s: &Stack, ip: [u8; 4]) -> &Neighbour {
+        s.neigh.get(&(1, Ipv4Addr::from(ip))).expect("entry")
+    }
+
+    /// The real echo request, from `src` instead of 10.0.0.1.
+    fn echo_from(src: [u8; 4]) -> Vec<u8> {
+        let mut f = hex(REAL_ECHO_REQUEST);
+        f[26..30].copy_from_slice(&src);
+        f[24..26].copy_from_slice(&[0, 0]);
+        let sum = pnet_packet::util::checksum(&f[14..34], 5);
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn the_timer_wheel_rounds_expiries_up_to_its_level_granularity() {
+        let ms = Duration::from_millis;
+        // 1 s = 100 jiffies: level 1, 8-jiffy buckets, strictly later.
+        assert_eq!(timer_expiry(Duration::ZERO, ms(1000)), ms(1040));
+        assert_eq!(timer_expiry(ms(5), ms(1000)), ms(1040));
+        assert_eq!(timer_expiry(ms(30), ms(1000)), ms(1040));
+        assert_eq!(timer_expiry(ms(50), ms(1000)), ms(1120));
+        // Short timers: one jiffy later at most.
+        assert_eq!(timer_expiry(Duration::ZERO, ms(100)), ms(110));
+        // 30 s = 3000 jiffies: level 2, 640 ms buckets.
+        assert_eq!(timer_expiry(Duration::ZERO, ms(30_000)), ms(30_080));
+        // 45 s: level 3, 5.12 s buckets.
+        assert_eq!(timer_expiry(Duration::ZERO, ms(45_000)), ms(46_080));
+    }
+
+    /// What a UML 6.1 guest did when an echo came from an address nobody
+    /// answers for (switch trace and `ip neigh`): three broadcast requests
+    /// a little over a second apart, then `probes 6 FAILED`, no address, no
+    /// ref; the queued reply is dropped.
+    #[test]
+    fn unanswered_resolution_sends_three_broadcasts_then_fails() {
+        let mut s = echo_peer();
+        let t0 = Duration::from_secs(7);
+        let (_, out) = s.receive(1, &echo_from([10, 0, 0, 9]), t0);
+        let mut sent: Vec<(Duration, Vec<u8>)> = out.into_iter().map(|f| (t0, f)).collect();
+        assert_eq!(entry(&s, [10, 0, 0, 9]).state, NudState::Incomplete);
+        assert_eq!(entry(&s, [10, 0, 0, 9]).probes, 4);
+        sent.extend(run_until(&mut s, t0 + Duration::from_secs(60)));
+        assert_eq!(sent.len(), 3, "mcast_solicit requests");
+        for (_, f) in &sent {
+            let (eth, arp) = ArpRepr::parse_frame(f).expect("ARP");
+            assert_eq!(eth.dst, MacAddr([0xff; 6]));
+            assert_eq!(
+                (arp.op, arp.spa, arp.tpa, arp.tha),
+                (
+                    ArpOp::Request,
+                    Ipv4Addr::new(10, 0, 0, 2),
+                    Ipv4Addr::new(10, 0, 0, 9),
+                    MacAddr([0; 6])
+                )
+            );
+        }
+        for pair in sent.windows(2) {
+            let gap = pair[1].0 - pair[0].0;
+            assert!(
+                gap > Duration::from_secs(1) && gap <= Duration::from_millis(1080),
+                "{gap:?}"
+            );
+        }
+        let e = entry(&s, [10, 0, 0, 9]);
+        assert_eq!((e.state, e.probes, e.timer), (NudState::Failed, 6, None));
+        assert!(e.queue.is_empty(), "the waiting reply was dropped");
+        assert_eq!(s.next_timer(), None, "FAILED entries stay, without a timer");
+        // A late reply after FAILED still brings the entry back (and sends nothing).
+        let mut late = hex(REAL_ARP_REPLY);
+        late[28..32].copy_from_slice(&[10, 0, 0, 9]);
+        let (_, out) = s.receive(1, &late, t0 + Duration::from_secs(70));
+        assert!(out.is_empty());
+        assert_eq!(entry(&s, [10, 0, 0, 9]).state, NudState::Reachable);
+    }
+
+    #[test]
+    fn a_failed_entry_restarts_resolution_on_the_next_packet() {
+        let mut s = echo_peer();
+        s.receive(1, &echo_from([10, 0, 0, 9]), Duration::ZERO);
+        run_until(&mut s, Duration::from_secs(10));
+        let t = Duration::from_secs(20);
+        let (_, out) = s.receive(1, &echo_from([10, 0, 0, 9]), t);
+        assert_eq!(out.len(), 1, "a new broadcast request at once");
+        let e = entry(&s, [10, 0, 0, 9]);
+        assert_eq!((e.state, e.probes), (NudState::Incomplete, 4));
+        assert_eq!(run_until(&mut s, t + Duration::from_secs(10)).len(), 2);
+    }
+
+    /// The entry resolved for the echo reply: REACHABLE for a seeded
+    /// `reachable_time` in [15 s, 45 s) (plus the wheel's rounding), then
+    /// STALE without sending anything; the same seed gives the same time.
+    #[test]
+    fn reachable_becomes_stale_after_a_seeded_reachable_time() {
+        let stale_at = |seed: u64| {
+            let mut s = echo_peer();
+            s.seed_neigh(rng::stream(seed, "machine h2 neigh"));
+            s.receive(1, &hex(REAL_ECHO_REQUEST), Duration::ZERO);
+            s.receive(1, &hex(REAL_ARP_REPLY), Duration::ZERO);
+            assert_eq!(entry(&s, [10, 0, 0, 1]).state, NudState::Reachable);
+            let at = s.next_timer().expect("the REACHABLE timer");
+            assert!(
+                run_until(&mut s, Duration::from_secs(600)).is_empty(),
+                "going STALE sends nothing"
+            );
+            let e = entry(&s, [10, 0, 0, 1]);
+            assert_eq!((e.state, e.timer, e.probes), (NudState::Stale, None, 4));
+            at
+        };
+        let times: Vec<Duration> = (1..=8).map(stale_at).collect();
+        for &t in &times {
+            assert!(
+                t >= Duration::from_secs(15) && t < Duration::from_millis(45_000 + 5_120),
+                "{t:?}"
+            );
+        }
+        assert_eq!(stale_at(3), times[2], "same seed, same time");
+        assert!(times.iter().any(|&t| t != times[0]), "seeds differ: {times:?}");
+    }
+
+    /// What the guest did when an echo arrived for a STALE entry: the reply
+    /// goes out at once (DELAY, `ref 1`), 5 s later one unicast request
+    /// (PROBE, probes restarted), and the peer's reply makes it REACHABLE
+    /// with `probes 1`.
+    #[test]
+    fn stale_entry_in_use_goes_delay_then_probe_with_unicast_requests() {
+        let mut s = echo_peer();
+        s.receive(1, &hex(REAL_ECHO_REQUEST), Duration::ZERO);
+        s.receive(1, &hex(REAL_ARP_REPLY), Duration::ZERO);
+        run_until(&mut s, Duration::from_secs(60));
+        assert_eq!(entry(&s, [10, 0, 0, 1]).state, NudState::Stale);
+        let t = Duration::from_secs(61);
+        let (_, out) = s.receive(1, &hex(REAL_ECHO_REQUEST), t);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][..6], &[2, 0, 0, 0, 0, 1], "sent with the stale address");
+        assert_eq!(entry(&s, [10, 0, 0, 1]).state, NudState::Delay);
+        let probes = run_until(&mut s, t + Duration::from_millis(5200));
+        assert_eq!(probes.len(), 1);
+        let (at, f) = &probes[0];
+        assert!(*at >= t + Duration::from_secs(5), "{at:?}");
+        let (eth, arp) = ArpRepr::parse_frame(f).expect("ARP");
+        assert_eq!(eth.dst, MacAddr([2, 0, 0, 0, 0, 1]), "unicast");
+        assert_eq!((arp.op, arp.tha), (ArpOp::Request, MacAddr([0; 6])));
+        assert_eq!(hex(REAL_ARP_SOLICIT)[14..], f[14..], "same ARP body as the broadcast");
+        let e = entry(&s, [10, 0, 0, 1]);
+        assert_eq!((e.state, e.probes), (NudState::Probe, 1));
+        s.receive(1, &hex(REAL_ARP_REPLY), *at + Duration::from_millis(1));
+        let e = entry(&s, [10, 0, 0, 1]);
+        assert_eq!((e.state, e.probes), (NudState::Reachable, 1));
+    }
+
+    #[test]
+    fn unanswered_probes_end_in_failed_after_ucast_solicit_requests() {
+        let mut s = echo_peer();
+        s.receive(1, &hex(REAL_ECHO_REQUEST), Duration::ZERO);
+        s.receive(1, &hex(REAL_ARP_REPLY), Duration::ZERO);
+        run_until(&mut s, Duration::from_secs(60));
+        s.receive(1, &hex(REAL_ECHO_REQUEST), Duration::from_secs(61));
+        let sent = run_until(&mut s, Duration::from_secs(200));
+        assert_eq!(sent.len(), 3);
+        assert!(sent.iter().all(|(_, f)| f[..6] == [2, 0, 0, 0, 0, 1]));
+        let e = entry(&s, [10, 0, 0, 1]);
+        assert_eq!((e.state, e.probes), (NudState::Failed, 3));
+    }
+
+    #[test]
+    fn a_request_from_a_reachable_neighbour_leaves_it_reachable() {
+        let mut s = echo_peer();
+        s.receive(1, &hex(REAL_ECHO_REQUEST), Duration::ZERO);
+        s.receive(1, &hex(REAL_ARP_REPLY), Duration::ZERO);
+        let timer = entry(&s, [10, 0, 0, 1]).timer;
+        let mut req = request([10, 0, 0, 1], [10, 0, 0, 2]);
+        req[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        req[22..28].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        let (_, out) = s.receive(1, &req, Duration::from_secs(2));
+        assert_eq!(out.len(), 1, "answered");
+        let e = entry(&s, [10, 0, 0, 1]);
+        assert_eq!((e.state, e.timer), (NudState::Reachable, timer));
+    }
+
     proptest::proptest! {
         #[test]
         fn receive_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
             let mut s = host_with(Some([1, 1, 1, 1]));
             let _ = s.receive(1, &bytes, Duration::ZERO);
             let _ = s.receive(7, &bytes, Duration::ZERO);
+        }
+
+        /// Any interleaving of echoes, replies and time leaves the timers
+        /// in the future and lets them run out: no entry keeps a timer
+        /// forever, none fires twice at one time.
+        #[test]
+        fn neighbour_timers_always_run_out(
+            seed in proptest::num::u64::ANY,
+            steps in proptest::collection::vec((0u8..4, 0u64..20_000), 0..30),
+        ) {
+            let mut s = echo_peer();
+            s.seed_neigh(rng::stream(seed, "h"));
+            let mut now = Duration::ZERO;
+            for (what, ms) in steps {
+                now += Duration::from_millis(ms);
+                run_until(&mut s, now);
+                let frame = match what {
+                    0 => hex(REAL_ECHO_REQUEST),
+                    1 => hex(REAL_ARP_REPLY),
+                    2 => echo_from([10, 0, 0, 9]),
+                    _ => request([10, 0, 0, 1], [10, 0, 0, 2]),
+                };
+                let _ = s.receive(1, &frame, now);
+                proptest::prop_assert!(s.next_timer().is_none_or(|t| t > now));
+            }
+            run_until(&mut s, now + Duration::from_secs(3600));
+            proptest::prop_assert_eq!(s.next_timer(), None);
+            for n in s.neigh.values() {
+                proptest::prop_assert!(matches!(n.state, NudState::Stale | NudState::Failed));
+            }
         }
     }
 }

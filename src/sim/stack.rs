@@ -265,8 +265,9 @@ pub struct Stack {
     /// The next IP identification for packets the kernel sends (Linux hashes
     /// per destination from a random key; the sim counts from a seeded start).
     pub ip_ident: u16,
-    /// Per interface, its `reachable_time` (drawn on first use).
-    reachable: Vec<Duration>,
+    /// Per interface, its `reachable_time` (drawn on first use) and the
+    /// `base_reachable_time` it was drawn from.
+    reachable: Vec<(Duration, Duration)>,
     /// When `reachable_time` was last re-drawn, and the next periodic work.
     last_rand: Duration,
     next_work: Duration,
@@ -652,25 +653,40 @@ impl Stack {
     /// kernel's first periodic run is itself at a random delay; the sim
     /// starts the 15 s rhythm at boot.
     fn reachable_time(&mut self, iface: usize, now: Duration) -> Duration {
-        let period = self.parms(0).base_reachable_time / 2;
-        let period = period.max(JIFFY);
+        // The table's own parms (`net.ipv4.neigh.default`) set the rhythm.
+        let base = self
+            .sysctl
+            .get("net.ipv4.neigh.default.base_reachable_time_ms")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(30_000);
+        let period = (Duration::from_millis(base) / 2).max(JIFFY);
         while self.next_work <= now {
             if self.next_work > self.last_rand + REDRAW_AFTER {
                 self.last_rand = self.next_work;
                 for i in 0..self.reachable.len() {
-                    let r = self.draw_reachable(i);
+                    let drawn = (self.draw_reachable(i), self.parms(i).base_reachable_time);
                     if let Some(slot) = self.reachable.get_mut(i) {
-                        *slot = r;
+                        *slot = drawn;
                     }
                 }
             }
             self.next_work += period;
         }
         while self.reachable.len() <= iface {
-            let r = self.draw_reachable(self.reachable.len());
-            self.reachable.push(r);
+            let i = self.reachable.len();
+            let drawn = (self.draw_reachable(i), self.parms(i).base_reachable_time);
+            self.reachable.push(drawn);
         }
-        self.reachable.get(iface).copied().unwrap_or_default()
+        // Writing base_reachable_time(_ms) re-draws the device's value at
+        // once (`neigh_proc_base_reachable_time`); here at its next use.
+        let base = self.parms(iface).base_reachable_time;
+        if self.reachable.get(iface).is_some_and(|&(_, b)| b != base) {
+            let drawn = (self.draw_reachable(iface), base);
+            if let Some(slot) = self.reachable.get_mut(iface) {
+                *slot = drawn;
+            }
+        }
+        self.reachable.get(iface).map(|&(r, _)| r).unwrap_or_default()
     }
 
     /// The kernel sends `frame` (destination MAC still zero) to `ip` on

@@ -21,6 +21,19 @@ const CONF_KEYS: &[(&str, &str)] = &[
     ("rp_filter", "0"),
 ];
 
+/// Per-interface `net.ipv4.neigh.<scope>` keys (scopes `default` and each
+/// device) the neighbour table reads (`sim::stack`), with the defaults a
+/// UML 6.1 guest has.
+const NEIGH_KEYS: &[(&str, &str)] = &[
+    ("base_reachable_time_ms", "30000"),
+    ("delay_first_probe_time", "5"),
+    ("gc_stale_time", "60"),
+    ("locktime", "100"),
+    ("mcast_solicit", "3"),
+    ("retrans_time_ms", "1000"),
+    ("ucast_solicit", "3"),
+];
+
 /// Global keys and their defaults in the guest.
 const GLOBAL_KEYS: &[(&str, &str)] = &[
     ("kernel.hostname", "(none)"),
@@ -39,12 +52,18 @@ pub fn defaults(ifaces: &[String]) -> BTreeMap<String, String> {
     for (k, v) in GLOBAL_KEYS {
         map.insert((*k).to_string(), (*v).to_string());
     }
+    let devs = ifaces.iter().map(|i| i.replace('.', "/"));
     let scopes = ["all".to_string(), "default".to_string()]
         .into_iter()
-        .chain(ifaces.iter().map(|i| i.replace('.', "/")));
+        .chain(devs.clone());
     for scope in scopes {
         for (k, v) in CONF_KEYS {
             map.insert(format!("net.ipv4.conf.{scope}.{k}"), (*v).to_string());
+        }
+    }
+    for scope in std::iter::once("default".to_string()).chain(devs) {
+        for (k, v) in NEIGH_KEYS {
+            map.insert(format!("net.ipv4.neigh.{scope}.{k}"), (*v).to_string());
         }
     }
     map

@@ -268,8 +268,9 @@ pub struct Stack {
     /// Per interface, its `reachable_time` (drawn on first use) and the
     /// `base_reachable_time` it was drawn from.
     reachable: Vec<(Duration, Duration)>,
-    /// When `reachable_time` was last re-drawn, and the next periodic work.
-    last_rand: Duration,
+    /// When `reachable_time` was last re-drawn (None until the table's own
+    /// value is drawn), and the next periodic work.
+    last_rand: Option<Duration>,
     next_work: Duration,
     /// The stream `reachable_time` is drawn from.
     rng: Rng,
@@ -294,7 +295,7 @@ impl Stack {
             sysctl: BTreeMap::new(),
             ip_ident: 0,
             reachable: Vec::new(),
-            last_rand: Duration::ZERO,
+            last_rand: None,
             next_work: Duration::ZERO,
             rng: rng::stream(0, "neigh"),
         };
@@ -307,6 +308,7 @@ impl Stack {
     pub fn seed_neigh(&mut self, rng: Rng) {
         self.rng = rng;
         self.reachable.clear();
+        self.last_rand = None;
     }
 
     pub fn iface_names(&self) -> Vec<String> {
@@ -651,7 +653,8 @@ impl Stack {
     /// drawn for each device when it appears, re-drawn for all by the
     /// periodic work (every 15 s) once 300 s passed since the last draw. The
     /// kernel's first periodic run is itself at a random delay; the sim
-    /// starts the 15 s rhythm at boot.
+    /// starts the 15 s rhythm at boot. `neigh_periodic_work` is otherwise
+    /// idle below gc_thresh1 entries, so it is not an event of its own.
     fn reachable_time(&mut self, iface: usize, now: Duration) -> Duration {
         // The table's own parms (`net.ipv4.neigh.default`) set the rhythm.
         let base = self
@@ -659,10 +662,27 @@ impl Stack {
             .get("net.ipv4.neigh.default.base_reachable_time_ms")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(30_000);
+        // neigh_table_init draws the table's value first and sets
+        // last_rand = 20 times it ahead: the first re-draw is 10 to 30 min in.
+        let last_rand = match self.last_rand {
+            Some(t) => t,
+            None => {
+                let r = if base == 0 {
+                    0
+                } else {
+                    self.rng.below(base) + base / 2
+                };
+                Duration::from_millis(r * 20)
+            }
+        };
+        self.last_rand = Some(last_rand);
         let period = (Duration::from_millis(base) / 2).max(JIFFY);
         while self.next_work <= now {
-            if self.next_work > self.last_rand + REDRAW_AFTER {
-                self.last_rand = self.next_work;
+            if self
+                .last_rand
+                .is_some_and(|l| self.next_work > l + REDRAW_AFTER)
+            {
+                self.last_rand = Some(self.next_work);
                 for i in 0..self.reachable.len() {
                     let drawn = (self.draw_reachable(i), self.parms(i).base_reachable_time);
                     if let Some(slot) = self.reachable.get_mut(i) {
@@ -686,7 +706,10 @@ impl Stack {
                 *slot = drawn;
             }
         }
-        self.reachable.get(iface).map(|&(r, _)| r).unwrap_or_default()
+        self.reachable
+            .get(iface)
+            .map(|&(r, _)| r)
+            .unwrap_or_default()
     }
 
     /// The kernel sends `frame` (destination MAC still zero) to `ip` on
@@ -805,6 +828,12 @@ impl Stack {
         let mut new = new;
         if new.connected() {
             entry.confirmed = Some(now);
+            // Not in neighbour.c's neigh_update, but what a UML 6.1 guest
+            // does: with base_reachable_time_ms=2000 an idle entry cycles
+            // REACHABLE -> DELAY -> PROBE -> REACHABLE every ~7 s for as
+            // long as we watched (60 s), so each confirmation must count as
+            // a use (else the second expiry would find `used` old: STALE).
+            entry.used = entry.used.max(now);
         }
         if old.valid() {
             if lladdr != entry.lladdr && !override_ {
@@ -1300,7 +1329,10 @@ mod tests {
             );
         }
         assert_eq!(stale_at(3), times[2], "same seed, same time");
-        assert!(times.iter().any(|&t| t != times[0]), "seeds differ: {times:?}");
+        assert!(
+            times.iter().any(|&t| t != times[0]),
+            "seeds differ: {times:?}"
+        );
     }
 
     /// What the guest did when an echo arrived for a STALE entry: the reply
@@ -1317,7 +1349,11 @@ mod tests {
         let t = Duration::from_secs(61);
         let (_, out) = s.receive(1, &hex(REAL_ECHO_REQUEST), t);
         assert_eq!(out.len(), 1);
-        assert_eq!(&out[0][..6], &[2, 0, 0, 0, 0, 1], "sent with the stale address");
+        assert_eq!(
+            &out[0][..6],
+            &[2, 0, 0, 0, 0, 1],
+            "sent with the stale address"
+        );
         assert_eq!(entry(&s, [10, 0, 0, 1]).state, NudState::Delay);
         let probes = run_until(&mut s, t + Duration::from_millis(5200));
         assert_eq!(probes.len(), 1);
@@ -1326,12 +1362,51 @@ mod tests {
         let (eth, arp) = ArpRepr::parse_frame(f).expect("ARP");
         assert_eq!(eth.dst, MacAddr([2, 0, 0, 0, 0, 1]), "unicast");
         assert_eq!((arp.op, arp.tha), (ArpOp::Request, MacAddr([0; 6])));
-        assert_eq!(hex(REAL_ARP_SOLICIT)[14..], f[14..], "same ARP body as the broadcast");
+        assert_eq!(
+            hex(REAL_ARP_SOLICIT)[14..],
+            f[14..],
+            "same ARP body as the broadcast"
+        );
         let e = entry(&s, [10, 0, 0, 1]);
         assert_eq!((e.state, e.probes), (NudState::Probe, 1));
         s.receive(1, &hex(REAL_ARP_REPLY), *at + Duration::from_millis(1));
         let e = entry(&s, [10, 0, 0, 1]);
         assert_eq!((e.state, e.probes), (NudState::Reachable, 1));
+    }
+
+    /// What a UML 6.1 guest did with base_reachable_time_ms=2000 and no
+    /// traffic: REACHABLE for ~2 s, DELAY for 5 s, one unicast request,
+    /// REACHABLE again, every ~7 s for as long as it was watched (60 s):
+    /// each confirmation counts as a use.
+    #[test]
+    fn short_reachable_time_cycles_through_delay_and_probe() {
+        let mut s = echo_peer();
+        s.sysctl.insert(
+            "net.ipv4.neigh.eth0.base_reachable_time_ms".into(),
+            "2000".into(),
+        );
+        s.receive(1, &hex(REAL_ECHO_REQUEST), Duration::ZERO);
+        s.receive(1, &hex(REAL_ARP_REPLY), Duration::ZERO);
+        let mut probes = Vec::new();
+        let mut t = Duration::ZERO;
+        while t < Duration::from_secs(60) {
+            t += Duration::from_millis(100);
+            for (at, f) in run_until(&mut s, t) {
+                assert_eq!(&f[..6], &[2, 0, 0, 0, 0, 1], "unicast");
+                probes.push(at);
+                // h1 answers at once.
+                s.receive(1, &hex(REAL_ARP_REPLY), at + Duration::from_micros(100));
+            }
+        }
+        assert!(probes.len() >= 7, "{probes:?}");
+        for pair in probes.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap > Duration::from_secs(6) && gap < Duration::from_millis(8200),
+                "{gap:?}"
+            );
+        }
+        assert_ne!(entry(&s, [10, 0, 0, 1]).state, NudState::Stale);
     }
 
     #[test]

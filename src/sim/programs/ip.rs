@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use crate::net::wire::MacAddr;
-use crate::sim::stack::{IfAddr, Iface, Stack};
+use crate::sim::stack::{IfAddr, Iface, Neighbour, NudState, Stack};
 use crate::sim::world::{Poll, Program, Sys};
 
 const IP_USAGE: &str = "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary.\n\n\
@@ -334,51 +334,79 @@ fn ip_neigh(sys: &mut Sys, args: &[String]) -> i32 {
         },
         None => None,
     };
+    let stack: &Stack = &sys.m.stack;
+    let selected = stack
+        .neigh
+        .iter()
+        .filter(|((i, _), _)| filter.is_none_or(|f| f == *i));
     if kw(verb, "flush") {
-        sys.m
-            .stack
-            .neigh
-            .retain(|(i, _), _| filter.is_some_and(|f| f != *i));
+        // busybox: an argument is required; FAILED (and permanent) entries
+        // stay; each deleted entry is listed, then the rounds.
+        if args.len() < 2 {
+            sys.err("ip: \"ip neigh flush\" requires an argument\n");
+            return 1;
+        }
+        let victims: Vec<(usize, Ipv4Addr)> = selected
+            .filter(|(_, n)| n.state != NudState::Failed)
+            .map(|(k, _)| *k)
+            .collect();
+        if victims.is_empty() {
+            sys.out("Nothing to flush\n");
+            return 0;
+        }
+        let mut s: String = victims
+            .iter()
+            .filter_map(|k| Some(neigh_line(stack, *k, stack.neigh.get(k)?, filter.is_none())))
+            .collect();
+        s.push_str(&format!(
+            "\n*** Round 1, deleting {} entries ***\n*** Flush is complete after 1 round(s) ***\n",
+            victims.len()
+        ));
+        for k in &victims {
+            sys.m.stack.neigh.remove(k);
+        }
+        sys.out(&s);
         return 0;
     }
     if !(kw(verb, "show") || kw(verb, "list") || args.is_empty()) {
         sys.err(IP_USAGE);
         return 1;
     }
-    let stack: &Stack = &sys.m.stack;
-    let mut s = String::new();
-    for ((i, ip), n) in &stack.neigh {
-        if filter.is_some_and(|f| f != *i) {
-            continue;
-        }
-        let dev = if filter.is_none() {
-            format!(
-                "dev {} ",
-                stack.ifaces.get(*i).map(|d| d.name.as_str()).unwrap_or("?")
-            )
-        } else {
-            String::new()
-        };
-        // busybox divides the kernel's cache ages (clock_t) by the psched
-        // clock rate (10^9 from /proc/net/psched): always 0/0/0, as a UML
-        // guest shows even after a minute. `ref` (refcount - 1) is 1 while
-        // a state timer holds the entry (INCOMPLETE, REACHABLE, DELAY,
-        // PROBE); the address only in a valid state (INCOMPLETE and FAILED
-        // leave two spaces).
-        let refs = if n.timer.is_some() { "ref 1 " } else { "" };
-        let lladdr = if n.state.valid() {
-            format!("lladdr {}", n.lladdr)
-        } else {
-            String::new()
-        };
-        s.push_str(&format!(
-            "{ip} {dev}{lladdr} {refs}used 0/0/0 probes {} {}\n",
-            n.probes,
-            n.state.name()
-        ));
-    }
+    let s: String = selected
+        .map(|(k, n)| neigh_line(stack, *k, n, filter.is_none()))
+        .collect();
     sys.out(&s);
     0
+}
+
+/// One `ip neigh` line as busybox 1.35 prints it. The kernel dumps its
+/// hash table, whose order is random per boot; the sim lists by interface
+/// and address.
+fn neigh_line(stack: &Stack, (i, ip): (usize, Ipv4Addr), n: &Neighbour, show_dev: bool) -> String {
+    let dev = if show_dev {
+        format!(
+            "dev {} ",
+            stack.ifaces.get(i).map(|d| d.name.as_str()).unwrap_or("?")
+        )
+    } else {
+        String::new()
+    };
+    // busybox divides the kernel's cache ages by its clock rate: always
+    // 0/0/0 (a UML guest printed that for entries a minute old). `ref`
+    // (refcount - 1) is 1 while a state timer holds the entry
+    // (INCOMPLETE, REACHABLE, DELAY, PROBE); the address only in a valid
+    // state (INCOMPLETE and FAILED leave two spaces).
+    let refs = if n.timer.is_some() { "ref 1 " } else { "" };
+    let lladdr = if n.state.valid() {
+        format!("lladdr {}", n.lladdr)
+    } else {
+        String::new()
+    };
+    format!(
+        "{ip} {dev}{lladdr} {refs}used 0/0/0 probes {} {}\n",
+        n.probes,
+        n.state.name()
+    )
 }
 
 /// busybox's `make_human_readable_str(bytes, 1, 0)` as ifconfig prints it.

@@ -2,7 +2,8 @@
 //! `(time, seq)`, machines with their jobs, and the switches between them.
 //!
 //! Everything that happens is an event: a frame reaching a switch, a frame
-//! reaching a NIC, a program's timer. Nothing reads the wall clock; every
+//! reaching a NIC, a program's timer, a machine's neighbour (ARP) timer.
+//! Nothing reads the wall clock; every
 //! random number comes from a stream derived from the scenario seed; every
 //! collection that is iterated is ordered. Same seed, same events, same bytes.
 

@@ -411,9 +411,12 @@ impl Backend for SimBackend {
     }
 
     fn finish(&mut self) -> Result<BackendArtifacts, BackendError> {
+        // The end of a lab powers off what still runs, as the uml backend
+        // does (`poweroff -f`, which a UML kernel turns into a halt).
         let running: Vec<usize> = (0..self.world.machines.len()).collect();
         for m in running {
-            self.world.power_down(m, String::new(), None);
+            self.world
+                .power_down(m, "reboot: System halted\n".into(), None);
         }
         let mut out = BackendArtifacts::default();
         for spec in &self.specs {

@@ -883,9 +883,10 @@ pub fn transcript(raw: &[u8], commands: &[Shown]) -> String {
         // The shell's job-control notice about the harness's job wrapper
         // (`[1]+  Done  (trap : INT; ...)`) is bookkeeping, not the scenario's.
         if bare.starts_with("UMLTEST-END-") {
-            // The marker's own leading newline; output without a final newline
-            // keeps it, so the next line still starts on a line of its own.
-            if out.ends_with("\n\n") {
+            // The marker brings its own leading newline: taken off, output
+            // without a final newline runs into the next command line
+            // (`a# echo b`), as on a console with a `# ` prompt and in the sim.
+            if out.ends_with('\n') {
                 out.pop();
             }
             continue;
@@ -1007,6 +1008,18 @@ mod tests {
                 ]
             ),
             "boot\nUMLTEST-SHELL-READY\n# echo hi\nhi\n# false\n"
+        );
+        // Output without a final newline: the next command line follows it.
+        let raw = b"UMLTEST-BEGIN-1\r\na\r\nUMLTEST-END-1:0\r\nUMLTEST-BEGIN-2\r\nb\r\n\r\nUMLTEST-END-2:0\r\n";
+        assert_eq!(
+            transcript(
+                raw,
+                &[
+                    Shown::Command("echo -n a".into()),
+                    Shown::Command("echo b".into())
+                ]
+            ),
+            "# echo -n a\na# echo b\nb\n"
         );
         // A background job: its line, not the wrapper's pid; the harness's waits
         // hidden; the job's output where it was collected.

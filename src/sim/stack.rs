@@ -4,7 +4,9 @@
 //! (`net/ipv4/icmp.c` `icmp_echo`/`icmp_reply`), with the neighbour
 //! resolution the reply needs: the neighbour state machine of
 //! `net/core/neighbour.c` (`__neigh_event_send`, `neigh_update`,
-//! `neigh_timer_handler`) with `arp_solicit`'s requests, on the virtual clock.
+//! `neigh_timer_handler`) with `arp_solicit`'s requests, on the virtual clock,
+//! and the link events that empty a device's table (`neigh_ifdown`,
+//! `neigh_carrier_down`).
 //!
 //! Not modelled: routing between interfaces (a reply leaves on the interface
 //! the request came in on); neighbour garbage collection (`neigh_periodic_work`
@@ -966,6 +968,62 @@ impl Stack {
         None
     }
 
+    /// `ip link set DEV up|down` (and `ifconfig DEV up|down`). Going down
+    /// is NETDEV_DOWN: `fib_disable_ip` -> `arp_ifdown` -> `neigh_ifdown`
+    /// removes every entry of the device (INCOMPLETE ones with the frames
+    /// waiting in them, their timers with them), so traffic after the next
+    /// `up` resolves afresh with a broadcast request (checked on a UML 6.1
+    /// guest). Permanent entries go too, but the sim has none.
+    pub fn set_up(&mut self, iface: usize, up: bool) {
+        let Some(dev) = self.ifaces.get_mut(iface) else {
+            return;
+        };
+        let was_up = dev.up;
+        dev.up = up;
+        if up {
+            dev.was_up = true;
+        } else if was_up {
+            self.neigh_flush_dev(iface);
+        }
+    }
+
+    /// The device's carrier changed (`netif_carrier_on/off`). Losing it on
+    /// an up device is NETDEV_CHANGE: `arp_netdev_event` evicts the
+    /// device's entries (`neigh_carrier_down`, which spares only permanent
+    /// ones) unless `arp_evict_nocarrier` is 0 in `all` or the device
+    /// (IN_DEV_ANDCONF). No lab event drops the carrier: UML's vde
+    /// transport has no carrier signal, so a pulled cable (`link down`)
+    /// leaves a real guest's `/sys/class/net/eth0/carrier` at 1 and its
+    /// entries in place; this is for transports that have one.
+    pub fn set_carrier(&mut self, iface: usize, carrier: bool) {
+        let Some(dev) = self.ifaces.get_mut(iface) else {
+            return;
+        };
+        let lost = dev.carrier && !carrier && dev.up;
+        dev.carrier = carrier;
+        let conf = |scope: &str| {
+            self.sysctl
+                .get(&format!("net.ipv4.conf.{scope}.arp_evict_nocarrier"))
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or(0)
+                != 0
+        };
+        let dev_scope = self
+            .ifaces
+            .get(iface)
+            .map(|i| i.name.replace('.', "/"))
+            .unwrap_or_default();
+        if lost && conf("all") && conf(&dev_scope) {
+            self.neigh_flush_dev(iface);
+        }
+    }
+
+    /// `neigh_flush_dev`: the device's entries leave the table; their
+    /// queued frames are dropped and their timers stop with them.
+    fn neigh_flush_dev(&mut self, iface: usize) {
+        self.neigh.retain(|&(i, _), _| i != iface);
+    }
+
     /// `ip_route_input` on the request's source: martian sources (broadcast,
     /// multicast, 0/8, loopback, or one of our own addresses) fail.
     fn route_input_ok(&self, sip: Ipv4Addr) -> bool {
@@ -1224,6 +1282,97 @@ mod tests {
         let sum = pnet_packet::util::checksum(&f[14..34], 5);
         f[24..26].copy_from_slice(&sum.to_be_bytes());
         f
+    }
+
+    /// echo_peer with a REACHABLE 10.0.0.1 and an INCOMPLETE 10.0.0.9 (its
+    /// echo reply waiting) on eth0, and a STALE 10.0.1.5 on eth1.
+    fn peer_with_entries_on_two_devices() -> Stack {
+        let mut s = echo_peer();
+        let mut eth1 = Iface::ethernet("eth1", MacAddr([2, 0, 0, 0, 1, 2]));
+        eth1.up = true;
+        eth1.addrs.push(IfAddr {
+            addr: Ipv4Addr::new(10, 0, 1, 2),
+            prefix: 24,
+            brd: Ipv4Addr::UNSPECIFIED,
+        });
+        s.ifaces.push(eth1);
+        s.receive(1, &hex(REAL_ECHO_REQUEST), Duration::ZERO);
+        s.receive(1, &hex(REAL_ARP_REPLY), Duration::ZERO);
+        s.receive(1, &echo_from([10, 0, 0, 9]), Duration::ZERO);
+        s.receive(2, &request([10, 0, 1, 5], [10, 0, 1, 2]), Duration::ZERO);
+        assert_eq!(entry(&s, [10, 0, 0, 1]).state, NudState::Reachable);
+        assert_eq!(entry(&s, [10, 0, 0, 9]).queue.len(), 1);
+        s
+    }
+
+    fn eth1_entry(s: &Stack) -> Option<NudState> {
+        s.neigh
+            .get(&(2, Ipv4Addr::new(10, 0, 1, 5)))
+            .map(|n| n.state)
+    }
+
+    /// What `ip link set eth0 down` did on a UML 6.1 guest (lab neigh-down):
+    /// no entry left, no further request for the INCOMPLETE one, and the
+    /// next reply after `up` resolves with a broadcast request again.
+    #[test]
+    fn going_down_removes_the_devices_entries_timers_and_waiting_frames() {
+        let mut s = peer_with_entries_on_two_devices();
+        let t = Duration::from_millis(200);
+        s.set_up(1, false);
+        assert!(!s.ifaces[1].up);
+        assert!(s.neigh.keys().all(|&(i, _)| i != 1), "{:?}", s.neigh);
+        assert_eq!(
+            eth1_entry(&s),
+            Some(NudState::Stale),
+            "other devices keep theirs"
+        );
+        assert_eq!(run_until(&mut s, t + Duration::from_secs(60)), Vec::new());
+        s.set_up(1, true);
+        assert!(s.neigh.keys().all(|&(i, _)| i != 1));
+        let (_, out) = s.receive(1, &hex(REAL_ECHO_REQUEST), Duration::from_secs(61));
+        assert_eq!(
+            out,
+            vec![hex(REAL_ARP_SOLICIT)],
+            "a fresh broadcast request"
+        );
+        let e = entry(&s, [10, 0, 0, 1]);
+        assert_eq!((e.state, e.probes), (NudState::Incomplete, 4));
+    }
+
+    #[test]
+    fn up_on_an_up_device_and_down_on_a_down_one_leave_the_table_alone() {
+        let mut s = peer_with_entries_on_two_devices();
+        let before = s.neigh.clone();
+        s.set_up(1, true);
+        assert_eq!(s.neigh, before);
+        s.ifaces[2].up = false;
+        s.set_up(2, false);
+        assert_eq!(s.neigh, before, "no NETDEV_DOWN without a change");
+    }
+
+    #[test]
+    fn carrier_loss_evicts_unless_arp_evict_nocarrier_is_0_in_all_or_the_device() {
+        for (all, dev, evicted) in [("1", "1", true), ("0", "1", false), ("1", "0", false)] {
+            let mut s = peer_with_entries_on_two_devices();
+            s.sysctl
+                .insert("net.ipv4.conf.all.arp_evict_nocarrier".into(), all.into());
+            s.sysctl
+                .insert("net.ipv4.conf.eth0.arp_evict_nocarrier".into(), dev.into());
+            s.set_carrier(1, false);
+            assert!(!s.ifaces[1].carrier);
+            let left = s.neigh.keys().filter(|&&(i, _)| i == 1).count();
+            assert_eq!(left, if evicted { 0 } else { 2 }, "all={all} eth0={dev}");
+            assert_eq!(eth1_entry(&s), Some(NudState::Stale));
+            // Getting the carrier back evicts nothing.
+            let before = s.neigh.clone();
+            s.set_carrier(1, true);
+            assert_eq!(s.neigh, before);
+        }
+        // A down device sends no NETDEV_CHANGE for its carrier.
+        let mut s = peer_with_entries_on_two_devices();
+        s.ifaces[2].up = false;
+        s.set_carrier(2, false);
+        assert_eq!(eth1_entry(&s), Some(NudState::Stale));
     }
 
     #[test]

@@ -197,11 +197,8 @@ fn ip_link(sys: &mut Sys, args: &[String]) -> i32 {
                     return 2;
                 };
                 match op.as_str() {
-                    "up" => {
-                        iface.up = true;
-                        iface.was_up = true;
-                    }
-                    "down" => iface.up = false,
+                    "up" => sys.m.stack.set_up(i, true),
+                    "down" => sys.m.stack.set_up(i, false),
                     "address" => match val.as_deref().map(str::parse::<MacAddr>) {
                         Some(Ok(mac)) => iface.mac = mac,
                         _ => {
@@ -531,11 +528,8 @@ pub fn ifconfig(sys: &mut Sys, args: &[String]) -> i32 {
             return 1;
         };
         match a.as_str() {
-            "up" => {
-                iface.up = true;
-                iface.was_up = true;
-            }
-            "down" => iface.up = false,
+            "up" => sys.m.stack.set_up(i, true),
+            "down" => sys.m.stack.set_up(i, false),
             "netmask" | "broadcast" => {
                 let Some(v) = it.next().and_then(|v| v.parse::<Ipv4Addr>().ok()) else {
                     sys.err(&format!("ifconfig: bad address '{}'\n", a));

@@ -156,9 +156,11 @@ fn read_file(sys: &Sys, path: &str) -> Option<Vec<u8>> {
         return match attr {
             "address" => Some(format!("{}\n", i.mac).into_bytes()),
             "operstate" => Some(
+                // UML's net driver never reports a link state (no
+                // netif_carrier_on): an up eth0 reads "unknown", as lo does.
                 match (i.loopback, i.up, i.running()) {
                     (true, _, _) => "unknown\n",
-                    (_, true, true) => "up\n",
+                    (_, true, true) => "unknown\n",
                     _ => "down\n",
                 }
                 .as_bytes()

@@ -880,8 +880,6 @@ pub fn transcript(raw: &[u8], commands: &[Shown]) -> String {
             }
             continue;
         }
-        // The shell's job-control notice about the harness's job wrapper
-        // (`[1]+  Done  (trap : INT; ...)`) is bookkeeping, not the scenario's.
         if bare.starts_with("UMLTEST-END-") {
             // The marker brings its own leading newline: taken off, output
             // without a final newline runs into the next command line
@@ -891,7 +889,13 @@ pub fn transcript(raw: &[u8], commands: &[Shown]) -> String {
             }
             continue;
         }
+        // The shell's job-control notice about the harness's job wrapper
+        // (`[1]+  Done  (trap : INT; ...)`) is bookkeeping, not the scenario's.
         if bare.starts_with('[') && bare.contains(JOB_FILE_PREFIX) {
+            continue;
+        }
+        // The harness init's readiness marker is the harness's, not the lab's.
+        if bare == super::image::SHELL_READY {
             continue;
         }
         out.push_str(line);
@@ -1007,7 +1011,7 @@ mod tests {
                     Shown::Command("false".into())
                 ]
             ),
-            "boot\nUMLTEST-SHELL-READY\n# echo hi\nhi\n# false\n"
+            "boot\n# echo hi\nhi\n# false\n"
         );
         // Output without a final newline: the next command line follows it.
         let raw = b"UMLTEST-BEGIN-1\r\na\r\nUMLTEST-END-1:0\r\nUMLTEST-BEGIN-2\r\nb\r\n\r\nUMLTEST-END-2:0\r\n";

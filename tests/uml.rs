@@ -857,6 +857,74 @@ fn link_steps_on_the_uml_backend_agree_with_the_sim() {
     );
 }
 
+/// `--backend both`: a real run that stops where the sim goes on is run once
+/// more in a fresh folder (a guest that dies at boot under load is the host's
+/// doing), the first attempt kept and reported; a lab that really stops on uml
+/// (here: commands on a machine with its own `init=`, which the harness cannot
+/// drive) stops both times and fails.
+#[test]
+fn backend_both_runs_a_stopped_real_run_once_more_and_still_fails_a_real_stop() {
+    let _heavy = heavy();
+    if machine::default_image().is_none() {
+        return;
+    }
+    let dir = util::tempdir();
+    std::fs::create_dir_all(dir.path().join("scenarios")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("scenarios/own.toml"),
+        r#"[scenario]
+name = "own"
+seed = 1
+
+[[disk]]
+name = "fs.ext4"
+size = "32M"
+image = "default"
+
+[[machine]]
+name = "h1"
+cmdline = "mem=64M ubd0=h1.cow,fs.ext4 root=/dev/ubda init=/bin/sh"
+
+[[step]]
+boot = "h1"
+
+[[step]]
+on = "h1"
+run = "echo hi"
+"#,
+    )
+    .expect("write lab");
+    let run = util::umltest(
+        dir.path(),
+        &[
+            "run",
+            "--backend",
+            "both",
+            "--update",
+            "--out",
+            "out",
+            "scenarios/own.toml",
+        ],
+    );
+    run.expect_code(100);
+    assert!(
+        run.stderr().contains(
+            "umltest: own: the uml run stopped at step 2 where the sim went on (step 2 (line 17): run on h1: echo hi: the uml backend stopped the run"
+        ),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.stdout()
+            .contains("cannot run \"echo hi\": no harness shell"),
+        "{}",
+        run.dump()
+    );
+    for kept in ["out/own.uml/h1.console", "out/own.uml.first/h1.console"] {
+        assert!(dir.path().join(kept).is_file(), "{kept}\n{}", run.dump());
+    }
+}
+
 #[test]
 fn uml_backend_without_linux_uml_says_how_to_install_and_exits_4() {
     let dir = util::tempdir();

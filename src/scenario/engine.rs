@@ -39,6 +39,8 @@ pub struct RunResult {
     pub artifacts: BTreeMap<String, String>,
     /// How many steps ran (all of them unless a backend error stopped the run).
     pub steps_run: usize,
+    /// A backend error stopped the run (at the start or at step `steps_run`).
+    pub stopped: bool,
 }
 
 /// Why a scenario could not run at all.
@@ -194,6 +196,7 @@ pub fn run(
                     backend.name()
                 ),
             });
+            result.stopped = true;
         }
     }
     let mut runner = Runner {
@@ -232,6 +235,7 @@ pub fn run(
                             runner.backend.name()
                         ),
                     });
+                    result.stopped = true;
                     break;
                 }
             }

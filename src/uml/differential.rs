@@ -287,29 +287,72 @@ pub fn compare_traces(name: &str, sim: &str, uml: &str) -> Vec<String> {
 /// Runs `plan` on the sim in `run_dir` and on real kernels in `<run_dir>.uml`, and
 /// returns the sim's result (its artifacts go to the snapshots) with every failure
 /// of the uml run and every difference added.
+///
+/// A real run that stops early (a guest dead before its shell, a step the
+/// backend could not perform) where the sim went on is run once more in a fresh
+/// folder, the first attempt kept in `<run_dir>.uml.first` and reported on
+/// stderr: under load a real guest now and then fails to boot for reasons of
+/// the host (`linux.uml overflowed sigaltstack` in the host's log, ENOMEM
+/// before init). A lab that really stops on uml stops both times and fails.
 pub fn run_both(plan: &Plan, run_dir: &Path, seed: u64) -> Result<RunResult, EngineError> {
-    let uml_dir = run_dir.with_file_name(format!(
-        "{}.uml",
-        run_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    for dir in [run_dir, uml_dir.as_path()] {
+    let sibling = |suffix: &str| {
+        run_dir.with_file_name(format!(
+            "{}{suffix}",
+            run_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ))
+    };
+    let (uml_dir, first_dir) = (sibling(".uml"), sibling(".uml.first"));
+    let clear = |dir: &Path| -> Result<(), EngineError> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| EngineError::RunFolder {
                 dir: dir.to_path_buf(),
                 message: format!("cannot clear it: {e}"),
             })?;
         }
+        Ok(())
+    };
+    for dir in [run_dir, uml_dir.as_path(), first_dir.as_path()] {
+        clear(dir)?;
     }
-    // The real run first: without linux.uml nothing runs at all (exit code 4).
-    let mut uml = Recorder::new(
-        super::backend::UmlBackend::new().capture_only(super::backend::COMPARED_ETHERTYPES),
-    );
-    let uml_result = engine::run(plan, &mut uml, &uml_dir, seed)?;
+    let run_uml = || {
+        // Without linux.uml nothing runs at all (exit code 4).
+        let mut uml = Recorder::new(
+            super::backend::UmlBackend::new().capture_only(super::backend::COMPARED_ETHERTYPES),
+        );
+        engine::run(plan, &mut uml, &uml_dir, seed).map(|r| (uml, r))
+    };
+    let (mut uml, mut uml_result) = run_uml()?;
     let mut sim = Recorder::new(crate::sim::SimBackend::new());
     let mut result = engine::run(plan, &mut sim, run_dir, seed)?;
+    if uml_result.stopped && !result.stopped {
+        // The failure that stopped it: at the last step run, else (a lab that
+        // could not start) the first one.
+        let why = uml_result
+            .failures
+            .iter()
+            .find(|f| f.step.map(|(n, _)| n) == Some(uml_result.steps_run))
+            .or(uml_result.failures.first())
+            .map(|f| f.to_string())
+            .unwrap_or_default();
+        let first_line = why.lines().next().unwrap_or_default();
+        eprintln!(
+            "umltest: {}: the uml run stopped at step {} where the sim went on ({first_line}); running it once more (first attempt kept in {})",
+            plan.name,
+            uml_result.steps_run,
+            first_dir.display()
+        );
+        std::fs::rename(&uml_dir, &first_dir).map_err(|e| EngineError::RunFolder {
+            dir: uml_dir.clone(),
+            message: format!(
+                "cannot keep the first attempt as {}: {e}",
+                first_dir.display()
+            ),
+        })?;
+        (uml, uml_result) = run_uml()?;
+    }
     for f in &uml_result.failures {
         result.failures.push(Failure {
             step: f.step,

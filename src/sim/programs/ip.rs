@@ -320,6 +320,13 @@ fn ip_addr(sys: &mut Sys, args: &[String]) -> i32 {
 
 fn ip_neigh(sys: &mut Sys, args: &[String]) -> i32 {
     let verb = args.first().map(String::as_str).unwrap_or("show");
+    // busybox 1.35's ipneigh.c knows only `show` and `flush` (unique
+    // prefixes allowed): add, replace, change, del and list are rejected
+    // before any netlink, with exit 1 (checked against the real binary).
+    if !(kw(verb, "show") || kw(verb, "flush")) {
+        sys.err(&format!("ip: invalid argument '{verb}' to 'ip'\n"));
+        return 1;
+    }
     let dev = dev_arg(args.get(1..).unwrap_or_default());
     let filter = match &dev {
         Some(name) => match sys.m.stack.find(name) {
@@ -364,10 +371,6 @@ fn ip_neigh(sys: &mut Sys, args: &[String]) -> i32 {
         }
         sys.out(&s);
         return 0;
-    }
-    if !(kw(verb, "show") || kw(verb, "list") || args.is_empty()) {
-        sys.err(IP_USAGE);
-        return 1;
     }
     let s: String = selected
         .map(|(k, n)| neigh_line(stack, *k, n, filter.is_none()))

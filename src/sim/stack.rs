@@ -132,6 +132,9 @@ pub enum NudState {
     Delay,
     Probe,
     Failed,
+    /// Set by an administrator (`arp -s`): never timed out nor probed, and
+    /// ARP traffic does not change it (`NEIGH_UPDATE_F_ADMIN` only).
+    Permanent,
 }
 
 impl NudState {
@@ -143,18 +146,23 @@ impl NudState {
             NudState::Delay => "DELAY",
             NudState::Probe => "PROBE",
             NudState::Failed => "FAILED",
+            NudState::Permanent => "PERMANENT",
         }
     }
     /// NUD_VALID: the entry has a link-layer address (`ip neigh` shows it).
     pub fn valid(self) -> bool {
         matches!(
             self,
-            NudState::Reachable | NudState::Stale | NudState::Delay | NudState::Probe
+            NudState::Reachable
+                | NudState::Stale
+                | NudState::Delay
+                | NudState::Probe
+                | NudState::Permanent
         )
     }
-    /// NUD_CONNECTED (of the states modelled): confirmed recently.
+    /// NUD_CONNECTED (of the states modelled): confirmed recently, or permanent.
     fn connected(self) -> bool {
-        self == NudState::Reachable
+        matches!(self, NudState::Reachable | NudState::Permanent)
     }
     /// NUD_IN_TIMER: a timer runs while the entry is in this state.
     fn in_timer(self) -> bool {
@@ -507,7 +515,7 @@ impl Stack {
                 self.neigh
                     .entry((iface, sip))
                     .or_insert_with(|| Neighbour::new(NudState::Failed, now));
-                flushed = self.neigh_update(iface, sip, sha, NudState::Stale, true, now);
+                flushed = self.neigh_update(iface, sip, sha, NudState::Stale, true, false, now);
                 answer = Some(reply(tip));
             }
             return (Verdict::Processed, answer, flushed);
@@ -540,7 +548,7 @@ impl Stack {
                 .entry(key)
                 .or_insert_with(|| Neighbour::new(NudState::Failed, now));
             let override_ = is_garp || now > entry.updated + locktime;
-            flushed = self.neigh_update(iface, sip, sha, state, override_, now);
+            flushed = self.neigh_update(iface, sip, sha, state, override_, false, now);
         }
         (Verdict::Processed, answer, flushed)
     }
@@ -820,6 +828,7 @@ impl Stack {
         lladdr: MacAddr,
         new: NudState,
         override_: bool,
+        admin: bool,
         now: Duration,
     ) -> Vec<Vec<u8>> {
         let reachable = self.reachable_time(iface, now);
@@ -827,6 +836,11 @@ impl Stack {
             return Vec::new();
         };
         let old = entry.state;
+        // Only an administrator changes a permanent entry: an ARP request
+        // or reply from its address with another MAC leaves it as it is.
+        if old == NudState::Permanent && !admin {
+            return Vec::new();
+        }
         let mut new = new;
         if new.connected() {
             entry.confirmed = Some(now);
@@ -841,8 +855,9 @@ impl Stack {
             if lladdr != entry.lladdr && !override_ {
                 return Vec::new();
             }
-            // Valid, same address, told STALE: the state stays.
-            if lladdr == entry.lladdr && new == NudState::Stale {
+            // Valid, same address, told STALE (not by an administrator):
+            // the state stays.
+            if lladdr == entry.lladdr && new == NudState::Stale && !admin {
                 new = old;
             }
         }
@@ -880,6 +895,44 @@ impl Stack {
             }
         }
         out
+    }
+
+    /// `arp -s` (SIOCSARP -> `arp_req_set`): creates or overwrites the
+    /// entry as an administrator (`NEIGH_UPDATE_F_OVERRIDE|ADMIN`),
+    /// PERMANENT or, with `temp`, STALE. Returns the frames that were
+    /// waiting in an INCOMPLETE entry, now addressed to `lladdr`.
+    pub fn neigh_set(
+        &mut self,
+        iface: usize,
+        ip: Ipv4Addr,
+        lladdr: MacAddr,
+        permanent: bool,
+        now: Duration,
+    ) -> Vec<Vec<u8>> {
+        let new = if permanent {
+            NudState::Permanent
+        } else {
+            NudState::Stale
+        };
+        self.neigh
+            .entry((iface, ip))
+            .or_insert_with(|| Neighbour::new(NudState::Failed, now));
+        self.neigh_update(iface, ip, lladdr, new, true, true, now)
+    }
+
+    /// `arp -d` (SIOCDARP -> `arp_invalidate`): the entry leaves the table
+    /// with its timer and waiting frames; false if there was none (ENXIO).
+    pub fn neigh_delete(&mut self, iface: usize, ip: Ipv4Addr) -> bool {
+        self.neigh.remove(&(iface, ip)).is_some()
+    }
+
+    /// The device an on-link route sends `ip` through (the first up
+    /// device with an address whose subnet holds it), as `arp_req_set`
+    /// looks one up when no `-i` names it.
+    pub fn route_dev(&self, ip: Ipv4Addr) -> Option<usize> {
+        self.ifaces
+            .iter()
+            .position(|d| d.up && d.addrs.iter().any(|a| a.contains(ip)))
     }
 
     /// The earliest pending neighbour timer.
@@ -943,7 +996,7 @@ impl Stack {
                 }
             }
             NudState::Incomplete | NudState::Probe => Some(now + retrans),
-            NudState::Stale | NudState::Failed => None,
+            NudState::Stale | NudState::Failed | NudState::Permanent => None,
         };
         // neigh_max_probes: ucast + app + mcast while INCOMPLETE, ucast +
         // app + mcast_resolicit (0) in PROBE.
@@ -973,7 +1026,8 @@ impl Stack {
     /// removes every entry of the device (INCOMPLETE ones with the frames
     /// waiting in them, their timers with them), so traffic after the next
     /// `up` resolves afresh with a broadcast request (checked on a UML 6.1
-    /// guest). Permanent entries go too, but the sim has none.
+    /// guest). Permanent entries go too (an `arp -s` entry was gone after
+    /// down on a UML 6.1 guest).
     pub fn set_up(&mut self, iface: usize, up: bool) {
         let Some(dev) = self.ifaces.get_mut(iface) else {
             return;
@@ -1373,6 +1427,40 @@ mod tests {
         s.ifaces[2].up = false;
         s.set_carrier(2, false);
         assert_eq!(eth1_entry(&s), Some(NudState::Stale));
+    }
+
+    /// `arp -s` on an entry being resolved (neighbour.c's neigh_update,
+    /// ADMIN): PERMANENT at once, the waiting reply leaves for the given
+    /// address, no timer; ARP with another MAC changes nothing, even after
+    /// locktime; a second set (ADMIN) does, and `temp` gives STALE.
+    #[test]
+    fn an_admin_set_completes_a_waiting_entry_and_arp_cannot_change_it() {
+        let mut s = echo_peer();
+        let t0 = Duration::from_secs(7);
+        s.receive(1, &echo_from([10, 0, 0, 9]), t0);
+        assert_eq!(entry(&s, [10, 0, 0, 9]).state, NudState::Incomplete);
+        let mac = MacAddr([0xfe, 0xfd, 0, 0, 0, 9]);
+        let out = s.neigh_set(1, Ipv4Addr::new(10, 0, 0, 9), mac, true, t0);
+        assert_eq!(out.len(), 1, "the queued echo reply");
+        assert_eq!(out[0].get(..6), Some(&mac.0[..]));
+        let e = entry(&s, [10, 0, 0, 9]);
+        assert_eq!(
+            (e.state, e.timer, e.lladdr),
+            (NudState::Permanent, None, mac)
+        );
+        let other = MacAddr([0xfe, 0xfd, 0, 0, 0, 1]);
+        let mut req = request([10, 0, 0, 9], [10, 0, 0, 2]);
+        req[6..12].copy_from_slice(&other.0);
+        req[22..28].copy_from_slice(&other.0);
+        s.receive(1, &req, t0 + Duration::from_secs(5));
+        assert_eq!(entry(&s, [10, 0, 0, 9]).lladdr, mac);
+        assert!(run_until(&mut s, t0 + Duration::from_secs(120)).is_empty());
+        assert_eq!(entry(&s, [10, 0, 0, 9]).state, NudState::Permanent);
+        s.neigh_set(1, Ipv4Addr::new(10, 0, 0, 9), other, false, t0);
+        let e = entry(&s, [10, 0, 0, 9]);
+        assert_eq!((e.state, e.lladdr), (NudState::Stale, other));
+        assert!(s.neigh_delete(1, Ipv4Addr::new(10, 0, 0, 9)));
+        assert!(!s.neigh_delete(1, Ipv4Addr::new(10, 0, 0, 9)));
     }
 
     #[test]

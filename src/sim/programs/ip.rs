@@ -351,7 +351,7 @@ fn ip_neigh(sys: &mut Sys, args: &[String]) -> i32 {
             return 1;
         }
         let victims: Vec<(usize, Ipv4Addr)> = selected
-            .filter(|(_, n)| n.state != NudState::Failed)
+            .filter(|(_, n)| !matches!(n.state, NudState::Failed | NudState::Permanent))
             .map(|(k, _)| *k)
             .collect();
         if victims.is_empty() {

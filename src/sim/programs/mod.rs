@@ -3,6 +3,7 @@
 //! emulation's output was checked against the real program in a UML 6.1
 //! guest; anything not in [`lookup`] is `sh: X: not found` (127).
 
+pub mod arp;
 pub mod arping;
 pub mod dd;
 pub mod getopt;
@@ -31,6 +32,7 @@ pub fn lookup(name: &str, args: &[String]) -> Option<Box<dyn Program>> {
         "dd" => Some(Box::new(dd::Dd::new(&args))),
         "sleep" => Some(Box::new(Sleep::new(&args))),
         "ip" => instant(ip::ip),
+        "arp" => instant(arp::arp),
         "ifconfig" => instant(ip::ifconfig),
         "echo" => instant(echo),
         // ash runs its builtin for a bare name; a path execs the applet.

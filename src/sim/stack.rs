@@ -123,6 +123,22 @@ impl Iface {
     }
 }
 
+/// `neigh_update`'s NEIGH_UPDATE_F_OVERRIDE (a new address may replace a
+/// valid one) and NEIGH_UPDATE_F_ADMIN (an administrator's change, which
+/// alone may touch a permanent entry).
+#[derive(Debug, Clone, Copy)]
+struct UpdateFlags {
+    override_: bool,
+    admin: bool,
+}
+
+impl UpdateFlags {
+    const OVERRIDE: Self = Self {
+        override_: true,
+        admin: false,
+    };
+}
+
 /// Neighbour states (`include/net/neighbour.h` NUD_*), as `ip neigh` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum NudState {
@@ -515,7 +531,8 @@ impl Stack {
                 self.neigh
                     .entry((iface, sip))
                     .or_insert_with(|| Neighbour::new(NudState::Failed, now));
-                flushed = self.neigh_update(iface, sip, sha, NudState::Stale, true, false, now);
+                flushed =
+                    self.neigh_update(iface, sip, sha, NudState::Stale, UpdateFlags::OVERRIDE, now);
                 answer = Some(reply(tip));
             }
             return (Verdict::Processed, answer, flushed);
@@ -548,7 +565,17 @@ impl Stack {
                 .entry(key)
                 .or_insert_with(|| Neighbour::new(NudState::Failed, now));
             let override_ = is_garp || now > entry.updated + locktime;
-            flushed = self.neigh_update(iface, sip, sha, state, override_, false, now);
+            flushed = self.neigh_update(
+                iface,
+                sip,
+                sha,
+                state,
+                UpdateFlags {
+                    override_,
+                    admin: false,
+                },
+                now,
+            );
         }
         (Verdict::Processed, answer, flushed)
     }
@@ -827,10 +854,10 @@ impl Stack {
         ip: Ipv4Addr,
         lladdr: MacAddr,
         new: NudState,
-        override_: bool,
-        admin: bool,
+        flags: UpdateFlags,
         now: Duration,
     ) -> Vec<Vec<u8>> {
+        let UpdateFlags { override_, admin } = flags;
         let reachable = self.reachable_time(iface, now);
         let Some(entry) = self.neigh.get_mut(&(iface, ip)) else {
             return Vec::new();
@@ -917,7 +944,11 @@ impl Stack {
         self.neigh
             .entry((iface, ip))
             .or_insert_with(|| Neighbour::new(NudState::Failed, now));
-        self.neigh_update(iface, ip, lladdr, new, true, true, now)
+        let flags = UpdateFlags {
+            override_: true,
+            admin: true,
+        };
+        self.neigh_update(iface, ip, lladdr, new, flags, now)
     }
 
     /// `arp -d` (SIOCDARP -> `arp_invalidate`): the entry leaves the table

@@ -495,7 +495,7 @@ halt = "h1"
 /// inject faults (every one but the sim): it never runs without them, and
 /// nothing boots only to stop at the fault.
 #[test]
-fn a_fault_step_on_a_backend_without_faults_stops_the_run() {
+fn a_lab_with_a_fault_step_is_refused_by_a_backend_without_faults() {
     let dir = util::tempdir();
     let plan = plan(
         r#"

@@ -362,12 +362,7 @@ fn run_once(
     run_dir: &Path,
     seed: u64,
 ) -> Result<engine::RunResult, EngineError> {
-    if run_dir.exists() {
-        std::fs::remove_dir_all(run_dir).map_err(|e| EngineError::RunFolder {
-            dir: run_dir.to_path_buf(),
-            message: format!("cannot clear it: {e}"),
-        })?;
-    }
+    engine::clear_run_folder(run_dir)?;
     engine::run(plan, backend, run_dir, seed)
 }
 

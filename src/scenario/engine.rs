@@ -157,6 +157,17 @@ fn prepare_disks(
     Ok(())
 }
 
+/// Removes what an earlier run left in `dir`, so a run starts from nothing.
+pub fn clear_run_folder(dir: &Path) -> Result<(), EngineError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| EngineError::RunFolder {
+            dir: dir.to_path_buf(),
+            message: format!("cannot clear it: {e}"),
+        })?;
+    }
+    Ok(())
+}
+
 /// Runs `plan` on `backend` in `run_dir` (created if missing) with `seed`.
 pub fn run(
     plan: &Plan,

@@ -1230,6 +1230,13 @@ mod tests {
         );
     }
 
+    /// Recomputes the IPv4 header checksum of an Ethernet frame after an edit.
+    fn redo_ip_checksum(frame: &mut [u8]) {
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let sum = pnet_packet::util::checksum(&frame[14..34], 5);
+        frame[24..26].copy_from_slice(&sum.to_be_bytes());
+    }
+
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
         (0..s.len())
@@ -1291,9 +1298,7 @@ mod tests {
         let mut req = hex(REAL_ECHO_REQUEST);
         // To 255.255.255.255: new destination, header checksum redone.
         req[30..34].copy_from_slice(&[255; 4]);
-        req[24..26].copy_from_slice(&[0, 0]);
-        let sum = pnet_packet::util::checksum(&req[14..34], 5);
-        req[24..26].copy_from_slice(&sum.to_be_bytes());
+        redo_ip_checksum(&mut req);
         assert_eq!(
             s.receive(1, &req, Duration::ZERO),
             (
@@ -1319,18 +1324,14 @@ mod tests {
         let mut s = echo_peer();
         let mut to_other = hex(REAL_ECHO_REQUEST);
         to_other[33] = 9;
-        to_other[24..26].copy_from_slice(&[0, 0]);
-        let sum = pnet_packet::util::checksum(&to_other[14..34], 5);
-        to_other[24..26].copy_from_slice(&sum.to_be_bytes());
+        redo_ip_checksum(&mut to_other);
         assert_eq!(
             s.receive(1, &to_other, Duration::ZERO).0,
             Verdict::Dropped("not for this host and forwarding is off")
         );
         let mut from_zero = hex(REAL_ECHO_REQUEST);
         from_zero[26..30].copy_from_slice(&[0; 4]);
-        from_zero[24..26].copy_from_slice(&[0, 0]);
-        let sum = pnet_packet::util::checksum(&from_zero[14..34], 5);
-        from_zero[24..26].copy_from_slice(&sum.to_be_bytes());
+        redo_ip_checksum(&mut from_zero);
         assert_eq!(
             s.receive(1, &from_zero, Duration::ZERO).0,
             Verdict::Dropped("martian source")
@@ -1363,9 +1364,7 @@ mod tests {
     fn echo_from(src: [u8; 4]) -> Vec<u8> {
         let mut f = hex(REAL_ECHO_REQUEST);
         f[26..30].copy_from_slice(&src);
-        f[24..26].copy_from_slice(&[0, 0]);
-        let sum = pnet_packet::util::checksum(&f[14..34], 5);
-        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        redo_ip_checksum(&mut f);
         f
     }
 

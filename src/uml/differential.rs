@@ -291,9 +291,9 @@ pub fn compare_traces(name: &str, sim: &str, uml: &str) -> Vec<String> {
 /// A real run that stops early (a guest dead before its shell, a step the
 /// backend could not perform) where the sim went on is run once more in a fresh
 /// folder, the first attempt kept in `<run_dir>.uml.first` and reported on
-/// stderr: under load a real guest now and then fails to boot for reasons of
-/// the host (`linux.uml overflowed sigaltstack` in the host's log, ENOMEM
-/// before init). A lab that really stops on uml stops both times and fails.
+/// stderr: under load a real guest can die before init for reasons of the
+/// host (seen once: an ENOMEM panic in a lab that passed 12 of 12 runs on a
+/// quiet machine). A lab that really stops on uml stops both times and fails.
 pub fn run_both(plan: &Plan, run_dir: &Path, seed: u64) -> Result<RunResult, EngineError> {
     let sibling = |suffix: &str| {
         run_dir.with_file_name(format!(
@@ -305,17 +305,8 @@ pub fn run_both(plan: &Plan, run_dir: &Path, seed: u64) -> Result<RunResult, Eng
         ))
     };
     let (uml_dir, first_dir) = (sibling(".uml"), sibling(".uml.first"));
-    let clear = |dir: &Path| -> Result<(), EngineError> {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| EngineError::RunFolder {
-                dir: dir.to_path_buf(),
-                message: format!("cannot clear it: {e}"),
-            })?;
-        }
-        Ok(())
-    };
     for dir in [run_dir, uml_dir.as_path(), first_dir.as_path()] {
-        clear(dir)?;
+        engine::clear_run_folder(dir)?;
     }
     let run_uml = || {
         // Without linux.uml nothing runs at all (exit code 4).

@@ -5,6 +5,7 @@ mod util;
 mod cmdline;
 mod cow;
 mod guest;
+mod hostile;
 mod scenario;
 mod sim;
 mod switch;

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One problem in a scenario file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,17 +15,28 @@ pub struct Diagnostic {
     /// (e.g. the file cannot be read).
     pub span: Option<Range<usize>>,
     pub message: String,
-    /// Text of the file, kept to render the source line.
-    source: String,
+    /// Text of the file, kept to render the source line; shared, since a
+    /// file with 50k bad steps would otherwise hold 50k copies of itself.
+    source: Arc<str>,
 }
 
 impl Diagnostic {
     pub fn new(file: &Path, source: &str, span: Option<Range<usize>>, message: String) -> Self {
+        Self::shared(file, Arc::from(source), span, message)
+    }
+
+    /// A diagnostic over a source text other diagnostics share.
+    pub fn shared(
+        file: &Path,
+        source: Arc<str>,
+        span: Option<Range<usize>>,
+        message: String,
+    ) -> Self {
         Self {
             file: file.to_path_buf(),
             span,
             message,
-            source: source.to_string(),
+            source,
         }
     }
 
@@ -43,6 +55,27 @@ pub fn line_column(text: &str, at: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = text[line_start..at].chars().count() + 1;
     (line, column)
+}
+
+/// 1-based line numbers of byte offsets, from one pass over the text: asking
+/// [`line_column`] for every step of a 50k-step file made `check` quadratic.
+pub struct LineIndex {
+    /// Byte offset where each line starts.
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub fn new(text: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { starts }
+    }
+
+    /// The 1-based line holding byte offset `at` (the same as [`line_column`]'s).
+    pub fn line(&self, at: usize) -> usize {
+        self.starts.partition_point(|&s| s <= at).max(1)
+    }
 }
 
 fn floor_char_boundary(text: &str, mut at: usize) -> usize {
@@ -110,6 +143,15 @@ impl std::error::Error for Diagnostics {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_index_agrees_with_line_column() {
+        let text = "a\n\nbc\né\n";
+        let index = LineIndex::new(text);
+        for at in 0..=text.len() + 2 {
+            assert_eq!(index.line(at), line_column(text, at).0, "offset {at}");
+        }
+    }
 
     #[test]
     fn caret_under_span() {

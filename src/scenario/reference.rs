@@ -17,7 +17,7 @@ pub fn markdown() -> String {
     s.push_str(
         "A scenario is a TOML file. Unknown keys are errors; every error names the file, \
          line and column. Sizes are bytes or `300M`-style (binary K/M/G/T, `+N` extra bytes); \
-         durations are `5s`, `250ms`, `2m`. File names are plain names in the run folder \
+         durations are `5s`, `250ms`, `2m`, at most one day (`1440m`). File names are plain names in the run folder \
          (no `/`, no `..`) unless a disk is `external`.\n\n",
     );
     for t in TABLES {
@@ -58,7 +58,9 @@ pub fn markdown() -> String {
          `uml_dir={UML_DIR}` (relative: inside the run folder), `init={INIT_PATH}` (the harness \
          init; a machine whose `init=` the scenario sets gets only `wait_console` checks). A NIC \
          word without a MAC gets `fe:fd:00:00:<nic>:<machine#>` (machine# counts from 1 in file \
-         order) filled into its MAC field. Words after `--` stay last. The console artifact \
+         order; from machine 256 on, its higher bytes go in the third and fourth: machine 257 \
+         gets `fe:fd:00:01:<nic>:01`) filled into its MAC field. Two NICs with one MAC on one \
+         switch are an error. Words after `--` stay last. The console artifact \
          starts with the effective command line. Host-side steps (`write`, `copy`, `mkcow`, \
          `merge`, `check`) are recorded with their output in the `host.log` artifact.\n"
     );

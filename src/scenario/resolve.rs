@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
 
 use super::backend::{Fault, SwitchSpec};
-use super::diag::{line_column, Diagnostic, Diagnostics};
+use super::diag::{Diagnostic, Diagnostics, LineIndex};
 use super::plan::{Action, DiskContent, DiskPlan, Expect, MachinePlan, Plan, Step};
 use super::schema::{RawDisk, RawExpect, RawScenario, RawStep, SizeText, STEP_KINDS};
 use super::units::{parse_duration, parse_size};
@@ -41,20 +42,41 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, Diagnostics> {
     let mut r = Resolver {
         file,
         text,
+        shared: Arc::from(text),
+        lines: LineIndex::new(text),
         diags: Vec::new(),
+        omitted: 0,
     };
     let plan = r.resolve(raw);
     if r.diags.is_empty() {
-        Ok(plan)
-    } else {
-        Err(Diagnostics(r.diags))
+        return Ok(plan);
     }
+    if r.omitted > 0 {
+        r.diags.push(Diagnostic::shared(
+            file,
+            r.shared.clone(),
+            None,
+            format!(
+                "{} more problems not shown (the first {MAX_DIAGNOSTICS} are)",
+                r.omitted
+            ),
+        ));
+    }
+    Err(Diagnostics(r.diags))
 }
+
+/// Problems reported per file; the rest are counted. Rendering one costs a
+/// scan of the file up to it, so 50k of them would make `check` quadratic.
+pub const MAX_DIAGNOSTICS: usize = 100;
 
 struct Resolver<'a> {
     file: &'a Path,
     text: &'a str,
+    shared: Arc<str>,
+    lines: LineIndex,
     diags: Vec<Diagnostic>,
+    /// Problems past [`MAX_DIAGNOSTICS`].
+    omitted: usize,
 }
 
 /// The steps' view of the lab's names.
@@ -66,8 +88,16 @@ struct Names {
 
 impl Resolver<'_> {
     fn err(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
-        self.diags
-            .push(Diagnostic::new(self.file, self.text, span, message.into()));
+        if self.diags.len() >= MAX_DIAGNOSTICS {
+            self.omitted += 1;
+            return;
+        }
+        self.diags.push(Diagnostic::shared(
+            self.file,
+            self.shared.clone(),
+            span,
+            message.into(),
+        ));
     }
 
     fn resolve(&mut self, raw: RawScenario) -> Plan {
@@ -126,11 +156,25 @@ impl Resolver<'_> {
         }
         let switch_names: BTreeSet<String> = switches.iter().map(|s| s.name.clone()).collect();
         let mut machines = Vec::new();
-        for m in &raw.machine {
+        let mut macs = BTreeMap::new();
+        if raw.machine.len() > crate::uml::args::MAX_MACHINES {
+            self.err(
+                raw.machine
+                    .get(crate::uml::args::MAX_MACHINES)
+                    .map(|m| m.span()),
+                format!(
+                    "{} machines: at most {} fit the default MACs",
+                    raw.machine.len(),
+                    crate::uml::args::MAX_MACHINES
+                ),
+            );
+        }
+        for (index, m) in raw.machine.iter().enumerate() {
             let m = m.get_ref();
             let name = self.unique_name(&m.name, "machine", &mut taken);
             let argv = self.cmdline(&m.cmdline);
             self.cmdline_names(&m.cmdline, &argv, &files, &external, &switch_names);
+            self.unique_macs(&m.cmdline, &argv, &name, index, &mut macs);
             machines.push(MachinePlan { name, argv });
         }
         let names = Names {
@@ -141,7 +185,7 @@ impl Resolver<'_> {
         let mut steps = Vec::new();
         let mut jobs: BTreeMap<String, String> = BTreeMap::new();
         for (i, step) in raw.step.iter().enumerate() {
-            let (line, _) = line_column(self.text, step.span().start);
+            let line = self.lines.line(step.span().start);
             if let Some(s) = self.step(i + 1, line, step, &names, &mut jobs) {
                 steps.push(s);
             }
@@ -322,18 +366,7 @@ impl Resolver<'_> {
         switches: &BTreeSet<String>,
     ) {
         let parsed = crate::cmdline::parse(argv);
-        // Spans index `parsed.input` (the words joined by single spaces); they
-        // map onto the file only when the cmdline was written exactly so.
-        let exact = parsed.input == *cmdline.get_ref();
-        let span_of = |r: &Self, s: crate::cmdline::Span| {
-            if exact {
-                let start = r.inner_span(cmdline, s[0]).start;
-                let end = r.inner_span(cmdline, s[1]).start;
-                start..end.max(start + 1)
-            } else {
-                cmdline.span()
-            }
-        };
+        let span_of = |r: &Self, s: crate::cmdline::Span| r.cmdline_span(cmdline, &parsed, s);
         let known: Vec<&str> = files.iter().map(String::as_str).collect();
         for dev in parsed.ubd.iter().filter(|d| !d.implicit) {
             let span = span_of(self, dev.span);
@@ -385,6 +418,80 @@ impl Resolver<'_> {
                         list_or_none(&known)
                     ),
                 );
+            }
+        }
+    }
+
+    /// The file span of `s`, a span of `parsed` (the parse of `cmdline`'s words).
+    fn cmdline_span(
+        &self,
+        cmdline: &Spanned<String>,
+        parsed: &crate::cmdline::Parsed,
+        s: crate::cmdline::Span,
+    ) -> Range<usize> {
+        // Spans index `parsed.input` (the words joined by single spaces); they
+        // map onto the file only when the cmdline was written exactly so.
+        if parsed.input == *cmdline.get_ref() {
+            let start = self.inner_span(cmdline, s[0]).start;
+            let end = self.inner_span(cmdline, s[1]).start;
+            start..end.max(start + 1)
+        } else {
+            cmdline.span()
+        }
+    }
+
+    /// Two NICs with one MAC on one switch: the switch learns only one of
+    /// them and ARP to the other silently fails. Checked on the MACs the
+    /// machines really get (the harness fills in defaults: [`effective_argv`]).
+    ///
+    /// [`effective_argv`]: crate::uml::args::effective_argv
+    fn unique_macs(
+        &mut self,
+        cmdline: &Spanned<String>,
+        argv: &[String],
+        machine: &str,
+        index: usize,
+        seen: &mut BTreeMap<(String, String), (String, String, usize)>,
+    ) {
+        let own = crate::cmdline::parse(argv);
+        let effective =
+            crate::cmdline::parse(&crate::uml::args::effective_argv(argv, machine, index));
+        for dev in &effective.net {
+            let switch = match &dev.params {
+                crate::cmdline::NetParams::Vde {
+                    switch: Some(s), ..
+                } => s.clone(),
+                crate::cmdline::NetParams::Daemon { ctl_sock, .. } => {
+                    ctl_sock.split('/').next().unwrap_or_default().to_string()
+                }
+                _ => continue,
+            };
+            let Some(mac) = &dev.mac else { continue };
+            let written = own.net.iter().find(|d| d.name == dev.name);
+            let span = match written {
+                Some(d) => self.cmdline_span(cmdline, &own, d.span),
+                None => cmdline.span(),
+            };
+            let line = self.lines.line(span.start);
+            let key = (switch.clone(), mac.clone());
+            match seen.get(&key) {
+                Some((other, other_nic, other_line)) => {
+                    let given = if written.and_then(|d| d.mac.as_ref()).is_some() {
+                        ""
+                    } else {
+                        " (the default the harness gives it: set a MAC to choose another)"
+                    };
+                    self.err(
+                        Some(span),
+                        format!(
+                            "{}: MAC {mac}{given} is also {other}'s {other_nic} (line {other_line}) on switch `{switch}`: the switch would deliver to only one of them",
+                            dev.name
+                        ),
+                    );
+                }
+                None => {
+                    seen.insert(key, (machine.to_string(), dev.name.clone(), line));
+                }
             }
         }
     }

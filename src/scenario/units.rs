@@ -1,5 +1,7 @@
 //! Sizes (`300M`, `300M+1`, `4096`) and durations (`5s`, `250ms`, `2m`) as
-//! scenario files write them.
+//! scenario files write them. A duration is at most [`MAX_DURATION`] (one day):
+//! a lab file is untrusted, and `sleep = "18446744073709551615s"` used to panic
+//! the engine's clock arithmetic or hang a real run.
 
 use std::time::Duration;
 
@@ -47,7 +49,13 @@ fn parse_digits(text: &str) -> Option<u64> {
     text.parse().ok()
 }
 
-/// Parses a duration: a number (decimals allowed) and a unit `ms`, `s` or `m`.
+/// The longest duration a scenario may write (a `sleep`, a `timeout`, a fault
+/// `delay`): one day, far beyond any lab, short enough that clock arithmetic on
+/// it can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses a duration: a number (decimals allowed) and a unit `ms`, `s` or `m`,
+/// at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let err = || {
         format!("invalid duration `{text}`: expected a number and a unit, e.g. `5s`, `250ms`, `2m`")
@@ -69,12 +77,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if whole.is_empty() && frac.is_empty() {
         return Err(err());
     }
-    let whole = if whole.is_empty() {
-        Some(0)
-    } else {
-        parse_digits(whole)
+    let too_long = || {
+        format!(
+            "duration `{text}` is longer than the maximum of {} (one day)",
+            format_duration(MAX_DURATION)
+        )
     };
-    let whole = whole.ok_or_else(err)?;
+    let whole = if whole.is_empty() {
+        0
+    } else if whole.bytes().all(|b| b.is_ascii_digit()) {
+        // All digits but past u64: far longer than the maximum.
+        parse_digits(whole).ok_or_else(too_long)?
+    } else {
+        return Err(err());
+    };
     if !frac.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 9 {
         return Err(err());
     }
@@ -87,7 +103,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     let unit_nanos = u128::from(millis_per_unit) * 1_000_000;
     let nanos = u128::from(whole) * unit_nanos + frac_nanos_of_unit * unit_nanos / 1_000_000_000;
-    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| err())?;
+    if nanos > MAX_DURATION.as_nanos() {
+        return Err(too_long());
+    }
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| too_long())?;
     Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
 }
 
@@ -129,6 +148,20 @@ mod tests {
         assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
         for bad in ["", "5", "s", "5h", "1.2.3s", "-1s", ".s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_duration("1440m"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("86400s"), Ok(MAX_DURATION));
+        for long in [
+            "86400.001s",
+            "1441m",
+            "18446744073709551615s",
+            "99999999999999999999ms",
+        ] {
+            let e = parse_duration(long).expect_err(long);
+            assert!(
+                e.contains("longer than the maximum of 1440m (one day)"),
+                "{e}"
+            );
         }
         assert_eq!(format_duration(Duration::from_secs(5)), "5s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");

@@ -152,7 +152,7 @@ impl SimBackend {
 
     /// Runs the world until job `r` ends or `timeout` passes, then SIGINT.
     fn finish_job(&mut self, r: JobRef, timeout: Duration) -> CommandOutcome {
-        let deadline = self.world.now + timeout;
+        let deadline = self.world.now.saturating_add(timeout);
         let done = |w: &World| w.job(r).is_none_or(|j| j.done.is_some());
         if !self.world.run_until(deadline, done) {
             self.world.interrupt(r);
@@ -321,7 +321,7 @@ impl Backend for SimBackend {
         timeout: Duration,
     ) -> Result<bool, BackendError> {
         let m = self.machine(machine)?;
-        let deadline = self.world.now + timeout;
+        let deadline = self.world.now.saturating_add(timeout);
         let seen = |w: &World| {
             w.machines
                 .get(m)
@@ -331,7 +331,7 @@ impl Backend for SimBackend {
     }
 
     fn sleep(&mut self, duration: Duration) -> Result<(), BackendError> {
-        let until = self.world.now + duration;
+        let until = self.world.now.saturating_add(duration);
         self.world.run_until(until, |_| false);
         Ok(())
     }

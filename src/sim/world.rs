@@ -781,7 +781,9 @@ impl World {
                 .map(|p| p.faults.delay)
                 .unwrap_or_default();
             self.push(
-                now + delay + WIRE_DELAY + fault_delay,
+                now.saturating_add(delay)
+                    .saturating_add(WIRE_DELAY)
+                    .saturating_add(fault_delay),
                 EventKind::ToSwitch {
                     switch,
                     port,
@@ -955,7 +957,7 @@ impl World {
         }
         for (machine, iface, d) in deliveries {
             self.push(
-                now + d,
+                now.saturating_add(d),
                 EventKind::ToNic {
                     machine,
                     iface,
@@ -998,7 +1000,7 @@ impl World {
         let jitter = Duration::from_nanos(m.core.rng.below(10_000));
         for reply in replies {
             self.push(
-                now + KERNEL_DELAY + jitter,
+                now.saturating_add(KERNEL_DELAY).saturating_add(jitter),
                 EventKind::Tx {
                     machine,
                     iface,

@@ -14,7 +14,8 @@
 //!
 //! A NIC whose MAC field is missing or empty gets a deterministic, locally
 //! administered MAC filled into its own word (`fe:fd:00:00:<nic>:<machine#>`,
-//! machine# counting from 1 in scenario order): without one, UML would pick a
+//! machine# counting from 1 in scenario order; from machine 256 on its higher
+//! bytes go in the third and fourth: [`default_mac`]): without one, UML would pick a
 //! random MAC, or reuse the previous NIC's (kernel-cmdline.md §4.2 quirk).
 //! Words after a `--` go to init verbatim; the harness inserts its words before it.
 
@@ -60,12 +61,22 @@ pub fn has_own_init(scenario_argv: &[String]) -> bool {
         .any(|a| a.starts_with("init="))
 }
 
-/// The deterministic MAC of NIC `nic` of the machine at `machine_index` (0-based).
+/// The most machines a lab may have: each gets distinct default MACs.
+pub const MAX_MACHINES: usize = 0xff_ffff;
+
+/// The deterministic MAC of NIC `nic` of the machine at `machine_index` (0-based):
+/// `fe:fd:00:00:<nic>:<machine#>` up to machine 255, and beyond that the machine
+/// number's higher bytes in the third and fourth, so machine 256 is
+/// `fe:fd:00:01:<nic>:00` and no two of [`MAX_MACHINES`] machines share a MAC
+/// (machine 257 used to get machine 1's).
 pub fn default_mac(machine_index: usize, nic: u32) -> String {
+    let n = machine_index.saturating_add(1);
     format!(
-        "fe:fd:00:00:{:02x}:{:02x}",
+        "fe:fd:{:02x}:{:02x}:{:02x}:{:02x}",
+        (n >> 16) & 0xff,
+        (n >> 8) & 0xff,
         nic & 0xff,
-        (machine_index + 1) & 0xff
+        n & 0xff
     )
 }
 
@@ -177,6 +188,18 @@ mod tests {
              eth2=tuntap,tap0,fe:fd:00:00:02:02 eth3=vde,sw,fe:fd:00:00:03:02,3 \
              eth4=bogus eth5=vde,,fe:fd:00:00:05:02"
         );
+    }
+
+    #[test]
+    fn default_macs_stay_and_never_repeat() {
+        assert_eq!(default_mac(0, 0), "fe:fd:00:00:00:01");
+        assert_eq!(default_mac(254, 1), "fe:fd:00:00:01:ff");
+        assert_eq!(default_mac(255, 0), "fe:fd:00:01:00:00");
+        assert_eq!(default_mac(256, 0), "fe:fd:00:01:00:01");
+        assert_eq!(default_mac(MAX_MACHINES - 1, 2), "fe:fd:ff:ff:02:ff");
+        let macs: std::collections::BTreeSet<String> =
+            (0..70_000).map(|i| default_mac(i, 0)).collect();
+        assert_eq!(macs.len(), 70_000);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::scenario::backend::Backend;
 use crate::scenario::engine::{self, EngineError};
 use crate::scenario::plan::Plan;
 use crate::scenario::resolve;
+use crate::scenario::run_folder::RunFolder;
 use crate::scenario::snapshot::{self, UpdateMode};
 
 /// Exit code: some scenario failed.
@@ -246,6 +247,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let out = std::path::absolute(&out)?;
+    // Every run folder of every selected scenario, claimed (made or checked to
+    // be umltest's, and locked) before anything runs, and held to the end.
+    let held = match claim_run_folders(&selected, &out, &args) {
+        Ok(held) => held,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("umltest: error: {p}");
+            }
+            if fresh {
+                let _ = std::fs::remove_dir_all(&out);
+            }
+            println!("0 passed, 0 failed");
+            return Ok(ExitCode::from(EXIT_BAD_SCENARIO));
+        }
+    };
     let mode = match args.backend {
         BackendKind::Uml => UpdateMode::No,
         _ => UpdateMode::from_env(args.update),
@@ -337,6 +353,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         backend = make_backend(args.backend).map_err(anyhow::Error::msg)?;
     }
     write_junit(args.junit.as_deref(), &outcomes)?;
+    drop(held);
     let failed = outcomes.iter().filter(|o| !o.failures.is_empty()).count() + unavailable;
     let passed = outcomes.len() + unavailable - failed;
     if outcomes.is_empty() {
@@ -354,6 +371,62 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The run folders one scenario uses in `out` (see [`crate::scenario::run_folder`]).
+fn run_folder_names(name: &str, args: &RunArgs) -> Vec<String> {
+    let mut names = vec![name.to_string()];
+    if args.check_determinism {
+        names.push(format!("{name}.again"));
+    }
+    if args.backend == BackendKind::Both {
+        let [_, uml, first] = crate::uml::differential::folders(Path::new(name));
+        names.extend([uml, first].map(|p| p.to_string_lossy().into_owned()));
+    }
+    names
+}
+
+/// Claims every run folder `plans` need in `out`, or says each reason why not:
+/// two scenarios needing one folder (they would overwrite each other's
+/// artifacts), a folder umltest did not make, one another run holds.
+fn claim_run_folders(
+    plans: &[Plan],
+    out: &Path,
+    args: &RunArgs,
+) -> Result<Vec<RunFolder>, Vec<String>> {
+    let mut owner: BTreeMap<String, &Plan> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for plan in plans {
+        for folder in run_folder_names(&plan.name, args) {
+            if let Some(other) = owner.get(&folder) {
+                problems.push(format!(
+                    "{} (scenario `{}`) and {} (scenario `{}`) both need the run folder {}: rename one of the scenarios",
+                    other.file.display(),
+                    other.name,
+                    plan.file.display(),
+                    plan.name,
+                    out.join(&folder).display()
+                ));
+            } else {
+                owner.insert(folder, plan);
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut held = Vec::new();
+    for folder in owner.keys() {
+        match RunFolder::claim(&out.join(folder)) {
+            Ok(f) => held.push(f),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(held)
+    } else {
+        Err(problems)
+    }
 }
 
 fn run_once(

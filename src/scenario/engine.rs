@@ -158,14 +158,13 @@ fn prepare_disks(
 }
 
 /// Removes what an earlier run left in `dir`, so a run starts from nothing.
+/// `dir` must be a run folder umltest made ([`super::run_folder`]): anything
+/// else is refused, never deleted.
 pub fn clear_run_folder(dir: &Path) -> Result<(), EngineError> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| EngineError::RunFolder {
-            dir: dir.to_path_buf(),
-            message: format!("cannot clear it: {e}"),
-        })?;
-    }
-    Ok(())
+    super::run_folder::clear(dir).map_err(|e| EngineError::RunFolder {
+        dir: dir.to_path_buf(),
+        message: format!("cannot clear it: {e}"),
+    })
 }
 
 /// Runs `plan` on `backend` in `run_dir` (created if missing) with `seed`.

@@ -284,17 +284,9 @@ pub fn compare_traces(name: &str, sim: &str, uml: &str) -> Vec<String> {
     diffs
 }
 
-/// Runs `plan` on the sim in `run_dir` and on real kernels in `<run_dir>.uml`, and
-/// returns the sim's result (its artifacts go to the snapshots) with every failure
-/// of the uml run and every difference added.
-///
-/// A real run that stops early (a guest dead before its shell, a step the
-/// backend could not perform) where the sim went on is run once more in a fresh
-/// folder, the first attempt kept in `<run_dir>.uml.first` and reported on
-/// stderr: under load a real guest can die before init for reasons of the
-/// host (seen once: an ENOMEM panic in a lab that passed 12 of 12 runs on a
-/// quiet machine). A lab that really stops on uml stops both times and fails.
-pub fn run_both(plan: &Plan, run_dir: &Path, seed: u64) -> Result<RunResult, EngineError> {
+/// The run folders of `--backend both`: the sim's `run_dir`, the real run's
+/// `<run_dir>.uml`, and `<run_dir>.uml.first` for a first attempt that stopped.
+pub fn folders(run_dir: &Path) -> [std::path::PathBuf; 3] {
     let sibling = |suffix: &str| {
         run_dir.with_file_name(format!(
             "{}{suffix}",
@@ -304,7 +296,26 @@ pub fn run_both(plan: &Plan, run_dir: &Path, seed: u64) -> Result<RunResult, Eng
                 .unwrap_or_default()
         ))
     };
-    let (uml_dir, first_dir) = (sibling(".uml"), sibling(".uml.first"));
+    [
+        run_dir.to_path_buf(),
+        sibling(".uml"),
+        sibling(".uml.first"),
+    ]
+}
+
+/// Runs `plan` on the sim in `run_dir` and on real kernels in `<run_dir>.uml`, and
+/// returns the sim's result (its artifacts go to the snapshots) with every failure
+/// of the uml run and every difference added. The three folders (see [`folders`])
+/// must be claimed run folders ([`crate::scenario::run_folder`]).
+///
+/// A real run that stops early (a guest dead before its shell, a step the
+/// backend could not perform) where the sim went on is run once more in a fresh
+/// folder, the first attempt kept in `<run_dir>.uml.first` and reported on
+/// stderr: under load a real guest can die before init for reasons of the
+/// host (seen once: an ENOMEM panic in a lab that passed 12 of 12 runs on a
+/// quiet machine). A lab that really stops on uml stops both times and fails.
+pub fn run_both(plan: &Plan, run_dir: &Path, seed: u64) -> Result<RunResult, EngineError> {
+    let [_, uml_dir, first_dir] = folders(run_dir);
     for dir in [run_dir, uml_dir.as_path(), first_dir.as_path()] {
         engine::clear_run_folder(dir)?;
     }
@@ -335,12 +346,15 @@ pub fn run_both(plan: &Plan, run_dir: &Path, seed: u64) -> Result<RunResult, Eng
             uml_result.steps_run,
             first_dir.display()
         );
-        std::fs::rename(&uml_dir, &first_dir).map_err(|e| EngineError::RunFolder {
-            dir: uml_dir.clone(),
-            message: format!(
-                "cannot keep the first attempt as {}: {e}",
-                first_dir.display()
-            ),
+        // Both folders stay claimed and locked: the contents move, not the folder.
+        crate::scenario::run_folder::move_contents(&uml_dir, &first_dir).map_err(|e| {
+            EngineError::RunFolder {
+                dir: uml_dir.clone(),
+                message: format!(
+                    "cannot keep the first attempt in {}: {e}",
+                    first_dir.display()
+                ),
+            }
         })?;
         (uml, uml_result) = run_uml()?;
     }

@@ -75,14 +75,15 @@ pub fn compare(
     dir: &Path,
     plan: &Plan,
     artifacts: &BTreeMap<String, String>,
-) -> std::io::Result<Vec<Mismatch>> {
+) -> Result<Vec<Mismatch>, snapshot::SnapshotError> {
     let background = background_commands(plan);
+    let store = snapshot::Store::open(dir)?;
     let mut mismatches = Vec::new();
     for (name, content) in artifacts {
         let snap = dir.join(format!("{name}.snap"));
-        let text = match std::fs::read_to_string(&snap) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let text = match store.read(&format!("{name}.snap"))? {
+            Some(text) => text,
+            None => {
                 mismatches.push(Mismatch {
                     artifact: name.clone(),
                     detail: format!(
@@ -93,7 +94,6 @@ pub fn compare(
                 });
                 continue;
             }
-            Err(e) => return Err(e),
         };
         let Some(old) = snapshot::parse_snap(&text) else {
             mismatches.push(Mismatch {

@@ -2,7 +2,8 @@
 //! the committed snapshots, report like a test runner.
 //!
 //! Exit codes: 0 all passed, 100 some failed, 4 nothing ran (backend missing, no
-//! scenario selected by `--filter`), 2 a bad scenario file or usage. The last
+//! scenario selected by `--filter`), 2 a bad scenario file or usage (or a run
+//! folder that cannot be used: see [`crate::scenario::run_folder`]). The last
 //! line is always `N passed, N failed`.
 
 use std::collections::BTreeMap;

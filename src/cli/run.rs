@@ -17,7 +17,7 @@ use crate::scenario::backend::Backend;
 use crate::scenario::engine::{self, EngineError};
 use crate::scenario::plan::Plan;
 use crate::scenario::resolve;
-use crate::scenario::run_folder::RunFolder;
+use crate::scenario::run_folder::{RunFolder, RunFolderError};
 use crate::scenario::snapshot::{self, UpdateMode};
 
 /// Exit code: some scenario failed.
@@ -416,10 +416,17 @@ fn claim_run_folders(
     if !problems.is_empty() {
         return Err(problems);
     }
+    // In one order, stopping at the first folder another run holds: of runs
+    // started together on one --out, the one that gets the first folder gets
+    // them all, instead of each getting some and all refusing.
     let mut held = Vec::new();
     for folder in owner.keys() {
         match RunFolder::claim(&out.join(folder)) {
             Ok(f) => held.push(f),
+            Err(e @ RunFolderError::Busy { .. }) => {
+                problems.push(e.to_string());
+                break;
+            }
             Err(e) => problems.push(e.to_string()),
         }
     }

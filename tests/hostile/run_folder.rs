@@ -234,6 +234,49 @@ fn a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it() {
     util::umltest(d.path(), &["run", "lab.toml", "--out", "out", "--update"]).expect_code(0);
 }
 
+/// Three runs of the same labs started together on one `--out`: each either
+/// runs alone or is refused whole (the first folder decides), so none fails
+/// and the artifacts are a single run's.
+#[test]
+fn runs_started_together_never_mix() {
+    let d = util::tempdir();
+    for name in ["a", "b", "c", "d"] {
+        std::fs::write(d.path().join(format!("{name}.toml")), lab(name)).expect("write");
+    }
+    util::umltest(d.path(), &["run", ".", "--out", "solo", "--update"]).expect_code(0);
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(util::umltest_bin())
+                .args(["run", ".", "--out", "together"])
+                .current_dir(d.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let mut passed = 0;
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(0) => passed += 1,
+            Some(2) => assert!(
+                stderr.contains("is in use by another umltest run"),
+                "{stderr}"
+            ),
+            other => panic!("exit {other:?}: {stderr}"),
+        }
+    }
+    assert!(passed >= 1);
+    for name in ["a", "b", "c", "d"] {
+        let console = |out: &str| {
+            std::fs::read(d.path().join(format!("{out}/{name}/h1.console"))).expect("console")
+        };
+        assert_eq!(console("solo"), console("together"), "{name}");
+    }
+}
+
 fn snapshot_lab(d: &Path) {
     std::fs::create_dir_all(d.join("scenarios")).expect("mkdir");
     std::fs::write(d.join("scenarios/lab.toml"), lab("lab")).expect("write");

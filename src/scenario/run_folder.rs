@@ -319,4 +319,29 @@ mod tests {
             Err(RunFolderError::NotOurs { .. })
         ));
     }
+
+    #[test]
+    fn contents_move_between_claimed_folders_and_links_inside_are_not_followed() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let victim = out.path().join("victim");
+        std::fs::create_dir(&victim).expect("mkdir");
+        std::fs::write(victim.join("keep"), "x").expect("write");
+        let (a, b) = (out.path().join("a"), out.path().join("b"));
+        let _held = [RunFolder::claim(&a), RunFolder::claim(&b)].map(|r| r.expect("claim"));
+        std::fs::write(a.join("h1.console"), "first").expect("write");
+        std::os::unix::fs::symlink(&victim, a.join("link")).expect("symlink");
+        std::fs::write(b.join("old"), "x").expect("write");
+        move_contents(&a, &b).expect("move");
+        assert_eq!(
+            std::fs::read_to_string(b.join("h1.console")).expect("read"),
+            "first"
+        );
+        assert!(!b.join("old").exists() && !a.join("h1.console").exists());
+        assert!(a.join(MARKER).is_file() && b.join(MARKER).is_file());
+        clear(&b).expect("clear");
+        assert!(
+            victim.join("keep").is_file(),
+            "the link was removed, not followed"
+        );
+    }
 }

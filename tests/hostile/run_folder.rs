@@ -725,3 +725,61 @@ proptest::proptest! {
         }
     }
 }
+
+/// On real kernels a second run on the same folder used to delete the first
+/// one's sockets under it, and the first then hung for ever after its last
+/// step. Now the second is refused while the first's guest is up, and the
+/// first ends on its own.
+#[test]
+fn a_second_run_cannot_pull_the_folder_from_under_real_kernels() {
+    let _heavy = crate::uml::heavy();
+    if util::guest_tools().is_none()
+        || util::tool("vde_plug", "vde2").is_none()
+        || util::tool("arping", "arping").is_none()
+        || util::tool("tcpdump", "tcpdump").is_none()
+    {
+        return;
+    }
+    let d = util::tempdir();
+    let text = "[scenario]\nname = \"lab\"\n\n[[disk]]\nname = \"fs.ext4\"\nsize = \"64M\"\nimage = \"default\"\n\n[[machine]]\nname = \"h1\"\ncmdline = \"mem=64M ubd0=h1.cow,fs.ext4 root=/dev/ubda\"\n\n[[step]]\nboot = [\"h1\"]\n\n[[step]]\non = \"h1\"\nrun = \"echo ready-$((6*7))\"\n\n[[step]]\nhalt = [\"h1\"]\n";
+    std::fs::write(d.path().join("lab.toml"), text).expect("write");
+    let args = ["run", "lab.toml", "--backend", "uml", "--out", "out"];
+    let began = Instant::now();
+    let first = std::process::Command::new(util::umltest_bin())
+        .args(args)
+        .current_dir(d.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the first run");
+    // Ready: the guest's mconsole socket is in the run folder.
+    let socket = d.path().join("out/lab/.uml/h1/mconsole");
+    while !socket.exists() {
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "the first run's guest never came up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = util::umltest(d.path(), &args);
+    second.expect_code(2);
+    assert!(
+        second.stderr().contains(&format!(
+            "is in use by another umltest run (pid {})",
+            first.id()
+        )),
+        "{}",
+        second.dump()
+    );
+    let first = first.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    // No snapshots here: 100 with "no snapshot" mismatches, never a hang.
+    assert!(matches!(first.status.code(), Some(0 | 100)), "{first:?}");
+    assert!(
+        stdout.ends_with("passed, 0 failed\n") || stdout.contains("no snapshot"),
+        "{stdout}"
+    );
+    let console = std::fs::read_to_string(d.path().join("out/lab/h1.console")).expect("console");
+    assert!(console.contains("ready-42"), "{console}");
+    assert!(began.elapsed() < Duration::from_secs(180));
+}

@@ -16,16 +16,28 @@ use super::plan::{Action, DiskContent, DiskPlan, Expect, MachinePlan, Plan, Step
 use super::schema::{RawDisk, RawExpect, RawScenario, RawStep, SizeText, STEP_KINDS};
 use super::units::{parse_duration, parse_size};
 
+/// The largest scenario file read. Parsing takes about 100 times the file's
+/// size in memory (50k steps: 1.5 MB of text, 160 MB), so this bounds it to
+/// about 400 MB; a real lab is a few kilobytes.
+pub const MAX_SCENARIO_BYTES: u64 = 4 << 20;
+
 /// Reads and resolves a scenario file.
 pub fn load(file: &Path) -> Result<Plan, Diagnostics> {
-    match std::fs::read_to_string(file) {
-        Ok(text) => parse(file, &text),
-        Err(e) => Err(Diagnostics(vec![Diagnostic::new(
-            file,
-            "",
-            None,
-            format!("cannot read scenario file: {e}"),
-        )])),
+    let fail = |message: String| Err(Diagnostics(vec![Diagnostic::new(file, "", None, message)]));
+    let mut text = String::new();
+    let read = std::fs::File::open(file).and_then(|f| {
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(f, MAX_SCENARIO_BYTES + 1),
+            &mut text,
+        )
+    });
+    match read {
+        Err(e) => fail(format!("cannot read scenario file: {e}")),
+        Ok(n) if n as u64 > MAX_SCENARIO_BYTES => fail(format!(
+            "the scenario file is larger than the maximum of {} MiB",
+            MAX_SCENARIO_BYTES >> 20
+        )),
+        Ok(_) => parse(file, &text),
     }
 }
 

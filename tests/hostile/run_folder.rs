@@ -462,6 +462,17 @@ fn check_of_50k_steps_takes_seconds_and_50k_errors_are_bounded() {
         &err[..2000.min(err.len())]
     );
     assert!(err.contains("49900 more problems not shown (the first 100 are)"));
+
+    // Parsing takes ~100 times the file's size in memory: files are bounded.
+    std::fs::write(d.path().join("huge.toml"), many_steps(150_000, "h1")).expect("write");
+    let r = util::umltest(d.path(), &["check", "huge.toml"]);
+    r.expect_code(2);
+    assert!(
+        r.stderr()
+            .contains("the scenario file is larger than the maximum of 4 MiB"),
+        "{}",
+        r.dump()
+    );
 }
 
 /// `n` machines on one switch, each with its own COW over one root image.

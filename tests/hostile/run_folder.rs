@@ -721,9 +721,14 @@ proptest::proptest! {
     #[test]
     fn random_labs_never_panic_check_or_the_sim(text in random_labs::lab()) {
         let file = Path::new("random.toml");
-        // A bad file is fine (about half are): it must only not panic.
-        let Ok(plan) = umltest::scenario::resolve::parse(file, &text) else {
-            return Ok(());
+        // A bad file is fine (about half are): it must only not panic, in
+        // resolving or in rendering its diagnostics.
+        let plan = match umltest::scenario::resolve::parse(file, &text) {
+            Ok(plan) => plan,
+            Err(diags) => {
+                proptest::prop_assert!(diags.to_string().contains("error: "));
+                return Ok(());
+            }
         };
         let d = util::tempdir();
         let mut sim = umltest::sim::SimBackend::new();
@@ -733,6 +738,20 @@ proptest::proptest! {
         proptest::prop_assert!(took < Duration::from_secs(20), "run took {took:?}:\n{text}");
         if let Ok(r) = result {
             proptest::prop_assert!(r.steps_run <= plan.steps.len());
+        }
+    }
+
+    /// The same files cut anywhere, with a multibyte character at the cut:
+    /// TOML errors and their carets never panic.
+    #[test]
+    fn cut_labs_give_diagnostics_not_panics(text in random_labs::lab(), cut in 0.0f64..1.0) {
+        let mut at = (text.len() as f64 * cut) as usize;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let cut_text = format!("{}é\u{1F600}", &text[..at]);
+        if let Err(diags) = umltest::scenario::resolve::parse(Path::new("cut.toml"), &cut_text) {
+            proptest::prop_assert!(diags.to_string().contains("cut.toml"));
         }
     }
 }

@@ -100,6 +100,13 @@ impl RunFolder {
             .suffix(".claim")
             .tempdir_in(parent)
             .map_err(|e| io("create it", e))?;
+        // A temporary folder is private (0700); a run folder is what
+        // create_dir gives under the usual umask.
+        std::fs::set_permissions(
+            temp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(|e| io("set its mode", e))?;
         let lock =
             create_marker(&temp.path().join(MARKER)).map_err(|e| io("create its marker", e))?;
         lock_exclusive(&lock).map_err(|e| io("lock its marker", e))?;

@@ -379,6 +379,7 @@ fn spec(dir: &Path, file: &str, backing: Option<&str>, owner: u32) -> UbdSpec {
         flags: UbdFlags::default(),
         cwd: dir.to_path_buf(),
         owner_pid: owner,
+        confined: false,
     }
 }
 

@@ -14,6 +14,7 @@
 //!     flags: UbdFlags::default(),
 //!     cwd: "/tmp/run".into(),
 //!     owner_pid: 1001,
+//!     confined: true,
 //! };
 //! let opened = Ubd::open(&spec);
 //! for line in &opened.log {
@@ -41,6 +42,11 @@
 //!   `linux.uml` processes; the pid in `F_SETLK failed, file already locked by
 //!   pid N` is the holder's [`UbdSpec::owner_pid`] (or the real pid of another
 //!   process). Locks are released when the [`Ubd`] is dropped.
+//! - [`UbdSpec::confined`]: the host lets the machine write only beneath its
+//!   working directory, as the uml backend's sandbox does; a file elsewhere
+//!   (a lab's external disk) answers a write open with EACCES, and the kernel's
+//!   `open_ubd_file` then silently reopens it read-only, so the device is
+//!   read-only (`/sys/block/ubdX/ro` is 1, `ubd_open` refuses writers with EROFS).
 //! - I/O semantics are the kernel's: see [`crate::cow::file`].
 
 use std::collections::BTreeMap;
@@ -137,6 +143,9 @@ pub struct UbdSpec {
     pub cwd: PathBuf,
     /// The pid other openers are told holds the lock.
     pub owner_pid: u32,
+    /// Files outside `cwd` cannot be opened for writing (EACCES), as in the
+    /// uml backend's sandbox, where a lab's external disks are read-only.
+    pub confined: bool,
 }
 
 /// Kernel log levels of the lines below.
@@ -317,7 +326,22 @@ impl Log {
 }
 
 /// `os_open_file` with UML's flags; `create` adds `O_CREAT` (mode 0644).
-fn open_file(path: &Path, write: bool, sync: bool, create: bool) -> std::io::Result<File> {
+/// `denied`: the host refuses write access to the file (EACCES), as a sandbox
+/// or a read-only host file does.
+fn open_file(
+    path: &Path,
+    write: bool,
+    sync: bool,
+    create: bool,
+    denied: bool,
+) -> std::io::Result<File> {
+    if denied && (write || create) {
+        // The lookup fails first: a missing file is ENOENT, not EACCES.
+        if !create {
+            std::fs::metadata(path)?;
+        }
+        return Err(std::io::Error::from_raw_os_error(libc::EACCES));
+    }
     let mut o = std::fs::OpenOptions::new();
     o.read(true).write(write).create(create).mode(0o644);
     if sync {
@@ -457,14 +481,15 @@ fn open_inner(spec: &UbdSpec, log: &mut Log) -> Result<Ubd, BlockError> {
 
     // Open stage (`open_ubd_file`).
     let file_abs = abs(&spec.file);
+    let denied = spec.confined && !crate::cow::open::lexically_beneath(&spec.cwd, &spec.file);
     let mut writable = !spec.flags.read_only;
     let mut created: Option<Header> = None;
-    let file = match open_file(&file_abs, writable, spec.flags.sync, false) {
+    let file = match open_file(&file_abs, writable, spec.flags.sync, false, denied) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && spec.backing.is_some() => {
             // `create_cow_file`: O_CREAT, locked, header + one byte at the end.
             let backing = spec.backing.as_deref().unwrap_or(Path::new(""));
-            let f = match open_file(&file_abs, writable, spec.flags.sync, true) {
+            let f = match open_file(&file_abs, writable, spec.flags.sync, true, denied) {
                 Ok(f) => f,
                 Err(e) => {
                     log.err(format!(
@@ -532,7 +557,7 @@ fn open_inner(spec: &UbdSpec, log: &mut Log) -> Result<Ubd, BlockError> {
         {
             // Silently fall back to read-only.
             writable = false;
-            open_file(&file_abs, false, spec.flags.sync, false)
+            open_file(&file_abs, false, spec.flags.sync, false, denied)
                 .map_err(|e| fail(log, errno_of(&e)))?
         }
         Err(e) => return Err(fail(log, errno_of(&e))),
@@ -674,7 +699,7 @@ fn open_inner(spec: &UbdSpec, log: &mut Log) -> Result<Ubd, BlockError> {
 
     // Open the backing read-only with the same lock rules (a read lock).
     let backing_abs = abs(&backing_shown);
-    let backing = match open_file(&backing_abs, false, spec.flags.sync, false) {
+    let backing = match open_file(&backing_abs, false, spec.flags.sync, false, false) {
         Ok(f) => f,
         Err(e) => return Err(fail(log, errno_of(&e))),
     };

@@ -235,6 +235,8 @@ pub fn boot(index: usize, name: &str, argv: &[String], run_dir: &Path, mut rng: 
             },
             cwd: run_dir.to_path_buf(),
             owner_pid: owner_pid(index),
+            // As the uml backend's sandbox: only the run folder is writable.
+            confined: true,
         };
         let opened = Ubd::open(&spec);
         for l in &opened.log {

@@ -116,10 +116,10 @@ impl Dd {
             _ => {}
         }
         if let Some(dev) = path.strip_prefix("/dev/") {
+            // A read-only ubd device opens for writing too: UML 6.1's
+            // `ubd_open` has its EROFS check commented out; each write then
+            // fails in `blkdev_write_iter` (see `write`).
             if let Some(d) = sys.m.disks.values().find(|d| dev_name(d.unit) == dev) {
-                if write && d.read_only {
-                    return Err(format!("dd: can't open '{path}': Read-only file system\n"));
-                }
                 return Ok(End::Disk(d.unit));
             }
             let broken = sys
@@ -199,6 +199,16 @@ impl Dd {
                 let Some(d) = sys.m.disks.get_mut(unit) else {
                     return Ok(());
                 };
+                // `blkdev_write_iter` checks this first, before the size:
+                // "dd: error writing '/dev/ubdb': Operation not permitted",
+                // as a real UML 6.1 guest prints for `ubdbr=` and for an image
+                // the host does not let it write.
+                if d.read_only {
+                    return Err(format!(
+                        "dd: error writing '{}': Operation not permitted\n",
+                        self.out_name
+                    ));
+                }
                 let room = d.size.saturating_sub(at) as usize;
                 let n = room.min(data.len());
                 if n > 0 {

@@ -48,6 +48,10 @@ fn backing_status(header: &Header, path: &Path, confine: Option<&Confine>) -> Ba
             .map(|b| (b.size, b.mtime))
             .map_err(|e| match e {
                 CowError::BackingMissing { source, .. } => source,
+                CowError::BackingOutside { root, what, .. } => std::io::Error::other(format!(
+                    "outside the run folder {}: {what}",
+                    root.display()
+                )),
                 other => std::io::Error::other(other.to_string()),
             }),
     };

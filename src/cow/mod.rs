@@ -69,6 +69,14 @@ pub enum CowError {
         root: PathBuf,
         what: &'static str,
     },
+    /// A backing file (named by a COW header or `-b`) outside the run folder.
+    #[error("{}: backing file \"{}\" is outside the run folder {}: {what}", cow.display(), backing.display(), root.display())]
+    BackingOutside {
+        cow: PathBuf,
+        backing: PathBuf,
+        root: PathBuf,
+        what: &'static str,
+    },
     /// The bitmap runs past the end of the file.
     #[error("{}: truncated COW file: the bitmap needs {need} bytes at offset {offset}, the file holds {have} of them", path.display())]
     TruncatedBitmap {

@@ -321,6 +321,12 @@ pub fn open_backing(
             backing: path.to_path_buf(),
             source,
         },
+        CowError::Outside { root, what, .. } => CowError::BackingOutside {
+            cow: cow.to_path_buf(),
+            backing: path.to_path_buf(),
+            root,
+            what,
+        },
         other => other,
     })?;
     let meta = file.metadata().map_err(|e| CowError::io("stat", path, e))?;

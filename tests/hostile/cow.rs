@@ -3,7 +3,6 @@
 //! host step outside the run folder; external disks are never written; a
 //! backing file that is a FIFO never blocks a tool.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -339,33 +338,6 @@ fn cow_naming_itself_as_backing_is_refused() {
     }
 }
 
-/// Starts `umltest args` with the merge test hook pausing it after `writes`
-/// writes, and returns it once it says so.
-pub(crate) fn start_paused(cwd: &Path, args: &[&str], writes: u64) -> std::process::Child {
-    let mut child = Command::new(util::umltest_bin())
-        .args(args)
-        .current_dir(cwd)
-        .env("UMLTEST_COW_PAUSE_AFTER_WRITES", writes.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn umltest");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let marker = format!("merge paused after {writes} writes");
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains(&marker) => break,
-            Some(Ok(_)) => {}
-            other => {
-                let _ = child.kill();
-                panic!("umltest {} ended before pausing: {other:?}", args.join(" "));
-            }
-        }
-    }
-    child
-}
-
 /// A COW over a 4 MiB backing with two dirty runs far apart (two writes).
 fn two_run_cow(d: &Path) {
     std::fs::write(d.join("base.img"), vec![0x11u8; 4 << 20]).expect("base");
@@ -387,7 +359,7 @@ fn killed_merge_to_new_leaves_no_temporary_file() {
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    let mut child = start_paused(d, &["cow", "merge", "x.cow", "out.img"], 1);
+    let mut child = crate::cow::start_paused(d, &["cow", "merge", "x.cow", "out.img"], 1);
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
     let after: Vec<_> = std::fs::read_dir(d)

@@ -367,3 +367,61 @@ pub fn refuse_self_backing(cow_path: &Path, cow: &File, backing: &Backing) -> Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confine_resolves_beneath_the_root_only() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("run");
+        std::fs::create_dir(&root)?;
+        std::fs::write(root.join("a.img"), b"a")?;
+        let outside = dir.path().join("host.img");
+        std::fs::write(&outside, b"host")?;
+        let ext = dir.path().join("ext.img");
+        std::fs::write(&ext, b"ext")?;
+        // The root reached through a link: both spellings are beneath it.
+        let alias = dir.path().join("alias");
+        std::os::unix::fs::symlink(&root, &alias)?;
+        let c = Confine::new(&alias, std::slice::from_ref(&ext))?;
+        assert_eq!(
+            c.beneath(&alias.join("a.img")),
+            Some(PathBuf::from("a.img"))
+        );
+        assert_eq!(
+            c.beneath(&root.join("./a.img")),
+            Some(PathBuf::from("a.img"))
+        );
+        assert_eq!(c.beneath(Path::new("a.img")), Some(PathBuf::from("a.img")));
+        assert_eq!(c.beneath(&root.join("../host.img")), None);
+        assert_eq!(c.beneath(Path::new("../host.img")), None);
+        assert_eq!(c.beneath(&outside), None);
+        assert_eq!(c.beneath(&root), None);
+        assert!(open(&root.join("a.img"), Access::ReadWrite, Some(&c)).is_ok());
+        for access in [Access::Read, Access::ReadWrite] {
+            let e = open(&root.join("../host.img"), access, Some(&c)).expect_err("outside");
+            assert!(matches!(e, CowError::Outside { .. }), "{e}");
+        }
+        // An external disk: read only.
+        assert!(open(&ext, Access::Read, Some(&c)).is_ok());
+        let e = open(&ext, Access::ReadWrite, Some(&c)).expect_err("write external");
+        assert!(
+            e.to_string().contains("external disks are read-only"),
+            "{e}"
+        );
+        // A link in the run folder is not followed, even to an external disk.
+        std::os::unix::fs::symlink(&ext, root.join("l.img"))?;
+        let e = open(&root.join("l.img"), Access::Read, Some(&c)).expect_err("link");
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        // Nor is a linked directory on the way.
+        std::os::unix::fs::symlink(dir.path(), root.join("up"))?;
+        let e = open(&root.join("up/host.img"), Access::Read, Some(&c)).expect_err("dir link");
+        assert!(matches!(e, CowError::Io { .. }), "{e}");
+        assert!(lexically_beneath(&root, Path::new("a.img")));
+        assert!(!lexically_beneath(&root, &outside));
+        assert!(!lexically_beneath(&root, Path::new("x/../../a")));
+        Ok(())
+    }
+}

@@ -373,3 +373,26 @@ fn killed_merge_to_new_leaves_no_temporary_file() {
     assert_eq!(&out[..4096], &[0xaa; 4096][..]);
     assert_eq!(out[4096], 0x11);
 }
+
+/// Links in the run folder (a real guest with hostfs, or anything else, could
+/// plant them): host steps never write through one, a merge's output
+/// replaces the link itself.
+#[test]
+fn host_steps_do_not_follow_links_in_the_run_folder() {
+    let dir = util::tempdir();
+    let victim = Victim::new(dir.path());
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).expect("mkdir run");
+    for link in ["w.img", "c.img", "m.img", "j.cow"] {
+        std::os::unix::fs::symlink(&victim.path, run.join(link)).expect("symlink");
+    }
+    let lab = format!(
+        "[scenario]\nname = \"links\"\n\n{COW_OVER_A}[[step]]\nwrite = \"w.img\"\ndata = \"PWNED\"\nexpect = {{ exit = 1, stdout = \"w.img: is a symbolic link: files in a run folder are opened without following links\" }}\n\n[[step]]\ncopy = \"a.img\"\nto = \"c.img\"\nexpect = {{ exit = 1, stdout = \"c.img: is a symbolic link\" }}\n\n[[step]]\ncopy = \"w.img\"\nto = \"stolen.img\"\nexpect = {{ exit = 1, stdout = \"w.img: is a symbolic link\" }}\n\n[[step]]\nmerge = \"j.cow\"\nexpect = {{ exit = 1, stdout = \"j.cow: is a symbolic link\" }}\n\n[[step]]\nmerge = \"x.cow\"\ninto = \"m.img\"\n"
+    );
+    let r = run_lab(dir.path(), &lab);
+    assert_eq!(r.failures, vec![], "{}", host_log(&r));
+    let m = std::fs::symlink_metadata(run.join("m.img")).expect("m.img");
+    assert!(m.is_file(), "the merge's output replaces the link");
+    assert!(!run.join("stolen.img").exists());
+    victim.assert_unchanged();
+}

@@ -380,6 +380,7 @@ fn spec(dir: &Path, file: &str, backing: Option<&str>, owner: u32) -> UbdSpec {
         cwd: dir.to_path_buf(),
         owner_pid: owner,
         confined: false,
+        readable: vec![],
     }
 }
 

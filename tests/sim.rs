@@ -47,6 +47,7 @@ fn lab(dir: &Path, machines: &[(&str, &str)], hub: bool) -> Lab {
                 argv: cmdline.split_whitespace().map(String::from).collect(),
             })
             .collect(),
+        external: Vec::new(),
     }
 }
 

@@ -165,7 +165,17 @@ pub const MAX_HEX_ROWS: usize = 64;
 
 /// `cow diff`: changed sector ranges and bytes changed vs the backing file.
 pub fn diff(path: &Path, backing: Option<&Path>, hexdump: bool) -> Result<Diff, CowError> {
-    let cow = CowFile::open(path, backing, false)?;
+    diff_in(path, backing, hexdump, None)
+}
+
+/// [`diff`], every file opened through `confine` when given.
+pub fn diff_in(
+    path: &Path,
+    backing: Option<&Path>,
+    hexdump: bool,
+    confine: Option<&Confine>,
+) -> Result<Diff, CowError> {
+    let cow = CowFile::open_in(path, backing, false, confine)?;
     let data_offset = cow.layout().data_offset;
     let mut ranges = Vec::new();
     let chunk = 1usize << 20;

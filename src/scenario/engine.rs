@@ -81,6 +81,12 @@ impl Plan {
                     argv: crate::uml::args::effective_argv(&m.argv, &m.name, index),
                 })
                 .collect(),
+            external: self
+                .disks
+                .iter()
+                .filter(|d| d.content == DiskContent::External)
+                .map(|d| run_dir.join(&d.name))
+                .collect(),
         }
     }
 }
@@ -214,12 +220,7 @@ pub fn run(
     let mut runner = Runner {
         backend,
         run_dir,
-        external: plan
-            .disks
-            .iter()
-            .filter(|d| d.content == DiskContent::External)
-            .map(|d| run_dir.join(&d.name))
-            .collect(),
+        external: plan.lab(run_dir, seed).external,
         jobs: BTreeMap::new(),
         host_log: String::new(),
     };

@@ -396,3 +396,48 @@ fn host_steps_do_not_follow_links_in_the_run_folder() {
     assert!(!run.join("stolen.img").exists());
     victim.assert_unchanged();
 }
+
+/// A crafted header naming a host file, used as a machine's disk: the sim's
+/// guest cannot read it (the uml backend's sandbox gives the real kernel
+/// EACCES there too), only a declared external disk is readable.
+#[test]
+fn guest_cannot_read_a_host_file_named_by_a_crafted_header() {
+    if util::tool("mkfs.ext4", "e2fsprogs").is_none() {
+        return;
+    }
+    for external in [false, true] {
+        let dir = util::tempdir();
+        let victim = Victim::new(dir.path());
+        let declared = if external {
+            format!(
+                "[[disk]]\nname = \"{}\"\nexternal = true\n\n",
+                victim.name()
+            )
+        } else {
+            String::new()
+        };
+        let want = if external {
+            // Sector 0 is the COW's; sector 1 is the victim's 0x5a bytes.
+            "expect = { exit = 0, stdout = \"ZZZZZZZZZZZZZ13+0 records in\" }"
+        } else {
+            "expect = { exit = 1, stdout = \"dd: can't open '/dev/ubdb': Permission denied\" }"
+        };
+        let lab = format!(
+            "[scenario]\nname = \"hdrread\"\n\n[[disk]]\nname = \"fs.ext4\"\nsize = \"64M\"\nimage = \"default\"\n\n{declared}{COW_OVER_A}[[machine]]\nname = \"m1\"\ncmdline = \"mem=64M ubd0=m1.cow,fs.ext4 ubd1=x.cow root=/dev/ubda\"\n\n{}[[step]]\nboot = [\"m1\"]\n\n[[step]]\non = \"m1\"\nrun = \"dd if=/dev/ubdb bs=1 count=13 skip=512\"\n{want}\n\n[[step]]\nhalt = [\"m1\"]\n",
+            craft_header_steps(victim.name()),
+        );
+        let r = run_lab(dir.path(), &lab);
+        let console = r.artifacts.get("m1.console").cloned().unwrap_or_default();
+        assert_eq!(r.failures, vec![], "external: {external}\n{console}");
+        assert_eq!(console.contains("ZZZZZZZZZZZZZ"), external, "{console}");
+        // Nor does the disk diff artifact read it (it would count changed
+        // bytes, and list the files of an ext4 image).
+        let diff = r.artifacts.get("m1.ubd1.diff").cloned().unwrap_or_default();
+        assert_eq!(
+            diff.contains("is outside the run folder $RUN: only the run folder and the lab's external disks can be read"),
+            !external,
+            "{diff}"
+        );
+        victim.assert_unchanged();
+    }
+}

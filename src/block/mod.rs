@@ -742,7 +742,21 @@ fn open_inner(spec: &UbdSpec, log: &mut Log) -> Result<Ubd, BlockError> {
         spec.host_access(&backing_shown),
     ) {
         Ok(f) => f,
-        Err(e) => return Err(fail(log, errno_of(&e))),
+        // `ubd_open_dev` returns the error without a message of its own: only
+        // the caller's "Can't open" line (checked on linux.uml 6.1 with a
+        // backing file it may not read).
+        Err(e) => {
+            let errno = errno_of(&e);
+            log.err(format!(
+                "{name}: Can't open \"{}\": errno = {errno}",
+                spec.file.display()
+            ));
+            return Err(BlockError::Open {
+                name: name.clone(),
+                file: spec.file.clone(),
+                errno,
+            });
+        }
     };
     if spec.flags.shared {
         log.info(format!(

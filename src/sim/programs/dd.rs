@@ -386,7 +386,15 @@ fn os_msg(e: &std::io::Error) -> String {
         Some(libc::EINVAL) => "Invalid argument".into(),
         Some(libc::EAGAIN) => "Resource temporarily unavailable".into(),
         Some(libc::ENOSPC) => "No space left on device".into(),
-        _ => e.to_string(),
+        Some(libc::EACCES) => "Permission denied".into(),
+        // strerror's text, without Rust's " (os error N)".
+        Some(n) => {
+            let text = std::io::Error::from_raw_os_error(n).to_string();
+            text.strip_suffix(&format!(" (os error {n})"))
+                .map(str::to_string)
+                .unwrap_or(text)
+        }
+        None => e.to_string(),
     }
 }
 

@@ -457,3 +457,51 @@ fn guest_cannot_read_a_host_file_named_by_a_crafted_header() {
         victim.assert_unchanged();
     }
 }
+
+/// The real kernel agrees: the same external-disk lab on linux.uml, with the
+/// image on a read-only bind mount (what the uml backend's sandbox makes of
+/// an external disk), gives the sim's artifacts (`--backend both`), and the
+/// image is not written.
+#[test]
+fn external_disk_lab_agrees_with_linux_uml_on_a_read_only_host_file() {
+    let _heavy = crate::uml::heavy();
+    if util::guest_tools().is_none() {
+        return;
+    }
+    let Some(unshare) = util::tool("unshare", "util-linux") else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED (not a pass): needs root for a read-only bind mount");
+        return;
+    }
+    let dir = util::tempdir();
+    let d = dir.path();
+    let ro = d.join("ro");
+    std::fs::create_dir(&ro).expect("mkdir ro");
+    let victim = Victim::new(&ro);
+    let lab = d.join("lab.toml");
+    std::fs::write(
+        &lab,
+        format!(
+            "[scenario]\nname = \"extro\"\n\n[[disk]]\nname = \"fs.ext4\"\nsize = \"64M\"\nimage = \"default\"\n\n[[disk]]\nname = \"{v}\"\nexternal = true\n\n[[machine]]\nname = \"m1\"\ncmdline = \"mem=64M ubd0=m1.cow,fs.ext4 ubd1={v} root=/dev/ubda\"\n\n[[step]]\nboot = [\"m1\"]\n\n[[step]]\non = \"m1\"\nrun = \"dd if=/dev/zero of=/dev/ubdb bs=4096 count=1\"\nexpect = {{ exit = 1, stdout = \"dd: error writing '/dev/ubdb': Operation not permitted\\n1+0 records in\\n0+0 records out\\n\" }}\n\n[[step]]\non = \"m1\"\nrun = \"cat /sys/block/ubdb/ro; dd if=/dev/ubdb bs=1 count=13\"\nexpect = {{ exit = 0, stdout = \"1\\nvictim-intact13+0 records in\" }}\n\n[[step]]\nhalt = [\"m1\"]\n",
+            v = victim.name()
+        ),
+    )
+    .expect("write lab");
+    let lab = lab.to_str().expect("utf8");
+    util::umltest(d, &["run", "--update", "--out", "sim", lab]).expect_code(0);
+    let script = format!(
+        "mount --bind {r} {r} && mount -o remount,ro,bind {r} {r} && exec {bin} run --backend both --out both {lab}",
+        r = ro.display(),
+        bin = util::umltest_bin().display(),
+    );
+    let r = util::run_in(
+        d,
+        &unshare,
+        &["-m", "--propagation", "private", "sh", "-c", &script],
+    );
+    r.expect_code(0);
+    assert!(r.stdout().contains("1 passed, 0 failed"), "{}", r.dump());
+    victim.assert_unchanged();
+}

@@ -281,7 +281,15 @@ pub fn boot(
                 };
                 open_errors.insert(dev.index, errno);
                 let lines = opened.log.iter().map(|l| l.text.clone()).collect();
-                core.broken_disks.insert(dev.index, (errno, lines));
+                core.broken_disks.insert(
+                    dev.index,
+                    crate::sim::world::BrokenDisk {
+                        errno,
+                        lines,
+                        size: dev.size_sectors.unwrap_or(0).saturating_mul(512),
+                        serial: dev.serial.clone(),
+                    },
+                );
             }
         }
     }

@@ -423,7 +423,7 @@ fn guest_cannot_read_a_host_file_named_by_a_crafted_header() {
             "expect = { exit = 1, stdout = \"dd: can't open '/dev/ubdb': Permission denied\" }"
         };
         let lab = format!(
-            "[scenario]\nname = \"hdrread\"\n\n[[disk]]\nname = \"fs.ext4\"\nsize = \"64M\"\nimage = \"default\"\n\n{declared}{COW_OVER_A}[[machine]]\nname = \"m1\"\ncmdline = \"mem=64M ubd0=m1.cow,fs.ext4 ubd1=x.cow root=/dev/ubda\"\n\n{}[[step]]\nboot = [\"m1\"]\n\n[[step]]\non = \"m1\"\nrun = \"dd if=/dev/ubdb bs=1 count=13 skip=512\"\n{want}\n\n[[step]]\nhalt = [\"m1\"]\n",
+            "[scenario]\nname = \"hdrread\"\n\n[[disk]]\nname = \"fs.ext4\"\nsize = \"64M\"\nimage = \"default\"\n\n{declared}{COW_OVER_A}[[machine]]\nname = \"m1\"\ncmdline = \"mem=64M ubd0=m1.cow,fs.ext4 ubd1=x.cow root=/dev/ubda\"\n\n{}[[step]]\nboot = [\"m1\"]\n\n[[step]]\non = \"m1\"\nrun = \"dd if=/dev/ubdb bs=1 count=13 skip=512\"\n{want}\n\n[[step]]\non = \"m1\"\nrun = \"cat /sys/block/ubdb/size /sys/block/ubdb/ro; lsblk\"\nexpect = {{ exit = 0, stdout = [\"2048\\n0\\n\", \"ubdb  98:16   0   1M  0 disk\"] }}\n\n[[step]]\nhalt = [\"m1\"]\n",
             craft_header_steps(victim.name()),
         );
         let r = run_lab(dir.path(), &lab);
@@ -433,7 +433,8 @@ fn guest_cannot_read_a_host_file_named_by_a_crafted_header() {
         if !external {
             // As linux.uml 6.1 printed it, run as a user who may not read the
             // file: one line at boot (the harness init's `dmesg -n 1` hides the
-            // repeat at the guest's open), strerror's text in the guest.
+            // repeat at the guest's open), strerror's text in the guest; the
+            // device stays registered (sysfs, lsblk), read-write.
             assert_eq!(
                 console
                     .matches("ubdb: Can't open \"x.cow\": errno = 13\n")

@@ -3,8 +3,8 @@
 //!
 //! - Every open is `O_NONBLOCK` and checked with `fstat` afterwards: a COW file
 //!   must be a regular file, a backing file a regular file or a block device.
-//!   A FIFO would otherwise block `open()` for ever (uml_moo and the kernel's
-//!   `os_open_file` have no such check: both hang on one).
+//!   A FIFO would otherwise block `open()` for ever (uml_moo has no such
+//!   check: it refuses a FIFO only because its size, 0, is not the header's).
 //! - Under a [`Confine`] (the scenario engine: the lab wrote the COW headers and
 //!   journals it merges) a path resolves beneath the run folder one component at
 //!   a time with `O_NOFOLLOW`, as `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`

@@ -379,6 +379,8 @@ fn spec(dir: &Path, file: &str, backing: Option<&str>, owner: u32) -> UbdSpec {
         flags: UbdFlags::default(),
         cwd: dir.to_path_buf(),
         owner_pid: owner,
+        confined: false,
+        readable: vec![],
     }
 }
 
@@ -1328,6 +1330,158 @@ fn cli_interrupted_in_place_merge_completes_on_rerun() {
         std::fs::read(d.join("base.img")).expect("base")
             == std::fs::read(d.join("want.img")).expect("want")
     );
+}
+
+/// Starts `umltest args` with the merge test hook pausing it after `writes`
+/// writes, and returns it once it says so.
+pub(crate) fn start_paused(cwd: &Path, args: &[&str], writes: u64) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(util::umltest_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("UMLTEST_COW_PAUSE_AFTER_WRITES", writes.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn umltest");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let marker = format!("merge paused after {writes} writes");
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains(&marker) => break,
+            Some(Ok(_)) => {}
+            other => {
+                let _ = child.kill();
+                panic!("umltest {} ended before pausing: {other:?}", args.join(" "));
+            }
+        }
+    }
+    child
+}
+
+/// SIGKILL in the middle of `merge -d`, after its first write to the backing:
+/// `cow check` says to finish the merge instead of blaming a careless copy,
+/// `--fix-mtime` refuses (the header's mtime is what lets the merge finish:
+/// rewriting it left the backing half-merged for good), and the re-run
+/// completes the merge.
+#[test]
+fn sigkill_during_in_place_merge_then_check_refuses_fix_mtime() {
+    let dir = util::tempdir();
+    let d = dir.path();
+    cli_setup(d);
+    util::umltest(d, &["cow", "merge", "x.cow", "want.img"]).expect_code(0);
+    let mut child = start_paused(d, &["cow", "merge", "-d", "x.cow"], 1);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    assert!(d.join("x.cow.merging").exists());
+    let half = std::fs::read(d.join("base.img")).expect("base");
+    assert!(
+        half != std::fs::read(d.join("want.img")).expect("want"),
+        "the kill came too late"
+    );
+    // The write moved the mtime on; pin it so the test does not depend on the second.
+    set_mtime(&d.join("base.img"), MTIME + 10);
+    let header = std::fs::read(d.join("x.cow")).expect("cow");
+    let r = util::umltest(d, &["cow", "check", "x.cow"]);
+    r.expect_code(1);
+    assert!(
+        r.stdout().contains("was interrupted (x.cow.merging exists): the backing file may be half-merged; finish it with `umltest cow merge -d x.cow`"),
+        "{}",
+        r.dump()
+    );
+    assert!(!r.stdout().contains("--fix-mtime"), "{}", r.dump());
+    let r = util::umltest(d, &["cow", "check", "--fix-mtime", "x.cow"]);
+    r.expect_code(1);
+    assert!(
+        r.stdout().contains(&format!(
+            "mtime mismatch ({MTIME} vs {}) of COW header vs backing file",
+            MTIME + 10
+        )),
+        "{}",
+        r.dump()
+    );
+    assert!(
+        r.stdout()
+            .contains("--fix-mtime refused: the header's mtime is what lets the merge finish"),
+        "{}",
+        r.dump()
+    );
+    assert!(
+        std::fs::read(d.join("x.cow")).expect("cow") == header,
+        "header rewritten"
+    );
+    assert!(std::fs::read(d.join("base.img")).expect("base") == half);
+    let r = util::umltest(d, &["cow", "merge", "-d", "x.cow"]);
+    r.expect_code(0);
+    assert!(
+        r.stderr()
+            .contains("completed an interrupted in-place merge"),
+        "{}",
+        r.dump()
+    );
+    assert!(!d.join("x.cow.merging").exists());
+    assert!(
+        std::fs::read(d.join("base.img")).expect("base")
+            == std::fs::read(d.join("want.img")).expect("want")
+    );
+    util::umltest(d, &["cow", "check", "x.cow"]).expect_code(1);
+}
+
+/// The kill can also come between creating the journal and writing it (an
+/// older umltest, or a power loss without `--sync`): an empty journal over a
+/// backing that still has the header's mtime means nothing was merged, and
+/// the merge starts afresh; with the mtime changed it cannot be trusted.
+#[test]
+fn empty_merge_journal_is_nothing_merged_yet_when_the_backing_is_untouched() {
+    let dir = util::tempdir();
+    let d = dir.path();
+    cli_setup(d);
+    util::umltest(d, &["cow", "merge", "x.cow", "want.img"]).expect_code(0);
+    std::fs::write(d.join("x.cow.merging"), b"").expect("empty journal");
+    // A journal killed before its rename into place.
+    std::fs::write(d.join("x.cow.merging.new"), b"{\"backing\":").expect("partial");
+    let r = util::umltest(d, &["cow", "check", "x.cow"]);
+    r.expect_code(1);
+    assert!(
+        r.stdout()
+            .contains("an incomplete merge journal x.cow.merging exists"),
+        "{}",
+        r.dump()
+    );
+    let r = util::umltest(d, &["cow", "merge", "-d", "x.cow"]);
+    r.expect_code(0);
+    assert!(
+        r.stderr().contains("removed the incomplete merge journal x.cow.merging: the backing file still has the size and mtime the COW header records, so nothing had been merged"),
+        "{}",
+        r.dump()
+    );
+    assert!(!d.join("x.cow.merging").exists() && !d.join("x.cow.merging.new").exists());
+    assert!(
+        std::fs::read(d.join("base.img")).expect("base")
+            == std::fs::read(d.join("want.img")).expect("want")
+    );
+
+    let dir = util::tempdir();
+    let d = dir.path();
+    cli_setup(d);
+    std::fs::write(d.join("x.cow.merging"), b"{\"backing\": \"/x\", \"si")
+        .expect("partial journal");
+    set_mtime(&d.join("base.img"), MTIME + 5);
+    let before = std::fs::read(d.join("base.img")).expect("base");
+    let r = util::umltest(d, &["cow", "merge", "-d", "x.cow"]);
+    r.expect_code(1);
+    assert!(
+        r.stderr().contains("unreadable merge journal (EOF while parsing a string at line 1 column 21), and the backing file")
+            && r.stderr().contains(&format!(
+                "no longer has the mtime the COW header records ({MTIME} vs {}): an interrupted merge may have written part of it",
+                MTIME + 5
+            )),
+        "{}",
+        r.dump()
+    );
+    assert!(std::fs::read(d.join("base.img")).expect("base") == before);
+    assert!(d.join("x.cow.merging").exists());
 }
 
 #[test]

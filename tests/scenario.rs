@@ -1154,7 +1154,7 @@ fn cow_diff_artifact_lists_changed_ext4_files() {
         let path = d.join(cow);
         let diff =
             umltest::cow::inspect::diff(&path, None, false).unwrap_or_else(|e| panic!("{e}"));
-        umltest::scenario::artifacts::describe_files(&path, None, &diff)
+        umltest::scenario::artifacts::describe_files(&path, None, &diff, None)
     };
     assert_eq!(
         files("x.cow"),

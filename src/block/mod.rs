@@ -14,6 +14,8 @@
 //!     flags: UbdFlags::default(),
 //!     cwd: "/tmp/run".into(),
 //!     owner_pid: 1001,
+//!     confined: true,
+//!     readable: vec![],
 //! };
 //! let opened = Ubd::open(&spec);
 //! for line in &opened.log {
@@ -41,6 +43,13 @@
 //!   `linux.uml` processes; the pid in `F_SETLK failed, file already locked by
 //!   pid N` is the holder's [`UbdSpec::owner_pid`] (or the real pid of another
 //!   process). Locks are released when the [`Ubd`] is dropped.
+//! - [`UbdSpec::confined`]: the host lets the machine write only beneath its
+//!   working directory, as the uml backend's sandbox does; a file elsewhere
+//!   (a lab's external disk) answers a write open with EACCES, and the kernel's
+//!   `open_ubd_file` then silently reopens it read-only, so the device is
+//!   read-only (`/sys/block/ubdX/ro` is 1; UML 6.1's `ubd_open` lets writers
+//!   open it, `blkdev_write_iter` fails their writes with EPERM). Any other file
+//!   outside it (a host file named by a COW header) cannot be opened at all.
 //! - I/O semantics are the kernel's: see [`crate::cow::file`].
 
 use std::collections::BTreeMap;
@@ -137,6 +146,13 @@ pub struct UbdSpec {
     pub cwd: PathBuf,
     /// The pid other openers are told holds the lock.
     pub owner_pid: u32,
+    /// Files outside `cwd` cannot be opened for writing (EACCES), as in the
+    /// uml backend's sandbox, where a lab's external disks are read-only.
+    pub confined: bool,
+    /// When `confined`: the files outside `cwd` that may be opened for reading
+    /// (the lab's external disks); any other (a host file a COW header names)
+    /// cannot be opened at all (EACCES).
+    pub readable: Vec<PathBuf>,
 }
 
 /// Kernel log levels of the lines below.
@@ -316,8 +332,51 @@ impl Log {
     }
 }
 
+/// What the host lets a machine do with a file (see [`UbdSpec::confined`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostAccess {
+    All,
+    ReadOnly,
+    None,
+}
+
+impl UbdSpec {
+    fn host_access(&self, path: &Path) -> HostAccess {
+        if !self.confined || crate::cow::open::lexically_beneath(&self.cwd, path) {
+            return HostAccess::All;
+        }
+        let id = |p: &Path| std::fs::metadata(self.cwd.join(p)).map(|m| (m.dev(), m.ino()));
+        match id(path) {
+            Ok(me) if self.readable.iter().any(|r| id(r).is_ok_and(|x| x == me)) => {
+                HostAccess::ReadOnly
+            }
+            _ => HostAccess::None,
+        }
+    }
+}
+
 /// `os_open_file` with UML's flags; `create` adds `O_CREAT` (mode 0644).
-fn open_file(path: &Path, write: bool, sync: bool, create: bool) -> std::io::Result<File> {
+/// `denied`: the host refuses write access to the file (EACCES), as a sandbox
+/// or a read-only host file does.
+fn open_file(
+    path: &Path,
+    write: bool,
+    sync: bool,
+    create: bool,
+    host: HostAccess,
+) -> std::io::Result<File> {
+    let denied = match host {
+        HostAccess::All => false,
+        HostAccess::ReadOnly => write || create,
+        HostAccess::None => true,
+    };
+    if denied {
+        // The lookup fails first: a missing file is ENOENT, not EACCES.
+        if !create {
+            std::fs::metadata(path)?;
+        }
+        return Err(std::io::Error::from_raw_os_error(libc::EACCES));
+    }
     let mut o = std::fs::OpenOptions::new();
     o.read(true).write(write).create(create).mode(0o644);
     if sync {
@@ -457,14 +516,15 @@ fn open_inner(spec: &UbdSpec, log: &mut Log) -> Result<Ubd, BlockError> {
 
     // Open stage (`open_ubd_file`).
     let file_abs = abs(&spec.file);
+    let host = spec.host_access(&spec.file);
     let mut writable = !spec.flags.read_only;
     let mut created: Option<Header> = None;
-    let file = match open_file(&file_abs, writable, spec.flags.sync, false) {
+    let file = match open_file(&file_abs, writable, spec.flags.sync, false, host) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && spec.backing.is_some() => {
             // `create_cow_file`: O_CREAT, locked, header + one byte at the end.
             let backing = spec.backing.as_deref().unwrap_or(Path::new(""));
-            let f = match open_file(&file_abs, writable, spec.flags.sync, true) {
+            let f = match open_file(&file_abs, writable, spec.flags.sync, true, host) {
                 Ok(f) => f,
                 Err(e) => {
                     log.err(format!(
@@ -532,7 +592,7 @@ fn open_inner(spec: &UbdSpec, log: &mut Log) -> Result<Ubd, BlockError> {
         {
             // Silently fall back to read-only.
             writable = false;
-            open_file(&file_abs, false, spec.flags.sync, false)
+            open_file(&file_abs, false, spec.flags.sync, false, host)
                 .map_err(|e| fail(log, errno_of(&e)))?
         }
         Err(e) => return Err(fail(log, errno_of(&e))),
@@ -674,9 +734,29 @@ fn open_inner(spec: &UbdSpec, log: &mut Log) -> Result<Ubd, BlockError> {
 
     // Open the backing read-only with the same lock rules (a read lock).
     let backing_abs = abs(&backing_shown);
-    let backing = match open_file(&backing_abs, false, spec.flags.sync, false) {
+    let backing = match open_file(
+        &backing_abs,
+        false,
+        spec.flags.sync,
+        false,
+        spec.host_access(&backing_shown),
+    ) {
         Ok(f) => f,
-        Err(e) => return Err(fail(log, errno_of(&e))),
+        // `ubd_open_dev` returns the error without a message of its own: only
+        // the caller's "Can't open" line (checked on linux.uml 6.1 with a
+        // backing file it may not read).
+        Err(e) => {
+            let errno = errno_of(&e);
+            log.err(format!(
+                "{name}: Can't open \"{}\": errno = {errno}",
+                spec.file.display()
+            ));
+            return Err(BlockError::Open {
+                name: name.clone(),
+                file: spec.file.clone(),
+                errno,
+            });
+        }
     };
     if spec.flags.shared {
         log.info(format!(

@@ -134,9 +134,15 @@ pub fn run(args: CowArgs) -> anyhow::Result<ExitCode> {
             let fail_after_writes = std::env::var("UMLTEST_COW_FAIL_AFTER_WRITES")
                 .ok()
                 .and_then(|v| v.parse().ok());
+            // And one that stops for ever, for a test to SIGKILL at that point.
+            let pause_after_writes = std::env::var("UMLTEST_COW_PAUSE_AFTER_WRITES")
+                .ok()
+                .and_then(|v| v.parse().ok());
             let opts = MergeOptions {
                 backing,
                 fail_after_writes,
+                pause_after_writes,
+                confine: None,
             };
             match (in_place, files.as_slice()) {
                 (true, [cow_path]) => {

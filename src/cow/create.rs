@@ -133,7 +133,7 @@ pub fn create(cow: &Path, backing: &Path, opts: &CreateOptions) -> Result<Header
         if !meta.is_file() {
             return Err(CowError::NotRegular {
                 path: cow.to_path_buf(),
-                kind: super::kind_name(meta.file_type()),
+                kind: super::open::kind_name(meta.file_type()),
             });
         }
     }

@@ -19,6 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::header::{set_bit, test_bit, Header, Layout, READ_LEN};
+use super::open::{open_backing, open_cow, refuse_self_backing, Access, Confine};
 use super::CowError;
 
 /// The kernel's sector unit.
@@ -142,22 +143,32 @@ impl CowFile {
         backing: Option<&Path>,
         writable: bool,
     ) -> Result<CowFile, CowError> {
-        let cow = super::open_regular(cow_path, writable)?;
+        CowFile::open_in(cow_path, backing, writable, None)
+    }
+
+    /// [`CowFile::open`], with every file (the header's backing file too)
+    /// opened through `confine` when given. A backing file that is the COW
+    /// file itself is refused.
+    pub fn open_in(
+        cow_path: &Path,
+        backing: Option<&Path>,
+        writable: bool,
+        confine: Option<&Confine>,
+    ) -> Result<CowFile, CowError> {
+        let access = if writable {
+            Access::ReadWrite
+        } else {
+            Access::Read
+        };
+        let cow = open_cow(cow_path, access, confine)?;
         let header = read_header(&cow, cow_path)?;
         let backing_path = backing
             .map(Path::to_path_buf)
             .unwrap_or_else(|| header.backing_path());
-        let backing_len = super::check_backing(cow_path, &header, &backing_path)?;
-        let backing_file = File::open(&backing_path)
-            .map_err(|e| CowError::io("open backing file", &backing_path, e))?;
-        CowFile::from_files(
-            cow,
-            cow_path,
-            backing_file,
-            &backing_path,
-            backing_len,
-            writable,
-        )
+        let b = open_backing(cow_path, &backing_path, Access::Read, confine)?;
+        refuse_self_backing(cow_path, &cow, &b)?;
+        super::check_size_mtime(cow_path, &header, &backing_path, b.size, b.mtime)?;
+        CowFile::from_files(cow, cow_path, b.file, &backing_path, b.size, writable)
     }
 
     pub fn header(&self) -> &Header {

@@ -141,9 +141,21 @@ fn walk(fs: &Ext4) -> Result<BTreeMap<Vec<u8>, Entry>, ext4_view::Ext4Error> {
 
 /// Lists the files added, changed and removed by the COW file, sorted by path.
 pub fn diff_files(cow_path: &Path, backing: Option<&Path>) -> Result<Vec<FileChange>, CowError> {
-    let cow = CowFile::open(cow_path, backing, false)?;
+    diff_files_in(cow_path, backing, None)
+}
+
+/// [`diff_files`], every file opened through `confine` when given.
+pub fn diff_files_in(
+    cow_path: &Path,
+    backing: Option<&Path>,
+    confine: Option<&super::Confine>,
+) -> Result<Vec<FileChange>, CowError> {
+    let cow = CowFile::open_in(cow_path, backing, false, confine)?;
     let backing_path = cow.backing_path().to_path_buf();
-    let back = std::fs::File::open(&backing_path)
+    // The backing file CowFile checked, not whatever its path names now.
+    let back = cow
+        .backing_file()
+        .try_clone()
         .map_err(|e| CowError::io("open backing file", &backing_path, e))?;
     let old_fs =
         Ext4::load(Box::new(BackingView(back))).map_err(|e| fs_err(&backing_path, "backing", e))?;

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::file::{dirty_runs, read_header, CowFile, SECTOR};
 use super::header::{Header, Layout};
-use super::{backing_stat, check_size_mtime, open_regular, CowError};
+use super::{backing_stat, check_size_mtime, Access, Confine, CowError};
 
 /// The backing file as found on disk, next to what the header expects.
 #[derive(Debug, Clone, Serialize)]
@@ -41,8 +41,21 @@ pub struct Info {
     pub messages: Vec<String>,
 }
 
-fn backing_status(header: &Header, path: &Path) -> BackingStatus {
-    match backing_stat(path) {
+fn backing_status(header: &Header, path: &Path, confine: Option<&Confine>) -> BackingStatus {
+    let stat = match confine {
+        None => backing_stat(path),
+        Some(_) => super::open::open_backing(path, path, Access::Read, confine)
+            .map(|b| (b.size, b.mtime))
+            .map_err(|e| match e {
+                CowError::BackingMissing { source, .. } => source,
+                CowError::BackingOutside { root, what, .. } => std::io::Error::other(format!(
+                    "outside the run folder {}: {what}",
+                    root.display()
+                )),
+                other => std::io::Error::other(other.to_string()),
+            }),
+    };
+    match stat {
         Ok((size, mtime)) => BackingStatus {
             path: path.to_path_buf(),
             exists: true,
@@ -65,8 +78,11 @@ fn backing_status(header: &Header, path: &Path) -> BackingStatus {
 }
 
 /// Reads the header and the whole bitmap (which must be complete).
-fn read_meta(path: &Path) -> Result<(File, Header, Layout, Vec<u8>, u64), CowError> {
-    let file = open_regular(path, false)?;
+fn read_meta(
+    path: &Path,
+    confine: Option<&Confine>,
+) -> Result<(File, Header, Layout, Vec<u8>, u64), CowError> {
+    let file = super::open::open_cow(path, Access::Read, confine)?;
     let header = read_header(&file, path)?;
     let layout = header.layout().map_err(|source| CowError::Header {
         path: path.to_path_buf(),
@@ -82,7 +98,7 @@ fn read_meta(path: &Path) -> Result<(File, Header, Layout, Vec<u8>, u64), CowErr
 
 /// `cow info`.
 pub fn info(path: &Path, backing: Option<&Path>) -> Result<Info, CowError> {
-    let (_f, header, layout, bitmap, file_len) = read_meta(path)?;
+    let (_f, header, layout, bitmap, file_len) = read_meta(path, None)?;
     let sectors = header.size.div_ceil(SECTOR);
     let runs = dirty_runs(&bitmap, sectors);
     let backing_path = backing
@@ -90,7 +106,7 @@ pub fn info(path: &Path, backing: Option<&Path>) -> Result<Info, CowError> {
         .unwrap_or_else(|| header.backing_path());
     Ok(Info {
         path: path.to_path_buf(),
-        backing: backing_status(&header, &backing_path),
+        backing: backing_status(&header, &backing_path, None),
         expected_len: layout.data_offset + header.size,
         dirty_sectors: runs.iter().map(|r| r.1).sum(),
         dirty_ranges: runs.len() as u64,
@@ -149,7 +165,17 @@ pub const MAX_HEX_ROWS: usize = 64;
 
 /// `cow diff`: changed sector ranges and bytes changed vs the backing file.
 pub fn diff(path: &Path, backing: Option<&Path>, hexdump: bool) -> Result<Diff, CowError> {
-    let cow = CowFile::open(path, backing, false)?;
+    diff_in(path, backing, hexdump, None)
+}
+
+/// [`diff`], every file opened through `confine` when given.
+pub fn diff_in(
+    path: &Path,
+    backing: Option<&Path>,
+    hexdump: bool,
+    confine: Option<&Confine>,
+) -> Result<Diff, CowError> {
+    let cow = CowFile::open_in(path, backing, false, confine)?;
     let data_offset = cow.layout().data_offset;
     let mut ranges = Vec::new();
     let chunk = 1usize << 20;
@@ -248,9 +274,42 @@ if the backing file was modified, this COW file is stale",
 
 /// `cow check [--fix-mtime]`.
 pub fn check(path: &Path, backing: Option<&Path>, fix_mtime: bool) -> Result<Check, CowError> {
+    check_in(path, backing, fix_mtime, None)
+}
+
+/// [`check`], every file opened through `confine` when given. A journal of an
+/// interrupted in-place merge is an error (finish the merge), and
+/// `--fix-mtime` is refused then: the header's mtime is what lets the merge
+/// finish, and rewriting it would leave the backing half-merged for good.
+pub fn check_in(
+    path: &Path,
+    backing: Option<&Path>,
+    fix_mtime: bool,
+    confine: Option<&Confine>,
+) -> Result<Check, CowError> {
     let mut findings = Vec::new();
     let mut push = |severity, what: String| findings.push(Finding { severity, what });
-    let (file, header, layout, _bitmap, file_len) = read_meta(path)?;
+    let (file, header, layout, _bitmap, file_len) = read_meta(path, confine)?;
+    let journal = super::merge::find_journal(path, confine)?;
+    let finish = format!("finish it with `umltest cow merge -d {}`", path.display());
+    match &journal {
+        Some(Ok(j)) => push(
+            Severity::Error,
+            format!(
+                "an in-place merge into \"{}\" was interrupted ({} exists): the backing file may be half-merged; {finish} (it resumes where it stopped)",
+                j.backing.display(),
+                super::merge::journal_path(path).display()
+            ),
+        ),
+        Some(Err(e)) => push(
+            Severity::Error,
+            format!(
+                "an incomplete merge journal {} exists ({e}): an in-place merge was interrupted before writing it; {finish} (it starts afresh if the backing file is untouched)",
+                super::merge::journal_path(path).display()
+            ),
+        ),
+        None => {}
+    }
     push(
         Severity::Ok,
         format!(
@@ -299,7 +358,7 @@ pub fn check(path: &Path, backing: Option<&Path>, fix_mtime: bool) -> Result<Che
     let backing_path = backing
         .map(Path::to_path_buf)
         .unwrap_or_else(|| header.backing_path());
-    let status = backing_status(&header, &backing_path);
+    let status = backing_status(&header, &backing_path, confine);
     let mut fixed = None;
     match (status.size, status.mtime) {
         (Some(size), Some(mtime)) => {
@@ -312,10 +371,24 @@ pub fn check(path: &Path, backing: Option<&Path>, fix_mtime: bool) -> Result<Che
                         backing_path.display()
                     ),
                 );
+            } else if mtime != i64::from(header.mtime) && journal.is_some() {
+                push(
+                    Severity::Error,
+                    format!(
+                        "mtime mismatch ({} vs {mtime}) of COW header vs backing file \"{}\": the interrupted merge wrote to the backing file{}",
+                        header.mtime,
+                        backing_path.display(),
+                        if fix_mtime {
+                            "; --fix-mtime refused: the header's mtime is what lets the merge finish"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
             } else if mtime != i64::from(header.mtime) {
                 match u32::try_from(mtime) {
                     Ok(new) if fix_mtime => {
-                        file_write_mtime(path, &header, new)?;
+                        file_write_mtime(path, &header, new, confine)?;
                         fixed = Some((header.mtime, new));
                         push(
                             Severity::Ok,
@@ -372,11 +445,13 @@ pub fn check(path: &Path, backing: Option<&Path>, fix_mtime: bool) -> Result<Che
     })
 }
 
-fn file_write_mtime(path: &Path, header: &Header, mtime: u32) -> Result<(), CowError> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| CowError::io("open COW file for writing", path, e))?;
+fn file_write_mtime(
+    path: &Path,
+    header: &Header,
+    mtime: u32,
+    confine: Option<&Confine>,
+) -> Result<(), CowError> {
+    let f = super::open::open_cow(path, Access::ReadWrite, confine)?;
     f.write_all_at(
         &header.encode_mtime(mtime),
         header.version.mtime_offset() as u64,
@@ -397,7 +472,7 @@ pub struct Rebase {
 /// header keeps its version and layout (the kernel's switch always writes a v3
 /// header, which would corrupt a v1/v2 file).
 pub fn rebase(path: &Path, new_backing: &Path) -> Result<Rebase, CowError> {
-    let (file, header, _layout, _bitmap, _len) = read_meta(path)?;
+    let (file, header, _layout, _bitmap, _len) = read_meta(path, None)?;
     drop(file);
     let (size, mtime) = backing_stat(new_backing).map_err(|source| CowError::BackingMissing {
         cow: path.to_path_buf(),

@@ -19,15 +19,18 @@
 //! point; with [`merge_in_place_durable`] the journal and the backing are also
 //! fsynced in the right order, which survives a power loss.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::file::{pread_zero_fill, CowFile, SECTOR};
-use super::{check_size_mtime, file::read_header, open_regular, CowError};
+use super::open::{open_backing, open_cow, refuse_self_backing, Access, Confine};
+use super::{check_size_mtime, file::read_header, CowError};
 
 /// Bytes read and zero-checked per step: small enough for them to stay in
 /// the CPU's L2 cache between the read and the zero check.
@@ -42,6 +45,12 @@ pub struct MergeOptions {
     pub backing: Option<PathBuf>,
     /// Test hook: fail (as if killed) once this many writes have been made.
     pub fail_after_writes: Option<u64>,
+    /// Test hook: once this many writes have been made, say so on stderr and
+    /// stop for ever (a test then kills the process at a known point).
+    pub pause_after_writes: Option<u64>,
+    /// Open every file (the output, the journal, a backing file named in the
+    /// header) through this confinement: the scenario engine's run folder.
+    pub confine: Option<Confine>,
 }
 
 /// What a merge did and what the user should know.
@@ -145,10 +154,20 @@ struct Writer<'a> {
     writes: u64,
     bytes: u64,
     fail_after: Option<u64>,
+    pause_after: Option<u64>,
 }
 
 impl Writer<'_> {
     fn write(&mut self, data: &[u8], at: u64) -> Result<(), CowError> {
+        if self.pause_after == Some(self.writes) {
+            eprintln!(
+                "umltest: test hook: merge paused after {} writes",
+                self.writes
+            );
+            loop {
+                std::thread::park();
+            }
+        }
         if self.fail_after == Some(self.writes) {
             return Err(CowError::Injected {
                 writes: self.writes,
@@ -317,14 +336,16 @@ fn sector_ranges(runs: &[(u64, u64)], limit: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// `uml_moo [-b BACKING] COW NEW`: writes the merged image to `out` (via a
-/// temporary file and a rename).
+/// `uml_moo [-b BACKING] COW NEW`: writes the merged image to `out` (through
+/// an unnamed `O_TMPFILE` in its directory, linked and renamed over `out` at
+/// the end, so a killed merge leaves nothing behind).
 pub fn merge_to_new(
     cow_path: &Path,
     out: &Path,
     opts: &MergeOptions,
 ) -> Result<MergeReport, CowError> {
-    let cow = CowFile::open(cow_path, opts.backing.as_deref(), false)?;
+    let confine = opts.confine.as_ref();
+    let cow = CowFile::open_in(cow_path, opts.backing.as_deref(), false, confine)?;
     let backing_len = cow.header().size;
     let mut report = MergeReport {
         messages: cow.header().kernel_messages(),
@@ -337,41 +358,46 @@ pub fn merge_to_new(
         .map_err(|e| CowError::io("seek data of", cow.backing_path(), e))?;
     let work = union(&extents, &sector_ranges(&runs, backing_len));
 
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if let Ok(meta) = std::fs::metadata(out) {
-        if meta.is_dir() {
+    let (dir, name) = output_dir(out, confine)?;
+    // What `out` names now (not following a link: the rename replaces a link).
+    let existing = nix::sys::stat::fstatat(
+        &dir,
+        name.as_os_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .ok();
+    if let Some(st) = existing {
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(CowError::NotRegular {
                 path: out.to_path_buf(),
                 kind: "directory",
             });
         }
-    }
-    // Replacing the backing (or the COW) with the merge would silently make
-    // every other COW over it stale: that is what -d is for.
-    for (what, other) in [("backing", cow.backing_path()), ("COW", cow_path)] {
-        if super::inspect::same_file(out, other) {
-            return Err(CowError::Refused {
-                path: out.to_path_buf(),
-                what: format!("refusing to replace the {what} file with the merged image (use -d to merge in place)"),
-            });
+        // Replacing the backing (or the COW) with the merge would silently make
+        // every other COW over it stale: that is what -d is for.
+        for (what, file) in [("backing", cow.backing_file()), ("COW", cow.cow_file())] {
+            let same = file
+                .metadata()
+                .is_ok_and(|m| (m.dev(), m.ino()) == (st.st_dev, st.st_ino));
+            if same {
+                return Err(CowError::Refused {
+                    path: out.to_path_buf(),
+                    what: format!("refusing to replace the {what} file with the merged image (use -d to merge in place)"),
+                });
+            }
         }
     }
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".umltest-merge")
-        .tempfile_in(&dir)
-        .map_err(|e| CowError::io("create temporary file in", &dir, e))?;
-    tmp.as_file()
+    let tmp = TempOut::create(&dir, out)?;
+    tmp.file
         .set_len(backing_len)
         .map_err(|e| CowError::io("resize", out, e))?;
     let mut w = Writer {
-        file: tmp.as_file(),
+        file: &tmp.file,
         path: out,
         writes: 0,
         bytes: 0,
         fail_after: opts.fail_after_writes,
+        pause_after: opts.pause_after_writes,
     };
     pipeline(
         batches(&work),
@@ -383,15 +409,199 @@ pub fn merge_to_new(
         &mut w,
     )?;
     report.bytes_written = w.bytes;
-    tmp.flush().map_err(|e| CowError::io("write", out, e))?;
-    tmp.as_file()
+    tmp.file
         .set_permissions(std::fs::Permissions::from_mode(
             0o644 & !super::create::umask(),
         ))
         .map_err(|e| CowError::io("chmod", out, e))?;
-    tmp.persist(out)
-        .map_err(|e| CowError::io("rename temporary file to", out, e.error))?;
+    tmp.persist(&dir, &name, out)?;
     Ok(report)
+}
+
+/// The directory `out` goes in (confined: beneath the run folder, no link
+/// followed) and its file name.
+fn output_dir(out: &Path, confine: Option<&Confine>) -> Result<(File, OsString), CowError> {
+    if let Some(c) = confine {
+        return c.parent_of(out);
+    }
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .ok_or_else(|| CowError::NotRegular {
+            path: out.to_path_buf(),
+            kind: "directory",
+        })?
+        .to_os_string();
+    let f = File::open(&dir).map_err(|e| CowError::io("open directory", &dir, e))?;
+    Ok((f, name))
+}
+
+/// Prefix of the names of merge temporary files (`<prefix><pid>-<n>`), so a
+/// later merge can tell a dead process's leftover from a running merge's file.
+const TEMP_PREFIX: &str = ".umltest-merge-";
+
+/// The merge's output before it is complete: an `O_TMPFILE` (no name: a
+/// killed merge leaves nothing), or where the filesystem has none, a file
+/// named after our pid that the next merge in that directory removes once we
+/// are gone.
+struct TempOut {
+    file: File,
+    /// The name of the fallback file (removed on drop unless persisted).
+    named: Option<(File, OsString)>,
+}
+
+impl TempOut {
+    fn create(dir: &File, out: &Path) -> Result<TempOut, CowError> {
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::Mode;
+        let shown = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let mode = Mode::from_bits_truncate(0o600);
+        let proc_fd = Path::new("/proc/self/fd").is_dir();
+        if proc_fd {
+            match openat(
+                dir,
+                ".",
+                OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+                mode,
+            ) {
+                Ok(fd) => {
+                    return Ok(TempOut {
+                        file: File::from(fd),
+                        named: None,
+                    })
+                }
+                Err(
+                    nix::errno::Errno::EOPNOTSUPP
+                    | nix::errno::Errno::EISDIR
+                    | nix::errno::Errno::EINVAL,
+                ) => {}
+                Err(e) => return Err(CowError::io("create temporary file in", shown, e.into())),
+            }
+        }
+        remove_dead_temps(dir);
+        let dir2 = dir.try_clone().map_err(|e| CowError::io("dup", out, e))?;
+        for n in 0u32.. {
+            let name = OsString::from(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
+            match openat(
+                dir,
+                name.as_os_str(),
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_RDWR
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                mode,
+            ) {
+                Ok(fd) => {
+                    return Ok(TempOut {
+                        file: File::from(fd),
+                        named: Some((dir2, name)),
+                    })
+                }
+                Err(nix::errno::Errno::EEXIST) if n < 1000 => continue,
+                Err(e) => return Err(CowError::io("create temporary file in", shown, e.into())),
+            }
+        }
+        Err(CowError::io(
+            "create temporary file in",
+            shown,
+            std::io::Error::from_raw_os_error(libc::EEXIST),
+        ))
+    }
+
+    /// Gives the file the name `name` in `dir` (replacing what was there).
+    fn persist(mut self, dir: &File, name: &OsString, out: &Path) -> Result<(), CowError> {
+        use nix::fcntl::{renameat, AT_FDCWD};
+        use std::os::fd::AsRawFd;
+        let rename_err =
+            |e: nix::errno::Errno| CowError::io("rename temporary file to", out, e.into());
+        if let Some((_, tmp)) = self.named.take() {
+            return renameat(dir, tmp.as_os_str(), dir, name.as_os_str()).map_err(|e| {
+                let _ = nix::unistd::unlinkat(
+                    dir,
+                    tmp.as_os_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+                rename_err(e)
+            });
+        }
+        // linkat cannot replace: link to a fresh name, then rename over `out`.
+        let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        for n in 0u32..1000 {
+            let tmp = OsString::from(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
+            match nix::unistd::linkat(
+                AT_FDCWD,
+                proc_path.as_str(),
+                dir,
+                tmp.as_os_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+            ) {
+                Ok(()) => {
+                    return renameat(dir, tmp.as_os_str(), dir, name.as_os_str()).map_err(|e| {
+                        let _ = nix::unistd::unlinkat(
+                            dir,
+                            tmp.as_os_str(),
+                            nix::unistd::UnlinkatFlags::NoRemoveDir,
+                        );
+                        rename_err(e)
+                    })
+                }
+                Err(nix::errno::Errno::EEXIST) => continue,
+                Err(e) => return Err(CowError::io("link temporary file to", out, e.into())),
+            }
+        }
+        Err(CowError::io(
+            "link temporary file to",
+            out,
+            std::io::Error::from_raw_os_error(libc::EEXIST),
+        ))
+    }
+}
+
+impl Drop for TempOut {
+    fn drop(&mut self) {
+        if let Some((dir, name)) = self.named.take() {
+            let _ = nix::unistd::unlinkat(
+                &dir,
+                name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+}
+
+/// Removes `.umltest-merge-<pid>-<n>` files in `dir` whose process is gone.
+fn remove_dead_temps(dir: &File) {
+    use std::os::fd::AsRawFd;
+    let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH);
+        if gone {
+            let _ = nix::unistd::unlinkat(
+                dir,
+                name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
 }
 
 /// The record of an in-place merge in progress.
@@ -412,15 +622,138 @@ pub fn journal_path(cow: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn sync_dir_of(path: &Path) {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    // Best effort: the rename/unlink is durable once its directory is synced.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+/// A journal larger than this is not one of ours (they are a few hundred
+/// bytes): it is not read into memory.
+const JOURNAL_MAX: u64 = 64 << 10;
+
+/// The journal of an in-place merge, reached through its directory without
+/// following links (confined: beneath the run folder). It is written under a
+/// temporary name and renamed into place, so it is either absent or complete.
+struct JournalFile<'a> {
+    path: &'a Path,
+    dir: File,
+    name: OsString,
+    tmp: OsString,
+}
+
+impl<'a> JournalFile<'a> {
+    fn at(path: &'a Path, confine: Option<&Confine>) -> Result<JournalFile<'a>, CowError> {
+        let (dir, name) = output_dir(path, confine)?;
+        let mut tmp = name.clone();
+        tmp.push(".new");
+        let j = JournalFile {
+            path,
+            dir,
+            name,
+            tmp,
+        };
+        // A journal that was still being written when its merge was killed,
+        // before the first write to the backing: nothing to keep.
+        let _ = nix::unistd::unlinkat(
+            &j.dir,
+            j.tmp.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        Ok(j)
     }
+
+    /// Its bytes, or `None` if there is none.
+    fn read(&self) -> Result<Option<Vec<u8>>, CowError> {
+        use nix::fcntl::{openat, OFlag};
+        use std::io::Read;
+        let err = |e: std::io::Error| CowError::io("read merge journal", self.path, e);
+        let fd = match openat(
+            &self.dir,
+            self.name.as_os_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(err(e.into())),
+        };
+        let f = File::from(fd);
+        let meta = f.metadata().map_err(err)?;
+        if !meta.is_file() || meta.len() > JOURNAL_MAX {
+            return Err(CowError::Journal {
+                path: self.path.to_path_buf(),
+                what: format!(
+                    "not a merge journal (a {} of {} bytes): remove it",
+                    if meta.is_file() {
+                        "file"
+                    } else {
+                        super::open::kind_name(meta.file_type())
+                    },
+                    meta.len()
+                ),
+            });
+        }
+        let mut bytes = Vec::new();
+        f.take(JOURNAL_MAX).read_to_end(&mut bytes).map_err(err)?;
+        Ok(Some(bytes))
+    }
+
+    fn write(&self, text: &[u8], sync: bool) -> Result<(), CowError> {
+        use nix::fcntl::{openat, renameat, OFlag};
+        let err = |e: std::io::Error| CowError::io("write merge journal", self.path, e);
+        let fd = openat(
+            &self.dir,
+            self.tmp.as_os_str(),
+            OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_TRUNC
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .map_err(|e| CowError::io("create merge journal", self.path, e.into()))?;
+        let mut f = File::from(fd);
+        f.write_all(text)
+            .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
+            .map_err(err)?;
+        renameat(
+            &self.dir,
+            self.tmp.as_os_str(),
+            &self.dir,
+            self.name.as_os_str(),
+        )
+        .map_err(|e| err(e.into()))?;
+        if sync {
+            self.sync_dir();
+        }
+        Ok(())
+    }
+
+    fn remove(&self) -> Result<(), CowError> {
+        match nix::unistd::unlinkat(
+            &self.dir,
+            self.name.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(CowError::io("remove merge journal", self.path, e.into())),
+        }
+    }
+
+    /// Best effort: a rename or unlink is durable once its directory is synced.
+    fn sync_dir(&self) {
+        let _ = self.dir.sync_all();
+    }
+}
+
+/// The journal of an interrupted in-place merge of `cow`, if there is one:
+/// its record, or why it cannot be read (empty or cut short).
+pub fn find_journal(
+    cow: &Path,
+    confine: Option<&Confine>,
+) -> Result<Option<Result<Journal, String>>, CowError> {
+    let jpath = journal_path(cow);
+    let Some(bytes) = JournalFile::at(&jpath, confine)?.read()? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        serde_json::from_slice::<Journal>(&bytes).map_err(|e| e.to_string()),
+    ))
 }
 
 /// `uml_moo [-b BACKING] -d COW`: merges the COW into its backing file in place.
@@ -437,61 +770,83 @@ pub fn merge_in_place_durable(
     opts: &MergeOptions,
     sync: bool,
 ) -> Result<MergeReport, CowError> {
-    let cow_file = open_regular(cow_path, false)?;
+    let confine = opts.confine.as_ref();
+    let cow_file = open_cow(cow_path, Access::Read, confine)?;
     let header = read_header(&cow_file, cow_path)?;
     let backing_path = opts
         .backing
         .clone()
         .unwrap_or_else(|| header.backing_path());
-    let (size, mtime) =
-        super::backing_stat(&backing_path).map_err(|source| CowError::BackingMissing {
-            cow: cow_path.to_path_buf(),
-            backing: backing_path.clone(),
-            source,
-        })?;
-    let backing_abs = std::fs::canonicalize(&backing_path)
-        .map_err(|e| CowError::io("resolve", &backing_path, e))?;
+    // The one file a merge writes, opened once: confined, it must lie in the
+    // run folder (an external disk or a host file named by a header is refused).
+    let backing = open_backing(cow_path, &backing_path, Access::ReadWrite, confine)?;
+    refuse_self_backing(cow_path, &cow_file, &backing)?;
+    let (size, mtime) = (backing.size, backing.mtime);
+    let backing_abs = match confine {
+        Some(c) => c
+            .beneath(&backing_path)
+            .map(|rel| c.root().join(rel))
+            .unwrap_or_else(|| backing_path.clone()),
+        None => std::fs::canonicalize(&backing_path)
+            .map_err(|e| CowError::io("resolve", &backing_path, e))?,
+    };
     let jpath = journal_path(cow_path);
+    let journal = JournalFile::at(&jpath, confine)?;
     let mut resumed = false;
-    match std::fs::read(&jpath) {
-        Ok(bytes) => {
-            let j: Journal = serde_json::from_slice(&bytes).map_err(|e| CowError::Journal {
-                path: jpath.clone(),
-                what: format!("unreadable merge journal ({e}); remove it only if no merge of this COW file was interrupted"),
-            })?;
-            if j.backing != backing_abs || j.size != header.size {
-                return Err(CowError::Journal {
-                    path: jpath.clone(),
-                    what: format!(
-                        "an interrupted merge into \"{}\" ({} bytes) is recorded here, not into \"{}\"",
-                        j.backing.display(),
-                        j.size,
-                        backing_abs.display()
-                    ),
-                });
+    let mut warnings = Vec::new();
+    match journal.read()? {
+        Some(bytes) => match serde_json::from_slice::<Journal>(&bytes) {
+            Ok(j) => {
+                if j.backing != backing_abs || j.size != header.size {
+                    return Err(CowError::Journal {
+                        path: jpath.clone(),
+                        what: format!(
+                            "an interrupted merge into \"{}\" ({} bytes) is recorded here, not into \"{}\"",
+                            j.backing.display(),
+                            j.size,
+                            backing_abs.display()
+                        ),
+                    });
+                }
+                // The merge's own writes changed the mtime: check the size and
+                // the mtime recorded before the first write.
+                check_size_mtime(cow_path, &header, &backing_path, size, j.mtime)?;
+                resumed = true;
             }
-            // The merge's own writes changed the mtime: check the size and the
-            // mtime recorded before the first write.
-            check_size_mtime(cow_path, &header, &backing_path, size, j.mtime)?;
-            resumed = true;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            check_size_mtime(cow_path, &header, &backing_path, size, mtime)?;
-        }
-        Err(e) => return Err(CowError::io("read merge journal", &jpath, e)),
+            // Empty or cut short: its writer was stopped before the backing's
+            // first write, which comes after the whole journal. Whether that
+            // writer was this code (which renames a complete journal into
+            // place) cannot be known, but a backing that still has the size
+            // and mtime the COW header records provably holds no merged data.
+            Err(e) => {
+                if check_size_mtime(cow_path, &header, &backing_path, size, mtime).is_err() {
+                    return Err(CowError::Journal {
+                        path: jpath.clone(),
+                        what: format!(
+                            "unreadable merge journal ({e}), and the backing file \"{}\" no longer has the mtime the COW header records ({} vs {mtime}): an interrupted merge may have written part of it. Remove the journal only if no merge of this COW file was interrupted",
+                            backing_path.display(),
+                            header.mtime
+                        ),
+                    });
+                }
+                journal.remove()?;
+                warnings.push(format!(
+                    "removed the incomplete merge journal {}: the backing file still has the size and mtime the COW header records, so nothing had been merged",
+                    jpath.display()
+                ));
+            }
+        },
+        None => check_size_mtime(cow_path, &header, &backing_path, size, mtime)?,
     }
-    let backing_rw = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&backing_path)
-        .map_err(|e| CowError::io("open backing file read-write", &backing_path, e))?;
+    let backing_rw = backing.file;
     let reader = backing_rw
         .try_clone()
         .map_err(|e| CowError::io("dup", &backing_path, e))?;
     let cow = CowFile::from_files(cow_file, cow_path, reader, &backing_path, size, false)?;
+    warnings.extend(size_warnings(&cow, size));
     let mut report = MergeReport {
         messages: header.kernel_messages(),
-        warnings: size_warnings(&cow, size),
+        warnings,
         resumed,
         ..MergeReport::default()
     };
@@ -507,14 +862,7 @@ pub fn merge_in_place_durable(
             path: jpath.clone(),
             what: e.to_string(),
         })?;
-        let mut f =
-            File::create(&jpath).map_err(|e| CowError::io("create merge journal", &jpath, e))?;
-        f.write_all(&text)
-            .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
-            .map_err(|e| CowError::io("write merge journal", &jpath, e))?;
-        if sync {
-            sync_dir_of(&jpath);
-        }
+        journal.write(&text, sync)?;
     }
     let mut w = Writer {
         file: &backing_rw,
@@ -522,6 +870,7 @@ pub fn merge_in_place_durable(
         writes: 0,
         bytes: 0,
         fail_after: opts.fail_after_writes,
+        pause_after: opts.pause_after_writes,
     };
     let data_offset = cow.layout().data_offset;
     let ranges = sector_ranges(&runs, size);
@@ -566,11 +915,9 @@ pub fn merge_in_place_durable(
             .sync_all()
             .map_err(|e| CowError::io("fsync", &backing_path, e))?;
     }
-    match std::fs::remove_file(&jpath) {
-        Ok(()) if sync => sync_dir_of(&jpath),
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(CowError::io("remove merge journal", &jpath, e)),
+    journal.remove()?;
+    if sync {
+        journal.sync_dir();
     }
     if !runs.is_empty() {
         report.warnings.push(format!(

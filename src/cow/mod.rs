@@ -8,6 +8,9 @@
 //! - [`create`](mod@create): `uml_mkcow` and the backing-path absolutization.
 //! - [`merge`](mod@merge): `uml_moo`, new image or in place (`-d`, resumable).
 //! - [`inspect`]: info, diff, check/repair and rebase.
+//! - [`open`]: non-blocking, type-checked opens, and the [`Confine`] the
+//!   scenario engine passes so that nothing a lab wrote (a COW header, a
+//!   journal) leads a tool outside the run folder.
 //!
 //! The backing file is only ever opened read-only, except by an in-place merge.
 
@@ -17,6 +20,7 @@ pub mod files;
 pub mod header;
 pub mod inspect;
 pub mod merge;
+pub mod open;
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -26,6 +30,7 @@ pub use create::{absolutize, create, CreateOptions};
 pub use file::CowFile;
 pub use header::{Header, HeaderError, Layout, Version};
 pub use merge::{merge_in_place, merge_to_new, MergeOptions, MergeReport};
+pub use open::{Access, Confine};
 
 /// Everything that can go wrong with a COW file. Each message names the file
 /// (and offset where there is one); where the kernel or uml_moo has a message
@@ -50,6 +55,28 @@ pub enum CowError {
     /// The path is a directory, FIFO, socket or device where a regular file is needed.
     #[error("{}: not a regular file (it is a {kind})", path.display())]
     NotRegular { path: PathBuf, kind: &'static str },
+    /// A backing file that is neither a regular file nor a block device.
+    #[error("{}: backing file \"{}\" is a {kind}: a backing file must be a regular file or a block device", cow.display(), backing.display())]
+    BadBacking {
+        cow: PathBuf,
+        backing: PathBuf,
+        kind: &'static str,
+    },
+    /// A path outside the run folder, where a lab's files may not lead.
+    #[error("{}: outside the run folder {}: {what}", path.display(), root.display())]
+    Outside {
+        path: PathBuf,
+        root: PathBuf,
+        what: &'static str,
+    },
+    /// A backing file (named by a COW header or `-b`) outside the run folder.
+    #[error("{}: backing file \"{}\" is outside the run folder {}: {what}", cow.display(), backing.display(), root.display())]
+    BackingOutside {
+        cow: PathBuf,
+        backing: PathBuf,
+        root: PathBuf,
+        what: &'static str,
+    },
     /// The bitmap runs past the end of the file.
     #[error("{}: truncated COW file: the bitmap needs {need} bytes at offset {offset}, the file holds {have} of them", path.display())]
     TruncatedBitmap {
@@ -133,49 +160,34 @@ impl CowError {
     }
 }
 
-fn kind_name(ft: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_dir() {
-        "directory"
-    } else if ft.is_fifo() {
-        "FIFO"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_block_device() {
-        "block device"
-    } else if ft.is_char_device() {
-        "character device"
-    } else {
-        "special file"
-    }
-}
-
-/// Opens a COW file, refusing anything but a regular file (checked before the
-/// open, so a FIFO never blocks).
+/// Opens a COW file, refusing anything but a regular file (opened
+/// `O_NONBLOCK`, so a FIFO never blocks).
 pub fn open_regular(path: &Path, writable: bool) -> Result<File, CowError> {
-    let meta = std::fs::metadata(path).map_err(|e| CowError::io("open COW file", path, e))?;
-    if !meta.is_file() {
-        return Err(CowError::NotRegular {
-            path: path.to_path_buf(),
-            kind: kind_name(meta.file_type()),
-        });
-    }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .open(path)
-        .map_err(|e| CowError::io("open COW file", path, e))
+    let access = if writable {
+        Access::ReadWrite
+    } else {
+        Access::Read
+    };
+    open::open_cow(path, access, None)
 }
 
-/// Size and mtime (seconds) of a backing file; a block device's size is its length.
+/// Size and mtime (seconds) of a backing file; a block device's size is its
+/// length. Anything but a regular file or a block device is an error (a FIFO
+/// is never opened: it would block).
 pub fn backing_stat(path: &Path) -> std::io::Result<(u64, i64)> {
     let meta = std::fs::metadata(path)?;
-    let size = if meta.file_type().is_file() {
+    let ft = meta.file_type();
+    let size = if ft.is_file() {
         meta.len()
-    } else {
+    } else if std::os::unix::fs::FileTypeExt::is_block_device(&ft) {
         use std::io::Seek;
         let mut f = File::open(path)?;
         f.seek(std::io::SeekFrom::End(0))?
+    } else {
+        return Err(std::io::Error::other(format!(
+            "it is a {}, not a regular file or a block device",
+            open::kind_name(ft)
+        )));
     };
     Ok((size, meta.mtime()))
 }

@@ -46,12 +46,16 @@ pub fn render(lab: &Lab, recorded: &BackendArtifacts) -> BTreeMap<String, String
 /// command line names them; nothing host-specific.
 pub fn disk_diffs(lab: &Lab) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
+    // Files are read through the run folder (and the external disks) only:
+    // a COW header the lab wrote may name any host file.
+    let confine = crate::cow::Confine::new(&lab.run_dir, &lab.external).ok();
+    let confine = confine.as_ref();
     for machine in &lab.machines {
         let parsed = crate::cmdline::parse(&machine.argv);
         for dev in parsed.ubd.iter().filter(|d| !d.implicit) {
             let cow_path = lab.run_dir.join(&dev.file);
             let is_cow = dev.backing.is_some()
-                || std::fs::File::open(&cow_path)
+                || crate::cow::open::open(&cow_path, crate::cow::Access::Read, confine)
                     .ok()
                     .is_some_and(|f| crate::cow::file::read_header(&f, &cow_path).is_ok());
             if !is_cow {
@@ -67,10 +71,15 @@ pub fn disk_diffs(lab: &Lab) -> BTreeMap<String, String> {
                 text.push_str("not created\n");
             } else {
                 let backing = dev.backing.as_ref().map(|b| lab.run_dir.join(b));
-                match crate::cow::inspect::diff(&cow_path, backing.as_deref(), false) {
+                match crate::cow::inspect::diff_in(&cow_path, backing.as_deref(), false, confine) {
                     Ok(diff) => {
                         text.push_str(&describe_diff(&diff));
-                        text.push_str(&describe_files(&cow_path, backing.as_deref(), &diff));
+                        text.push_str(&describe_files(
+                            &cow_path,
+                            backing.as_deref(),
+                            &diff,
+                            confine,
+                        ));
                     }
                     Err(e) => text.push_str(&format!("cannot read it: {e}\n")),
                 }
@@ -121,14 +130,15 @@ pub fn describe_files(
     cow: &Path,
     backing: Option<&Path>,
     diff: &crate::cow::inspect::Diff,
+    confine: Option<&crate::cow::Confine>,
 ) -> String {
-    if !is_ext_fs(&diff.backing) {
+    if !is_ext_fs(&diff.backing, confine) {
         return String::new();
     }
     if diff.changed_bytes == 0 {
         return "files: none changed\n".to_string();
     }
-    match crate::cow::files::diff_files(cow, backing) {
+    match crate::cow::files::diff_files_in(cow, backing, confine) {
         Ok(changes) if changes.is_empty() => "files: none changed\n".to_string(),
         Ok(changes) => {
             let count = |c| changes.iter().filter(|f| f.change == c).count();
@@ -154,12 +164,12 @@ pub fn describe_files(
 }
 
 /// Whether `path` starts with an ext2/3/4 superblock (magic 0xEF53 at 1080).
-fn is_ext_fs(path: &Path) -> bool {
+fn is_ext_fs(path: &Path, confine: Option<&crate::cow::Confine>) -> bool {
     use std::os::unix::fs::FileExt;
     let mut magic = [0u8; 2];
-    std::fs::File::open(path)
-        .and_then(|f| f.read_exact_at(&mut magic, 1080))
-        .is_ok_and(|()| magic == [0x53, 0xef])
+    crate::cow::open::open(path, crate::cow::Access::Read, confine)
+        .is_ok_and(|f| f.read_exact_at(&mut magic, 1080).is_ok())
+        && magic == [0x53, 0xef]
 }
 
 /// A port number as the trace shows it (ports are `u16` in the switch; a

@@ -24,6 +24,9 @@ pub struct Lab {
     pub run_dir: PathBuf,
     pub switches: Vec<SwitchSpec>,
     pub machines: Vec<MachineSpec>,
+    /// The lab's external disks (host paths): the only files outside the run
+    /// folder a machine may open, and only for reading.
+    pub external: Vec<PathBuf>,
 }
 
 /// A switch of the lab (a VDE switch socket dir `run_dir/<name>`).

@@ -197,10 +197,21 @@ pub fn write_at(
     bytes: &[u8],
     now: Option<SystemTime>,
 ) -> Result<(), DiskError> {
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(io("open", path))?;
+    write_at_file(&file, path, offset, bytes, now)
+}
+
+/// [`write_at`] on an open file (`path` names it in messages).
+pub fn write_at_file(
+    mut file: &File,
+    path: &Path,
+    offset: u64,
+    bytes: &[u8],
+    now: Option<SystemTime>,
+) -> Result<(), DiskError> {
     file.seek(SeekFrom::Start(offset))
         .map_err(io("seek in", path))?;
     file.write_all(bytes).map_err(io("write", path))?;
@@ -223,18 +234,31 @@ pub fn copy(
     sparse: bool,
     now: Option<SystemTime>,
 ) -> Result<(), DiskError> {
+    let src = File::open(from).map_err(io("open", from))?;
+    let dst = File::create(to).map_err(io("create", to))?;
+    copy_files(&src, &dst, from, to, preserve, sparse, now)
+}
+
+/// [`copy`] between open files (`from` and `to` name them in messages).
+pub fn copy_files(
+    src: &File,
+    dst: &File,
+    from: &Path,
+    to: &Path,
+    preserve: bool,
+    sparse: bool,
+    now: Option<SystemTime>,
+) -> Result<(), DiskError> {
     use std::os::unix::fs::FileExt;
     const BLOCK: usize = 4096;
-    let src = File::open(from).map_err(io("open", from))?;
     let meta = src.metadata().map_err(io("stat", from))?;
     let len = meta.len();
-    let dst = File::create(to).map_err(io("create", to))?;
     // Holes read as zeros, so only the source's data extents need reading. A
     // careless copy ends up with every block allocated: where the filesystem
     // can, that is done with one fallocate (same bytes, same allocation as
     // writing every zero block, a fraction of the time), else by writing them.
-    let ranges = crate::cow::merge::data_extents(&src, len).map_err(io("find data in", from))?;
-    let ranges = if sparse || allocate_all(&dst, len) {
+    let ranges = crate::cow::merge::data_extents(src, len).map_err(io("find data in", from))?;
+    let ranges = if sparse || allocate_all(dst, len) {
         ranges
     } else {
         vec![(0, len)]

@@ -11,6 +11,7 @@ use super::backend::{Backend, BackendError, CommandOutcome, JobId, Lab, MachineS
 use super::disk;
 use super::plan::{Action, DiskContent, Expect, Plan, Step};
 use super::units::format_duration;
+use crate::cow::Access;
 
 /// A problem found while running: a failed expectation, or a backend error that
 /// stopped the run.
@@ -79,6 +80,12 @@ impl Plan {
                     name: m.name.clone(),
                     argv: crate::uml::args::effective_argv(&m.argv, &m.name, index),
                 })
+                .collect(),
+            external: self
+                .disks
+                .iter()
+                .filter(|d| d.content == DiskContent::External)
+                .map(|d| run_dir.join(&d.name))
                 .collect(),
         }
     }
@@ -212,6 +219,7 @@ pub fn run(
     let mut runner = Runner {
         backend,
         run_dir,
+        external: plan.lab(run_dir, seed).external,
         jobs: BTreeMap::new(),
         host_log: String::new(),
     };
@@ -335,6 +343,8 @@ pub const HOST_LOG: &str = "host.log";
 struct Runner<'a> {
     backend: &'a mut dyn Backend,
     run_dir: &'a Path,
+    /// The lab's external disks: host files its steps may read, never write.
+    external: Vec<PathBuf>,
     jobs: BTreeMap<String, JobId>,
     /// The [`HOST_LOG`] artifact so far.
     host_log: String,
@@ -437,23 +447,74 @@ impl Runner<'_> {
     }
 
     /// Disk work on the host, in the run folder, reported like a command.
+    /// Every file is opened through a [`Confine`](crate::cow::Confine) of the
+    /// run folder: beneath it without following links, or an external disk
+    /// read-only, whatever a COW header or a merge journal names.
     fn host_step(&mut self, action: &Action) -> CommandOutcome {
+        let result = match crate::cow::Confine::new(self.run_dir, &self.external) {
+            Ok(confine) => self.host_step_in(action, &confine),
+            Err(e) => Err(format!(
+                "open the run folder {}: {e}",
+                self.run_dir.display()
+            )),
+        };
+        let run_dir = self.run_dir.display().to_string();
+        // Messages may name the folder as given or resolved (a confinement
+        // error names the canonical path).
+        let canonical = std::fs::canonicalize(self.run_dir)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| run_dir.clone());
+        let redact = |text: String| {
+            text.replace(&run_dir, super::artifacts::RUN_DIR_TOKEN)
+                .replace(&canonical, super::artifacts::RUN_DIR_TOKEN)
+        };
+        match result.map(redact).map_err(redact) {
+            Ok(output) => CommandOutcome {
+                output,
+                exit_code: 0,
+                interrupted: false,
+            },
+            Err(message) => CommandOutcome {
+                output: format!("{message}\n"),
+                exit_code: 1,
+                interrupted: false,
+            },
+        }
+    }
+
+    fn host_step_in(
+        &mut self,
+        action: &Action,
+        confine: &crate::cow::Confine,
+    ) -> Result<String, String> {
         let path = |name: &str| self.run_dir.join(name);
         let now = self.backend.file_time();
-        let result: Result<String, String> = match action {
+        match action {
             Action::Write {
                 file,
                 offset,
                 bytes,
-            } => disk::write_at(&path(file), *offset, bytes, now)
-                .map(|()| String::new())
-                .map_err(|e| e.to_string()),
+            } => confine
+                .open_file(&path(file), Access::ReadWrite)
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    disk::write_at_file(&f, &path(file), *offset, bytes, now)
+                        .map_err(|e| e.to_string())
+                })
+                .map(|()| String::new()),
             Action::Copy {
                 from,
                 to,
                 preserve,
                 sparse,
-            } => disk::copy(&path(from), &path(to), *preserve, *sparse, now)
+            } => confine
+                .open_file(&path(from), Access::Read)
+                .and_then(|src| Ok((src, confine.create(&path(to))?)))
+                .map_err(|e| e.to_string())
+                .and_then(|(src, dst)| {
+                    disk::copy_files(&src, &dst, &path(from), &path(to), *preserve, *sparse, now)
+                        .map_err(|e| e.to_string())
+                })
                 .map(|()| {
                     let mtime = if *preserve {
                         "mtime kept"
@@ -465,8 +526,7 @@ impl Runner<'_> {
                         disk::size_report(&path(from), from),
                         disk::size_report(&path(to), to)
                     )
-                })
-                .map_err(|e| e.to_string()),
+                }),
             Action::Mkcow { cow, backing } => {
                 let opts = crate::cow::create::CreateOptions {
                     force: false,
@@ -479,7 +539,8 @@ impl Runner<'_> {
             Action::Merge { cow, into, backing } => {
                 let opts = crate::cow::merge::MergeOptions {
                     backing: backing.as_deref().map(path),
-                    fail_after_writes: None,
+                    confine: Some(confine.clone()),
+                    ..Default::default()
                 };
                 let report = match into {
                     Some(into) => crate::cow::merge::merge_to_new(&path(cow), &path(into), &opts),
@@ -499,7 +560,7 @@ impl Runner<'_> {
             }
             Action::Check { cow } => {
                 // `umltest cow check`: header, bitmap, backing size and mtime.
-                crate::cow::inspect::check(&path(cow), None, false)
+                crate::cow::inspect::check_in(&path(cow), None, false, Some(confine))
                     .map_err(|e| e.to_string())
                     .and_then(|check| {
                         let mut out = String::new();
@@ -519,20 +580,6 @@ impl Runner<'_> {
                     })
             }
             _ => Ok(String::new()),
-        };
-        let run_dir = self.run_dir.display().to_string();
-        let redact = |text: String| text.replace(&run_dir, super::artifacts::RUN_DIR_TOKEN);
-        match result.map(redact).map_err(redact) {
-            Ok(output) => CommandOutcome {
-                output,
-                exit_code: 0,
-                interrupted: false,
-            },
-            Err(message) => CommandOutcome {
-                output: format!("{message}\n"),
-                exit_code: 1,
-                interrupted: false,
-            },
         }
     }
 }

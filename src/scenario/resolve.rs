@@ -96,6 +96,9 @@ struct Names {
     machines: BTreeSet<String>,
     switches: BTreeSet<String>,
     external: BTreeSet<String>,
+    /// COW files over an external disk (declared, made by `mkcow`, or created
+    /// by a kernel from a command line), by name: their backing is read-only.
+    over_external: BTreeMap<String, String>,
 }
 
 impl Resolver<'_> {
@@ -166,6 +169,22 @@ impl Resolver<'_> {
                 files.insert(made.get_ref().clone());
             }
         }
+        let mut over_external: BTreeMap<String, String> = BTreeMap::new();
+        for d in &disks {
+            if let DiskContent::Cow { backing } = &d.content {
+                if external.contains(backing) {
+                    over_external.insert(d.name.clone(), backing.clone());
+                }
+            }
+        }
+        for step in &raw.step {
+            let s = step.get_ref();
+            if let (Some(cow), Some(b)) = (&s.mkcow, &s.backing) {
+                if external.contains(b.get_ref()) {
+                    over_external.insert(cow.get_ref().clone(), b.get_ref().clone());
+                }
+            }
+        }
         let switch_names: BTreeSet<String> = switches.iter().map(|s| s.name.clone()).collect();
         let mut machines = Vec::new();
         let mut macs = BTreeMap::new();
@@ -187,12 +206,18 @@ impl Resolver<'_> {
             let argv = self.cmdline(&m.cmdline);
             self.cmdline_names(&m.cmdline, &argv, &files, &external, &switch_names);
             self.unique_macs(&m.cmdline, &argv, &name, index, &mut macs);
+            for dev in crate::cmdline::parse(&argv).ubd {
+                if let Some(b) = dev.backing.filter(|b| external.contains(b)) {
+                    over_external.insert(dev.file, b);
+                }
+            }
             machines.push(MachinePlan { name, argv });
         }
         let names = Names {
             machines: machines.iter().map(|m| m.name.clone()).collect(),
             switches: switches.iter().map(|s| s.name.clone()).collect(),
             external,
+            over_external,
         };
         let mut steps = Vec::new();
         let mut jobs: BTreeMap<String, String> = BTreeMap::new();
@@ -909,16 +934,34 @@ impl Resolver<'_> {
             let backing = self.run_file(backing, names, false)?;
             return Some(Action::Mkcow { cow, backing });
         }
-        if let Some(cow) = &s.merge {
-            let cow = self.run_file(cow, names, false)?;
+        if let Some(cow_value) = &s.merge {
+            let cow = self.run_file(cow_value, names, false)?;
             let into = match &s.into {
                 Some(i) => Some(self.run_file(i, names, true)?),
                 None => None,
             };
+            // In place (no `into`), the merge writes the backing file: it
+            // must not be an external disk. Writing a new image only reads it.
             let backing = match &s.backing {
-                Some(b) => Some(self.run_file(b, names, into.is_some())?),
+                Some(b) => Some(self.run_file(b, names, into.is_none())?),
                 None => None,
             };
+            if into.is_none() && backing.is_none() {
+                let why = if names.external.contains(&cow) {
+                    Some(format!("`{cow}` is an external disk: merging it in place would write the backing file its header names"))
+                } else {
+                    names.over_external.get(&cow).map(|b| {
+                        format!("`{cow}` is a COW file over the external disk `{b}`, which is read-only: merging it in place would write it")
+                    })
+                };
+                if let Some(why) = why {
+                    self.err(
+                        Some(cow_value.span()),
+                        format!("{why} (merge it into a new image with `into = \"<file>\"`)"),
+                    );
+                    return None;
+                }
+            }
             return Some(Action::Merge { cow, into, backing });
         }
         if let Some(cow) = &s.check {

@@ -321,7 +321,7 @@ pub const STEP_OPTIONS: &[FieldDoc] = &[
         "bool",
         "`copy` keeps holes: zero blocks are not allocated.",
     ),
-    f("backing", "path", "Backing file of `mkcow` / `merge`."),
+    f("backing", "path", "Backing file of `mkcow` / `merge`; an external disk only where nothing writes it (not an in-place `merge`)."),
     f("into", "path", "New image written by `merge`."),
     f("contains", "text(s)", "Texts the trace must contain."),
     f("lacks", "text(s)", "Texts the trace must not contain."),

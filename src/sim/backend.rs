@@ -20,6 +20,8 @@ use crate::sim::world::{JobRef, MachineCore, PortFaults, Power, Switch, World};
 pub struct SimBackend {
     world: World,
     run_dir: PathBuf,
+    /// The lab's external disks: readable host files (see `block::UbdSpec`).
+    external: Vec<PathBuf>,
     specs: Vec<MachineSpec>,
     machines: BTreeMap<String, usize>,
     switches: BTreeMap<String, usize>,
@@ -49,6 +51,7 @@ impl SimBackend {
         Self {
             world: World::new(0, programs::lookup),
             run_dir: PathBuf::new(),
+            external: Vec::new(),
             specs: Vec::new(),
             machines: BTreeMap::new(),
             switches: BTreeMap::new(),
@@ -180,6 +183,7 @@ impl Backend for SimBackend {
     fn start(&mut self, lab: &Lab) -> Result<(), BackendError> {
         self.world = World::new(lab.seed, programs::lookup);
         self.run_dir = lab.run_dir.clone();
+        self.external = lab.external.clone();
         self.specs = lab.machines.clone();
         self.machines.clear();
         self.switches.clear();
@@ -212,7 +216,14 @@ impl Backend for SimBackend {
                 return Err(BackendError::UnknownMachine(name.clone()));
             };
             let rng = self.world.rng(&format!("machine {}", spec.name));
-            let booted = boot::boot(index, &spec.name, &spec.argv, &self.run_dir, rng);
+            let booted = boot::boot(
+                index,
+                &spec.name,
+                &spec.argv,
+                &self.run_dir,
+                &self.external,
+                rng,
+            );
             // A stream of its own, so the other draws stay as they were.
             let ip_ident = self
                 .world

@@ -112,7 +112,14 @@ fn root_unit(root: &str) -> Option<u32> {
 }
 
 /// Boots machine number `index` called `name` from `argv` in `run_dir`.
-pub fn boot(index: usize, name: &str, argv: &[String], run_dir: &Path, mut rng: Rng) -> Booted {
+pub fn boot(
+    index: usize,
+    name: &str,
+    argv: &[String],
+    run_dir: &Path,
+    external: &[PathBuf],
+    mut rng: Rng,
+) -> Booted {
     let mut parsed: Parsed = cmdline::parse(argv);
     cmdline::resolve_sizes(&mut parsed, &|f| host_file(run_dir, f));
     let mut log = String::new();
@@ -235,6 +242,10 @@ pub fn boot(index: usize, name: &str, argv: &[String], run_dir: &Path, mut rng: 
             },
             cwd: run_dir.to_path_buf(),
             owner_pid: owner_pid(index),
+            // As the uml backend's sandbox: only the run folder is writable,
+            // and only the external disks are readable outside it.
+            confined: true,
+            readable: external.to_vec(),
         };
         let opened = Ubd::open(&spec);
         for l in &opened.log {
@@ -270,7 +281,15 @@ pub fn boot(index: usize, name: &str, argv: &[String], run_dir: &Path, mut rng: 
                 };
                 open_errors.insert(dev.index, errno);
                 let lines = opened.log.iter().map(|l| l.text.clone()).collect();
-                core.broken_disks.insert(dev.index, (errno, lines));
+                core.broken_disks.insert(
+                    dev.index,
+                    crate::sim::world::BrokenDisk {
+                        errno,
+                        lines,
+                        size: dev.size_sectors.unwrap_or(0).saturating_mul(512),
+                        serial: dev.serial.clone(),
+                    },
+                );
             }
         }
     }

@@ -203,15 +203,27 @@ pub trait Program {
     }
 }
 
+/// A ubd device whose file could not be opened: the kernel registered it
+/// (its size stage passed), so it is in `/sys/block` and `lsblk` with that
+/// size, read-write, but every open fails (as linux.uml 6.1 shows it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenDisk {
+    pub errno: i32,
+    /// What the kernel logged when the open failed at boot.
+    pub lines: Vec<String>,
+    /// Bytes (the size stage's, rounded up to 512).
+    pub size: u64,
+    pub serial: Option<String>,
+}
+
 /// A machine's state apart from its jobs (what programs may touch).
 pub struct MachineCore {
     pub name: String,
     pub console: String,
     pub stack: Stack,
     pub disks: BTreeMap<u32, Disk>,
-    /// Devices that exist but fail to open: unit -> (errno, the kernel's lines,
-    /// printed again on every open as the real kernel does).
-    pub broken_disks: BTreeMap<u32, (i32, Vec<String>)>,
+    /// Devices that exist (their size stage passed) but fail to open.
+    pub broken_disks: BTreeMap<u32, BrokenDisk>,
     /// Files written by redirections (`> /tmp/x`), and readable by `cat`.
     pub files: BTreeMap<String, Vec<u8>>,
     pub proc_cmdline: String,
@@ -225,19 +237,15 @@ pub struct MachineCore {
 }
 
 impl MachineCore {
-    /// Opening a device that fails: the kernel prints its lines again; returns
-    /// the errno and those lines.
+    /// Opening a device that failed to open at boot: the errno, and the lines
+    /// the kernel logged then.
     pub fn disks_broken(&mut self, dev: &str) -> Option<(i32, Vec<String>)> {
-        let (errno, lines) = self
-            .broken_disks
+        // The kernel logs the failed open again, but the harness init ran
+        // `dmesg -n 1`: nothing of it reaches the console (as on linux.uml).
+        self.broken_disks
             .iter()
             .find(|(u, _)| crate::sim::disk::dev_name(**u) == dev)
-            .map(|(_, v)| v.clone())?;
-        for l in &lines {
-            self.console.push_str(l);
-            self.console.push('\n');
-        }
-        Some((errno, lines))
+            .map(|(_, b)| (b.errno, b.lines.clone()))
     }
 
     /// A machine that has not booted: no devices, empty console.

@@ -116,10 +116,10 @@ impl Dd {
             _ => {}
         }
         if let Some(dev) = path.strip_prefix("/dev/") {
+            // A read-only ubd device opens for writing too: UML 6.1's
+            // `ubd_open` has its EROFS check commented out; each write then
+            // fails in `blkdev_write_iter` (see `write`).
             if let Some(d) = sys.m.disks.values().find(|d| dev_name(d.unit) == dev) {
-                if write && d.read_only {
-                    return Err(format!("dd: can't open '{path}': Read-only file system\n"));
-                }
                 return Ok(End::Disk(d.unit));
             }
             let broken = sys
@@ -199,6 +199,16 @@ impl Dd {
                 let Some(d) = sys.m.disks.get_mut(unit) else {
                     return Ok(());
                 };
+                // `blkdev_write_iter` checks this first, before the size:
+                // "dd: error writing '/dev/ubdb': Operation not permitted",
+                // as a real UML 6.1 guest prints for `ubdbr=` and for an image
+                // the host does not let it write.
+                if d.read_only {
+                    return Err(format!(
+                        "dd: error writing '{}': Operation not permitted\n",
+                        self.out_name
+                    ));
+                }
                 let room = d.size.saturating_sub(at) as usize;
                 let n = room.min(data.len());
                 if n > 0 {
@@ -376,7 +386,15 @@ fn os_msg(e: &std::io::Error) -> String {
         Some(libc::EINVAL) => "Invalid argument".into(),
         Some(libc::EAGAIN) => "Resource temporarily unavailable".into(),
         Some(libc::ENOSPC) => "No space left on device".into(),
-        _ => e.to_string(),
+        Some(libc::EACCES) => "Permission denied".into(),
+        // strerror's text, without Rust's " (os error N)".
+        Some(n) => {
+            let text = std::io::Error::from_raw_os_error(n).to_string();
+            text.strip_suffix(&format!(" (os error {n})"))
+                .map(str::to_string)
+                .unwrap_or(text)
+        }
+        None => e.to_string(),
     }
 }
 

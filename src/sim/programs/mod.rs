@@ -138,14 +138,26 @@ fn read_file(sys: &Sys, path: &str) -> Option<Vec<u8>> {
     }
     if let Some(rest) = path.strip_prefix("/sys/block/") {
         let (dev, attr) = rest.split_once('/')?;
-        let disk = m.disks.values().find(|d| dev_name(d.unit) == dev)?;
+        // (unit, bytes, read-only, serial); a device that failed to open is
+        // there too, read-write (set_disk_ro runs only after a good open).
+        let (unit, size, read_only, serial) = m
+            .disks
+            .values()
+            .find(|d| dev_name(d.unit) == dev)
+            .map(|d| (d.unit, d.size, d.read_only, &d.serial))
+            .or_else(|| {
+                m.broken_disks
+                    .iter()
+                    .find(|(u, _)| dev_name(**u) == dev)
+                    .map(|(u, b)| (*u, b.size, false, &b.serial))
+            })?;
         return match attr {
-            "size" => Some(format!("{}\n", disk.size / 512).into_bytes()),
-            "ro" => Some(format!("{}\n", u8::from(disk.read_only)).into_bytes()),
+            "size" => Some(format!("{}\n", size / 512).into_bytes()),
+            "ro" => Some(format!("{}\n", u8::from(read_only)).into_bytes()),
             "removable" => Some(b"0\n".to_vec()),
-            "dev" => Some(format!("98:{}\n", disk.unit * 16).into_bytes()),
+            "dev" => Some(format!("98:{}\n", unit * 16).into_bytes()),
             // The kernel prints a missing serial with "%s" of NULL and no newline.
-            "serial" => Some(match &disk.serial {
+            "serial" => Some(match serial {
                 Some(s) => format!("{s}\n").into_bytes(),
                 None => b"(null)".to_vec(),
             }),
@@ -285,12 +297,19 @@ fn lsblk_table(disks: &[(u32, u64, bool, bool)]) -> String {
 }
 
 fn lsblk(sys: &mut Sys, _args: &[String]) -> i32 {
-    let disks: Vec<(u32, u64, bool, bool)> = sys
+    let mut disks: Vec<(u32, u64, bool, bool)> = sys
         .m
         .disks
         .values()
         .map(|d| (d.unit, d.size, d.read_only, d.root))
+        .chain(
+            sys.m
+                .broken_disks
+                .iter()
+                .map(|(u, b)| (*u, b.size, false, false)),
+        )
         .collect();
+    disks.sort_unstable();
     let s = lsblk_table(&disks);
     sys.out(&s);
     0

@@ -197,11 +197,14 @@ fn a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn the first run");
-    // Ready: the first run's console artifact is written (it is at its end,
-    // blocked opening the FIFO, its folder locked).
+    // Ready: the first run's snapshot is recorded (renamed into place after
+    // every artifact was written: the artifact itself can be seen half
+    // written); the run is at its end, blocked opening the FIFO, its folder
+    // locked.
     let console = d.path().join("out/lab/h1.console");
+    let snap = d.path().join("snapshots/lab/h1.console.snap");
     let began = Instant::now();
-    while !console.is_file() {
+    while !snap.is_file() {
         assert!(
             began.elapsed() < Duration::from_secs(30),
             "the first run never wrote its artifacts"

@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// Run each scenario twice and fail if any artifact differs.
     #[arg(long)]
     pub check_determinism: bool,
+    /// Run the real kernels (uml backend) without the Landlock sandbox that
+    /// confines them to their run folder: only for trusted labs on a host
+    /// without Landlock.
+    #[arg(long)]
+    pub unconfined: bool,
 }
 
 /// Scenario files named by `paths`: files as given, folders' `*.toml` sorted.
@@ -158,14 +163,22 @@ pub fn load_all(files: &[PathBuf]) -> Option<Vec<Plan>> {
 }
 
 /// The backend for `kind`, or why it cannot be had here.
-fn make_backend(kind: BackendKind) -> Result<Box<dyn Backend>, String> {
+fn make_backend(kind: BackendKind, unconfined: bool) -> Result<Box<dyn Backend>, String> {
+    if matches!(kind, BackendKind::Uml | BackendKind::Both) && !unconfined {
+        if let Err(e) = crate::uml::sandbox::abi() {
+            return Err(format!(
+                "the uml backend runs each linux.uml confined to its run folder by Landlock, and {e}; pass --unconfined to run trusted labs without it"
+            ));
+        }
+    }
     match kind {
         BackendKind::Sim => Ok(Box::new(crate::sim::SimBackend::new())),
         // The traces keep what `both` compares: the snapshots are the sim's,
         // which models no kernel background traffic.
         BackendKind::Uml => Ok(Box::new(
             crate::uml::backend::UmlBackend::new()
-                .capture_only(crate::uml::backend::COMPARED_ETHERTYPES),
+                .capture_only(crate::uml::backend::COMPARED_ETHERTYPES)
+                .unconfined(unconfined),
         )),
         // `both` runs each scenario through uml::differential::run_both (see
         // run_once); this backend is only the fallback handle of the loop.
@@ -227,7 +240,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_BAD_SCENARIO));
     }
-    let mut backend = match make_backend(args.backend) {
+    let mut backend = match make_backend(args.backend, args.unconfined) {
         Ok(b) => b,
         Err(why) => {
             eprintln!("umltest: {why}: nothing ran");
@@ -259,7 +272,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         let mut failures = Vec::new();
         let ran = if args.backend == BackendKind::Both {
-            crate::uml::differential::run_both(plan, &run_dir, seed)
+            crate::uml::differential::run_both(plan, &run_dir, seed, args.unconfined)
         } else {
             run_once(plan, backend.as_mut(), &run_dir, seed)
         };
@@ -311,7 +324,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     let again_dir = out.join(format!("{}.again", plan.name));
                     match run_once(
                         plan,
-                        make_backend(args.backend)
+                        make_backend(args.backend, args.unconfined)
                             .map_err(anyhow::Error::msg)?
                             .as_mut(),
                         &again_dir,
@@ -334,7 +347,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         report(&outcome, &args, seed, &run_dir);
         outcomes.push(outcome);
         // A fresh backend per scenario: nothing carries over between labs.
-        backend = make_backend(args.backend).map_err(anyhow::Error::msg)?;
+        backend = make_backend(args.backend, args.unconfined).map_err(anyhow::Error::msg)?;
     }
     write_junit(args.junit.as_deref(), &outcomes)?;
     let failed = outcomes.iter().filter(|o| !o.failures.is_empty()).count() + unavailable;

@@ -24,6 +24,9 @@ pub struct Lab {
     pub run_dir: PathBuf,
     pub switches: Vec<SwitchSpec>,
     pub machines: Vec<MachineSpec>,
+    /// The `external` disks, as named (host paths, only ever read): the only
+    /// files outside the run folder a command line may name.
+    pub external: Vec<String>,
 }
 
 /// A switch of the lab (a VDE switch socket dir `run_dir/<name>`).

@@ -71,6 +71,12 @@ impl Plan {
             seed,
             run_dir: run_dir.to_path_buf(),
             switches: self.switches.clone(),
+            external: self
+                .disks
+                .iter()
+                .filter(|d| d.content == DiskContent::External)
+                .map(|d| d.name.clone())
+                .collect(),
             machines: self
                 .machines
                 .iter()

@@ -282,10 +282,23 @@ impl Resolver<'_> {
                 );
                 return None;
             }
-            (None, Some(i)) if i.get_ref() == "default" => DiskContent::Image {
-                image: "default".into(),
-                size,
-            },
+            (None, Some(i)) if i.get_ref() == "default" => {
+                if size > crate::uml::image::MAX_SIZE {
+                    self.err(
+                        d.size.as_ref().map(|s| s.span()),
+                        format!(
+                            "an image disk is at most {} GiB (the root image of a lab; this one is {} GiB)",
+                            crate::uml::image::MAX_SIZE >> 30,
+                            size >> 30
+                        ),
+                    );
+                    return None;
+                }
+                DiskContent::Image {
+                    image: "default".into(),
+                    size,
+                }
+            }
             (None, Some(i)) => {
                 self.err(
                     Some(i.span()),

@@ -427,14 +427,6 @@ impl Backend for UmlBackend {
     }
 
     fn start(&mut self, lab: &Lab) -> Result<(), BackendError> {
-        let linux = find_linux()?;
-        if lab.machines.iter().any(|m| uses_vde(&m.argv)) && find_program("vde_plug").is_none() {
-            return Err(BackendError::Unavailable {
-                what: "vde_plug not found (Debian's linux.uml reaches a VDE switch through it)"
-                    .into(),
-                package: "vde2".into(),
-            });
-        }
         // The run-time twin of `umltest check`: a lab built by other means
         // than a scenario file still names nothing outside its run folder.
         for m in &lab.machines {
@@ -444,6 +436,14 @@ impl Backend for UmlBackend {
                     source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, why),
                 });
             }
+        }
+        let linux = find_linux()?;
+        if lab.machines.iter().any(|m| uses_vde(&m.argv)) && find_program("vde_plug").is_none() {
+            return Err(BackendError::Unavailable {
+                what: "vde_plug not found (Debian's linux.uml reaches a VDE switch through it)"
+                    .into(),
+                package: "vde2".into(),
+            });
         }
         self.linux = Some(linux);
         self.lab = Some(lab.clone());

@@ -443,8 +443,13 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<ImageReport, ImageError> {
     std::fs::create_dir_all(cache_dir).map_err(io_err("create", cache_dir))?;
     let cached = cache_dir.join(format!("rootfs-{}.ext4", &content_key[..32]));
     // Parallel runs share the cache: one builds while the others wait, then
-    // find the entry. The lock goes with the process, however it ends.
-    let _lock = lock_cache(cache_dir)?;
+    // find the entry. The lock goes with the process, however it ends. A hit
+    // needs no lock (entries appear by rename), so a read-only cache serves.
+    let lock = if cached.is_file() {
+        None
+    } else {
+        Some(lock_cache(cache_dir)?)
+    };
     if cached.is_file() {
         report.cache_hit = true;
     } else {
@@ -460,6 +465,7 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<ImageReport, ImageError> {
         make_image(&tree, spec.size, &mkfs, &debugfs, work.path(), &tmp_image)?;
         std::fs::rename(&tmp_image, &cached).map_err(io_err("rename into", &cached))?;
     }
+    drop(lock);
     sparse_copy_atomic(&cached, out)?;
     report.cached_at = Some(cached);
     Ok(report)

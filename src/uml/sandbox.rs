@@ -106,16 +106,17 @@ pub struct Policy {
     pub read_exec: Vec<PathBuf>,
     /// Read only (files or directories).
     pub read_only: Vec<PathBuf>,
-    /// Read and write these existing files (device nodes such as `/dev/null`).
+    /// Read, write and ioctl these existing files (device nodes such as `/dev/null`).
     pub read_write_files: Vec<PathBuf>,
 }
 
 impl Policy {
     /// What `linux.uml` and `vde_plug` need besides the run folder and the
-    /// memory-file directory: found by running the labs under the sandbox with
-    /// denials logged (ABI 7 audit records) and by UML 6.1's sources
-    /// (`arch/um/os-Linux/`: `/proc/self/*`, `/proc/cpuinfo`-free; the loader's
-    /// `/etc/ld.so.cache`; libvdeplug's `getpwuid` for the port description).
+    /// memory-file directory: found by comparing boot logs confined and
+    /// unconfined (the same lines once `/proc/cpuinfo` and `/dev/ptmx` were
+    /// allowed) and running every lab of `ci/labs.sh` confined; the loader's
+    /// files, and `/etc/passwd`/`group`/`nsswitch.conf` for libvdeplug's
+    /// `getpwuid` (the port description's `user=`).
     pub fn for_uml(run_dir: &Path, mem_dir: &Path, external: &[PathBuf]) -> Self {
         let existing = |paths: &[&str]| -> Vec<PathBuf> {
             paths
@@ -131,7 +132,9 @@ impl Policy {
             "/etc/group",
             "/etc/nsswitch.conf",
             "/etc/localtime",
-            "/proc",
+            // UML's host CPU feature check (arch/um/kernel/um_arch.c); the rest
+            // of /proc would show the guest the host's processes through hostfs.
+            "/proc/cpuinfo",
             "/dev/zero",
             "/dev/urandom",
             "/dev/random",
@@ -143,6 +146,10 @@ impl Policy {
                 "/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin",
             ]),
             read_only,
+            // Not /dev/ptmx and /dev/pts: UML's pty SIGIO check opens the slave
+            // by path, and /dev/pts would let a root guest open the host's
+            // terminals through hostfs. Its boot log then says
+            // `check_one_sigio failed, errno = 13`, harmless with pipe consoles.
             read_write_files: existing(&["/dev/null", "/dev/full"]),
         }
     }
@@ -209,7 +216,10 @@ impl Sandbox {
             (&policy.read_write, fs),
             (&policy.read_exec, read | FS_EXECUTE),
             (&policy.read_only, read),
-            (&policy.read_write_files, FS_READ_FILE | FS_WRITE_FILE),
+            (
+                &policy.read_write_files,
+                FS_READ_FILE | FS_WRITE_FILE | FS_IOCTL_DEV,
+            ),
         ];
         for (paths, access) in rules {
             for path in paths {

@@ -165,10 +165,8 @@ pub fn load_all(files: &[PathBuf]) -> Option<Vec<Plan>> {
 /// The backend for `kind`, or why it cannot be had here.
 fn make_backend(kind: BackendKind, unconfined: bool) -> Result<Box<dyn Backend>, String> {
     if matches!(kind, BackendKind::Uml | BackendKind::Both) && !unconfined {
-        if let Err(e) = crate::uml::sandbox::abi() {
-            return Err(format!(
-                "the uml backend runs each linux.uml confined to its run folder by Landlock, and {e}; pass --unconfined to run trusted labs without it"
-            ));
+        if let Some(why) = no_sandbox(crate::uml::sandbox::abi()) {
+            return Err(why);
         }
     }
     match kind {
@@ -184,6 +182,13 @@ fn make_backend(kind: BackendKind, unconfined: bool) -> Result<Box<dyn Backend>,
         // run_once); this backend is only the fallback handle of the loop.
         BackendKind::Both => Ok(Box::new(crate::sim::SimBackend::new())),
     }
+}
+
+/// Why the uml backend cannot run confined here (exit 4 unless `--unconfined`).
+fn no_sandbox(abi: Result<u32, crate::uml::sandbox::SandboxError>) -> Option<String> {
+    abi.err().map(|e| format!(
+        "the uml backend runs each linux.uml confined to its run folder by Landlock, and {e}; pass --unconfined to run trusted labs without it"
+    ))
 }
 
 /// One scenario's result.
@@ -505,6 +510,17 @@ fn write_junit(path: Option<&Path>, outcomes: &[Outcome]) -> anyhow::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_without_landlock_is_refused_with_the_way_out() {
+        let missing = crate::uml::sandbox::SandboxError::Unsupported(
+            std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+        );
+        let why = no_sandbox(Err(missing)).expect("refused");
+        assert!(why.contains("this kernel offers no Landlock"), "{why}");
+        assert!(why.contains("pass --unconfined"), "{why}");
+        assert_eq!(no_sandbox(Ok(7)), None);
+    }
 
     #[test]
     fn partition_parses_and_splits() {

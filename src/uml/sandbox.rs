@@ -11,9 +11,14 @@
 //! EACCES outside the allowed trees. The ruleset is built in the parent (allocation,
 //! `open(O_PATH)` on every allowed path); the child, between fork and exec, only
 //! makes two async-signal-safe syscalls (`prctl(PR_SET_NO_NEW_PRIVS)`,
-//! `landlock_restrict_self`). The ABI (Linux `include/uapi/linux/landlock.h`) is
-//! three syscalls and two structs, pinned below; every right the running kernel
-//! knows is handled (ABI 1–7), so what is not allowed is denied:
+//! `landlock_restrict_self`). Raw syscalls rather than the `landlock` crate: the
+//! ABI (Linux `include/uapi/linux/landlock.h`) is three syscalls and two structs,
+//! pinned below, and the code run after fork stays visibly allocation-free and
+//! dependency-free. UML's memory file goes to `TMPDIR`, set to a fresh directory
+//! in /dev/shm (where UML puts it by default): the one place besides the run
+//! folder the domain may write (observed: it stays empty while the guests run,
+//! the file has no name). Every right the running kernel knows is handled
+//! (ABI 1–7), so what is not allowed is denied:
 //! - filesystem: all access rights (ABI 2 `REFER`, 3 `TRUNCATE`, 5 `IOCTL_DEV` when known);
 //! - network (ABI 4): TCP bind and connect, none allowed (UML's `port:` consoles,
 //!   a guest reaching host TCP services through slirp);

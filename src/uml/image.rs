@@ -791,6 +791,28 @@ pub fn estimated_allocation(size: u64) -> u64 {
 /// Refuses an image over [`MAX_SIZE`], or one whose allocation (in the cache and
 /// at `out`) would not fit, before anything is written.
 fn check_space(size: u64, cache_dir: Option<&Path>, out: &Path) -> Result<(), ImageError> {
+    check_space_with(size, cache_dir, out, &|p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(p).map_err(io_err("stat", p))?.dev();
+        let st = nix::sys::statvfs::statvfs(p).map_err(|e| ImageError::Io {
+            context: "statvfs",
+            path: p.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok((dev, st.blocks_available() * st.fragment_size()))
+    })
+}
+
+/// `(device, free bytes)` of the filesystem holding a directory.
+type FsOf<'a> = &'a dyn Fn(&Path) -> Result<(u64, u64), ImageError>;
+
+/// [`check_space`] with `fs_of` telling the filesystem of a directory.
+fn check_space_with(
+    size: u64,
+    cache_dir: Option<&Path>,
+    out: &Path,
+    fs_of: FsOf,
+) -> Result<(), ImageError> {
     if size > MAX_SIZE {
         return Err(ImageError::TooLarge {
             size,
@@ -809,23 +831,12 @@ fn check_space(size: u64, cache_dir: Option<&Path>, out: &Path) -> Result<(), Im
             .unwrap_or(Path::new("/"))
             .to_path_buf()
     });
-    let fs_of = |p: &Path| -> Result<(u64, u64), ImageError> {
-        let st = nix::sys::statvfs::statvfs(p).map_err(|e| ImageError::Io {
-            context: "statvfs",
-            path: p.to_path_buf(),
-            source: e.into(),
-        })?;
-        Ok((
-            st.filesystem_id(),
-            st.blocks_available() * st.fragment_size(),
-        ))
-    };
     let mut places = vec![(out_dir.clone(), fs_of(&out_dir)?)];
     if let Some(c) = cache {
         places.push((c.clone(), fs_of(&c)?));
     }
-    for (path, (fsid, free)) in &places {
-        let copies = places.iter().filter(|(_, (id, _))| id == fsid).count() as u64;
+    for (path, (dev, free)) in &places {
+        let copies = places.iter().filter(|(_, (d, _))| d == dev).count() as u64;
         let needed = need * copies + SPACE_MARGIN;
         if needed > *free {
             return Err(ImageError::NoSpace {
@@ -981,6 +992,35 @@ mod tests {
         assert!(err.to_string().contains("1024 GiB"), "{err}");
         assert!(check_space(64 << 20, Some(&cache), &dir.path().join("fs.ext4")).is_ok());
         assert!(!cache.exists());
+    }
+
+    #[test]
+    fn an_image_whose_allocation_does_not_fit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("fs.ext4");
+        let cache = dir.path().join("cache");
+        // One filesystem with 1 GiB free: a 64 GiB image (about 580 MiB
+        // allocated) fits once, not twice (cache entry and run-folder copy).
+        let one_fs = |_: &Path| Ok((1, 1 << 30));
+        let err = check_space_with(64 << 30, Some(&cache), &out, &one_fs).unwrap_err();
+        assert!(
+            matches!(err, ImageError::NoSpace { copies: 2, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("twice: the cache entry and the run folder's copy"),
+            "{err}"
+        );
+        assert!(check_space_with(64 << 30, None, &out, &one_fs).is_ok());
+        // The cache on another filesystem, 1 GiB free each: it fits.
+        std::fs::create_dir(&cache).unwrap();
+        let two_fs = |p: &Path| Ok((u64::from(p == cache.as_path()), 1 << 30));
+        assert!(check_space_with(64 << 30, Some(&cache), &out, &two_fs).is_ok());
+        // The default size fits anywhere with 512 MiB free.
+        assert!(
+            check_space_with(DEFAULT_SIZE, Some(&cache), &out, &|_| Ok((1, 512 << 20))).is_ok()
+        );
     }
 
     #[test]

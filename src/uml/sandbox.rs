@@ -28,7 +28,9 @@
 //! Landlock does not cover `connect()` to pathname unix sockets, UDP, or reads of
 //! inherited file descriptors: the command-line path checks
 //! ([`crate::cmdline::paths`]) keep sockets and files named there inside the run
-//! folder. Denials are logged to the audit log on ABI 7 (`LOG_NEW_EXEC_ON`).
+//! folder. Denials are not logged (Landlock's default after exec, ABI 7's
+//! `LOG_NEW_EXEC_ON` not set): a guest hammering denied paths cannot flood the
+//! host's audit log.
 
 use std::ffi::CString;
 use std::io;
@@ -39,7 +41,6 @@ use std::path::{Path, PathBuf};
 // include/uapi/linux/landlock.h
 const CREATE_RULESET_VERSION: u32 = 1 << 0;
 const RULE_PATH_BENEATH: libc::c_int = 1;
-const RESTRICT_SELF_LOG_NEW_EXEC_ON: u32 = 1 << 1;
 
 const FS_EXECUTE: u64 = 1 << 0;
 const FS_WRITE_FILE: u64 = 1 << 1;
@@ -164,7 +165,6 @@ impl Policy {
 #[derive(Debug)]
 pub struct Sandbox {
     ruleset: OwnedFd,
-    restrict_flags: u32,
 }
 
 impl Sandbox {
@@ -231,14 +231,7 @@ impl Sandbox {
                 add_rule(&ruleset, path, access & fs)?;
             }
         }
-        Ok(Self {
-            ruleset,
-            restrict_flags: if abi >= 7 {
-                RESTRICT_SELF_LOG_NEW_EXEC_ON
-            } else {
-                0
-            },
-        })
+        Ok(Self { ruleset })
     }
 
     /// Confines the calling process. Meant for `pre_exec`: two syscalls, no
@@ -252,7 +245,7 @@ impl Sandbox {
             if libc::syscall(
                 libc::SYS_landlock_restrict_self,
                 self.ruleset.as_raw_fd(),
-                self.restrict_flags,
+                0u32,
             ) != 0
             {
                 return Err(io::Error::last_os_error());

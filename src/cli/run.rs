@@ -2,7 +2,8 @@
 //! the committed snapshots, report like a test runner.
 //!
 //! Exit codes: 0 all passed, 100 some failed, 4 nothing ran (backend missing, no
-//! scenario selected by `--filter`), 2 a bad scenario file or usage. The last
+//! Landlock for the uml backend without `--unconfined`, no scenario selected by
+//! `--filter`), 2 a bad scenario file or usage. The last
 //! line is always `N passed, N failed`.
 
 use std::collections::BTreeMap;

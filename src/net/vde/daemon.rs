@@ -53,7 +53,9 @@ pub const CONGESTION_BUDGET_PER_SEC: Duration = Duration::from_millis(10);
 /// host (a root-only one included). Here the socket must belong to the peer of
 /// the control connection (`SO_PEERCRED`): a socket file, not a symlink, owned
 /// by the peer's uid. Root peers are exempt: root can send to any socket itself,
-/// so naming one through the switch gains nothing. Returns the owner's uid.
+/// so naming one through the switch gains nothing. (An abstract socket, as UML's
+/// daemon transport uses, has no owner or permissions: anyone may send to it
+/// directly, so it is not checked.) Returns the owner's uid.
 fn peer_owns_socket(path: &Path, peer_uid: u32, peer_pid: i32) -> Result<u32, String> {
     use std::os::unix::fs::FileTypeExt;
     let meta = fs::symlink_metadata(path)

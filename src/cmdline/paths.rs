@@ -50,6 +50,8 @@ pub struct HostPath {
     pub option: String,
     pub path: String,
     pub kind: HostPathKind,
+    /// Not written: the kernel's (or library's) default for an option left empty.
+    pub implied: bool,
     /// Into [`Parsed::input`]: the path itself where it can be located, else the option.
     pub span: Span,
 }
@@ -75,10 +77,12 @@ impl HostPath {
                 "name a switch of the lab, e.g. `daemon,,unix,sw1/ctl`".to_string()
             }
             HostPathKind::Switch => {
-                format!(
-                    "name a switch of the lab, e.g. `vde,{}`",
-                    base.unwrap_or("sw1")
-                )
+                // A course's `/tmp/sw1` becomes the lab's `sw1`; a socket file
+                // name (`vde.ctl`) is no switch name.
+                let name = base
+                    .filter(|b| *b != "ctl" && !b.ends_with(".ctl"))
+                    .unwrap_or("sw1");
+                format!("name a switch of the lab, e.g. `vde,{name}`")
             }
             HostPathKind::Disk => {
                 "declare it as a disk with `external = true` to use a host file, read-only".into()
@@ -89,7 +93,9 @@ impl HostPath {
                 None => "name a file in the run folder".into(),
             },
         };
-        let what = if self.kind == HostPathKind::Umid {
+        let what = if self.implied {
+            "(the default when none is named) is on the host"
+        } else if self.kind == HostPathKind::Umid {
             "is a path, and linux.uml removes `uml_dir/<umid>` at exit"
         } else if path.starts_with('/') {
             "is an absolute host path"
@@ -111,21 +117,32 @@ pub fn host_paths(parsed: &Parsed) -> Vec<HostPath> {
                 option: format!("ubd{}", dev.index),
                 path: file.clone(),
                 kind: HostPathKind::Disk,
+                implied: false,
                 span: dev.span,
             });
         }
     }
     for dev in &parsed.net {
+        let option = format!("{}={}", dev.name, dev.transport);
         let path = match &dev.params {
             NetParams::Daemon { ctl_sock, .. } => ctl_sock.clone(),
-            NetParams::Vde { switch, .. } => switch
-                .clone()
-                // vde's default switch is the host's (/run/vde.ctl).
-                .unwrap_or_else(|| "/run/vde.ctl".into()),
+            NetParams::Vde {
+                switch: Some(s), ..
+            } => s.clone(),
+            NetParams::Vde { switch: None, .. } => {
+                // libvdeplug's default switch: the host's, not the lab's.
+                "/var/run/vde.ctl".into()
+            }
             _ => continue,
         };
+        // A default (the daemon's control socket, vde's switch), not written.
+        let written = parsed
+            .input
+            .get(dev.span[0]..dev.span[1])
+            .is_some_and(|w| w.contains(path.as_str()));
         out.push(HostPath {
-            option: format!("{}={}", dev.name, dev.transport),
+            option,
+            implied: !written,
             path,
             kind: HostPathKind::Switch,
             span: dev.span,
@@ -164,6 +181,7 @@ fn word_paths(input: &str, start: usize, end: usize, out: &mut Vec<HostPath>) {
             option: option.to_string(),
             path,
             kind,
+            implied: false,
             span: [from, (from + value.len()).max(from + 1)],
         });
     };
@@ -304,10 +322,21 @@ mod tests {
         let (p, why) = first_outside(&["eth0=vde,/tmp/sw1,,5".into()], &[]).unwrap();
         assert_eq!(p.path, "/tmp/sw1");
         assert!(why.contains("e.g. `vde,sw1`"), "{why}");
+        let (_, why) = first_outside(&["eth0=daemon".into()], &[]).unwrap();
+        assert!(
+            why.starts_with("`eth0=daemon`: `/var/run/uml-utilities/uml_switch.ctl` (the default when none is named)"),
+            "{why}"
+        );
         let (_, why) = first_outside(&["eth0=daemon,,unix,sw1/../../x".into()], &[]).unwrap();
         assert!(why.contains("reaches outside the run folder"), "{why}");
         let (_, why) = first_outside(&["eth0=vde".into()], &[]).unwrap();
-        assert!(why.contains("/run/vde.ctl"), "{why}");
+        assert!(
+            why.starts_with(
+                "`eth0=vde`: `/var/run/vde.ctl` (the default when none is named) is on the host"
+            ),
+            "{why}"
+        );
+        assert!(why.contains("e.g. `vde,sw1`"), "{why}");
         let (_, why) = first_outside(&["umid=..".into()], &[]).unwrap();
         assert!(why.contains("removes `uml_dir/<umid>`"), "{why}");
         // An external disk is named by its host path.

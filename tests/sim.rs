@@ -35,6 +35,7 @@ fn lab(dir: &Path, machines: &[(&str, &str)], hub: bool) -> Lab {
         name: "test".into(),
         seed: 1,
         run_dir: dir.to_path_buf(),
+        external: Vec::new(),
         switches: vec![SwitchSpec {
             name: "sw1".into(),
             hub,
@@ -47,7 +48,6 @@ fn lab(dir: &Path, machines: &[(&str, &str)], hub: bool) -> Lab {
                 argv: cmdline.split_whitespace().map(String::from).collect(),
             })
             .collect(),
-        external: Vec::new(),
     }
 }
 

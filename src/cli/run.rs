@@ -2,8 +2,9 @@
 //! the committed snapshots, report like a test runner.
 //!
 //! Exit codes: 0 all passed, 100 some failed, 4 nothing ran (backend missing, no
-//! scenario selected by `--filter`), 2 a bad scenario file or usage (or a run
-//! folder that cannot be used: see [`crate::scenario::run_folder`]). The last
+//! Landlock for the uml backend without `--unconfined`, no scenario selected by
+//! `--filter`), 2 a bad scenario file or usage (or a run folder that cannot be
+//! used: see [`crate::scenario::run_folder`]). The last
 //! line is always `N passed, N failed`.
 
 use std::collections::BTreeMap;
@@ -115,6 +116,11 @@ pub struct RunArgs {
     /// Run each scenario twice and fail if any artifact differs.
     #[arg(long)]
     pub check_determinism: bool,
+    /// Run the real kernels (uml backend) without the Landlock sandbox that
+    /// confines them to their run folder: only for trusted labs on a host
+    /// without Landlock.
+    #[arg(long)]
+    pub unconfined: bool,
 }
 
 /// Scenario files named by `paths`: files as given, folders' `*.toml` sorted.
@@ -160,19 +166,32 @@ pub fn load_all(files: &[PathBuf]) -> Option<Vec<Plan>> {
 }
 
 /// The backend for `kind`, or why it cannot be had here.
-fn make_backend(kind: BackendKind) -> Result<Box<dyn Backend>, String> {
+fn make_backend(kind: BackendKind, unconfined: bool) -> Result<Box<dyn Backend>, String> {
+    if matches!(kind, BackendKind::Uml | BackendKind::Both) && !unconfined {
+        if let Some(why) = no_sandbox(crate::uml::sandbox::abi()) {
+            return Err(why);
+        }
+    }
     match kind {
         BackendKind::Sim => Ok(Box::new(crate::sim::SimBackend::new())),
         // The traces keep what `both` compares: the snapshots are the sim's,
         // which models no kernel background traffic.
         BackendKind::Uml => Ok(Box::new(
             crate::uml::backend::UmlBackend::new()
-                .capture_only(crate::uml::backend::COMPARED_ETHERTYPES),
+                .capture_only(crate::uml::backend::COMPARED_ETHERTYPES)
+                .unconfined(unconfined),
         )),
         // `both` runs each scenario through uml::differential::run_both (see
         // run_once); this backend is only the fallback handle of the loop.
         BackendKind::Both => Ok(Box::new(crate::sim::SimBackend::new())),
     }
+}
+
+/// Why the uml backend cannot run confined here (exit 4 unless `--unconfined`).
+fn no_sandbox(abi: Result<u32, crate::uml::sandbox::SandboxError>) -> Option<String> {
+    abi.err().map(|e| format!(
+        "the uml backend runs each linux.uml confined to its run folder by Landlock, and {e}; pass --unconfined to run trusted labs without it"
+    ))
 }
 
 /// One scenario's result.
@@ -229,7 +248,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_BAD_SCENARIO));
     }
-    let mut backend = match make_backend(args.backend) {
+    let mut backend = match make_backend(args.backend, args.unconfined) {
         Ok(b) => b,
         Err(why) => {
             eprintln!("umltest: {why}: nothing ran");
@@ -276,7 +295,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         let mut failures = Vec::new();
         let ran = if args.backend == BackendKind::Both {
-            crate::uml::differential::run_both(plan, &run_dir, seed)
+            crate::uml::differential::run_both(plan, &run_dir, seed, args.unconfined)
         } else {
             run_once(plan, backend.as_mut(), &run_dir, seed)
         };
@@ -328,7 +347,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     let again_dir = out.join(format!("{}.again", plan.name));
                     match run_once(
                         plan,
-                        make_backend(args.backend)
+                        make_backend(args.backend, args.unconfined)
                             .map_err(anyhow::Error::msg)?
                             .as_mut(),
                         &again_dir,
@@ -351,7 +370,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         report(&outcome, &args, seed, &run_dir);
         outcomes.push(outcome);
         // A fresh backend per scenario: nothing carries over between labs.
-        backend = make_backend(args.backend).map_err(anyhow::Error::msg)?;
+        backend = make_backend(args.backend, args.unconfined).map_err(anyhow::Error::msg)?;
     }
     write_junit(args.junit.as_deref(), &outcomes)?;
     drop(held);
@@ -573,6 +592,17 @@ fn write_junit(path: Option<&Path>, outcomes: &[Outcome]) -> anyhow::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_without_landlock_is_refused_with_the_way_out() {
+        let missing = crate::uml::sandbox::SandboxError::Unsupported(
+            std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+        );
+        let why = no_sandbox(Err(missing)).expect("refused");
+        assert!(why.contains("this kernel offers no Landlock"), "{why}");
+        assert!(why.contains("pass --unconfined"), "{why}");
+        assert_eq!(no_sandbox(Ok(7)), None);
+    }
 
     #[test]
     fn partition_parses_and_splits() {

@@ -28,6 +28,9 @@
 //! MACs that "continue into the next word"), `mem=` via `memparse`, and init's
 //! argv/environment rules (`init=` forgets earlier arguments, `--`, limits).
 //!
+//! [`paths::host_paths`] lists the host paths a command line names (for the
+//! run-folder confinement checks).
+//!
 //! Not modelled: anything that depends on host files or processes (whether an
 //! image exists, the umid directory, sockets); [`resolve_sizes`] fills in disk sizes
 //! when given a lookup. Memory predictions assume `setarch -R` (no exec-shield gap).
@@ -38,6 +41,7 @@ mod cstr;
 mod kernel;
 mod model;
 mod net;
+pub mod paths;
 mod render;
 mod shell;
 

@@ -48,7 +48,7 @@ pub fn disk_diffs(lab: &Lab) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     // Files are read through the run folder (and the external disks) only:
     // a COW header the lab wrote may name any host file.
-    let confine = crate::cow::Confine::new(&lab.run_dir, &lab.external).ok();
+    let confine = crate::cow::Confine::new(&lab.run_dir, &lab.external_paths()).ok();
     let confine = confine.as_ref();
     for machine in &lab.machines {
         let parsed = crate::cmdline::parse(&machine.argv);

@@ -24,9 +24,17 @@ pub struct Lab {
     pub run_dir: PathBuf,
     pub switches: Vec<SwitchSpec>,
     pub machines: Vec<MachineSpec>,
-    /// The lab's external disks (host paths): the only files outside the run
-    /// folder a machine may open, and only for reading.
-    pub external: Vec<PathBuf>,
+    /// The `external` disks, as named (host paths, only ever read): the only
+    /// files outside the run folder a command line may name, and a machine
+    /// may open, only for reading.
+    pub external: Vec<String>,
+}
+
+impl Lab {
+    /// The external disks' paths (a relative name is taken from the run folder).
+    pub fn external_paths(&self) -> Vec<PathBuf> {
+        self.external.iter().map(|e| self.run_dir.join(e)).collect()
+    }
 }
 
 /// A switch of the lab (a VDE switch socket dir `run_dir/<name>`).

@@ -72,6 +72,12 @@ impl Plan {
             seed,
             run_dir: run_dir.to_path_buf(),
             switches: self.switches.clone(),
+            external: self
+                .disks
+                .iter()
+                .filter(|d| d.content == DiskContent::External)
+                .map(|d| d.name.clone())
+                .collect(),
             machines: self
                 .machines
                 .iter()
@@ -80,12 +86,6 @@ impl Plan {
                     name: m.name.clone(),
                     argv: crate::uml::args::effective_argv(&m.argv, &m.name, index),
                 })
-                .collect(),
-            external: self
-                .disks
-                .iter()
-                .filter(|d| d.content == DiskContent::External)
-                .map(|d| run_dir.join(&d.name))
                 .collect(),
         }
     }
@@ -219,7 +219,7 @@ pub fn run(
     let mut runner = Runner {
         backend,
         run_dir,
-        external: plan.lab(run_dir, seed).external,
+        external: plan.lab(run_dir, seed).external_paths(),
         jobs: BTreeMap::new(),
         host_log: String::new(),
     };

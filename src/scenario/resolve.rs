@@ -363,10 +363,23 @@ impl Resolver<'_> {
                 );
                 return None;
             }
-            (None, Some(i)) if i.get_ref() == "default" => DiskContent::Image {
-                image: "default".into(),
-                size,
-            },
+            (None, Some(i)) if i.get_ref() == "default" => {
+                if size > crate::uml::image::MAX_SIZE {
+                    self.err(
+                        d.size.as_ref().map(|s| s.span()),
+                        format!(
+                            "an image disk is at most {} GiB (the root image of a lab; this one is {} GiB)",
+                            crate::uml::image::MAX_SIZE >> 30,
+                            size >> 30
+                        ),
+                    );
+                    return None;
+                }
+                DiskContent::Image {
+                    image: "default".into(),
+                    size,
+                }
+            }
             (None, Some(i)) => {
                 self.err(
                     Some(i.span()),
@@ -429,17 +442,28 @@ impl Resolver<'_> {
                 }
             }
         }
+        // Every other host path the command line names (iomem=, initrd=,
+        // uml_dir=, umid=, hostfs=, sockets, ...): inside the run folder.
+        let mut refused = BTreeSet::new();
+        for path in crate::cmdline::paths::host_paths(&parsed) {
+            if path.kind == crate::cmdline::paths::HostPathKind::Disk {
+                continue; // checked above, with the disks' stricter rules
+            }
+            if let Err(why) = path.check() {
+                refused.insert(path.span);
+                let span = span_of(self, path.span);
+                self.err(Some(span), why);
+            }
+        }
         let known: Vec<&str> = switches.iter().map(String::as_str).collect();
         for dev in &parsed.net {
+            if refused.contains(&dev.span) {
+                continue;
+            }
             let socket = match &dev.params {
                 crate::cmdline::NetParams::Vde {
                     switch: Some(s), ..
                 } => s.clone(),
-                crate::cmdline::NetParams::Daemon { ctl_sock, .. } if ctl_sock.starts_with('/') => {
-                    let span = span_of(self, dev.span);
-                    self.err(Some(span), format!("{}: `{ctl_sock}` is outside the run folder: name a switch, e.g. `{}=daemon,,unix,<switch>/ctl`", dev.name, dev.name));
-                    continue;
-                }
                 crate::cmdline::NetParams::Daemon { ctl_sock, .. } => {
                     ctl_sock.split('/').next().unwrap_or_default().to_string()
                 }

@@ -183,7 +183,7 @@ impl Backend for SimBackend {
     fn start(&mut self, lab: &Lab) -> Result<(), BackendError> {
         self.world = World::new(lab.seed, programs::lookup);
         self.run_dir = lab.run_dir.clone();
-        self.external = lab.external.clone();
+        self.external = lab.external_paths();
         self.specs = lab.machines.clone();
         self.machines.clear();
         self.switches.clear();

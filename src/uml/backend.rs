@@ -19,11 +19,13 @@ use super::console;
 use super::guest::{find_program, require_program};
 use super::image::{self, ImageSpec};
 use super::machine::{HaltedBy, Machine, MachineConfig, MachineError};
+use super::sandbox::{Policy, Sandbox};
 use crate::net::switch::SwitchConfig;
 use crate::net::vde::daemon::{Daemon, DaemonConfig, LogTarget};
 use crate::scenario::backend::{
     Backend, BackendArtifacts, BackendError, CommandOutcome, JobId, Lab, TraceRecord,
 };
+use std::sync::Arc;
 
 /// Ethertype of ARP, for [`UmlBackend::capture_only`].
 pub const ETHERTYPE_ARP: u16 = 0x0806;
@@ -90,6 +92,12 @@ pub struct UmlBackend {
     /// Problems found while stopping (e.g. a machine that had to be killed).
     notes: Vec<String>,
     phases: PhaseLog,
+    /// `umltest run --unconfined`: no Landlock domain around the kernels.
+    unconfined: bool,
+    /// The lab's Landlock domain (built in `start`).
+    sandbox: Option<Arc<Sandbox>>,
+    /// The machines' `TMPDIR` (UML's memory files), removed with the backend.
+    mem_dir: Option<tempfile::TempDir>,
 }
 
 /// `UMLTEST_PHASES=1`: each backend call's start (since the backend was made)
@@ -126,6 +134,35 @@ impl PhaseLog {
 impl UmlBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Run the kernels without the Landlock sandbox (`umltest run --unconfined`).
+    pub fn unconfined(mut self, unconfined: bool) -> Self {
+        self.unconfined = unconfined;
+        self
+    }
+
+    /// Builds the lab's Landlock domain (see [`super::sandbox`]): the run folder
+    /// and a fresh memory-file directory read-write (in /dev/shm, where UML puts
+    /// its memory file by default, else in the run folder's `.uml`), the system
+    /// read-only, the `external` disks read-only.
+    fn confine(&mut self, lab: &Lab, private: &Path) -> Result<(), BackendError> {
+        let shm = Path::new("/dev/shm");
+        let parent = if shm.is_dir() { shm } else { private };
+        let mem_dir = tempfile::Builder::new()
+            .prefix("umltest-mem-")
+            .tempdir_in(parent)
+            .or_else(|_| tempfile::Builder::new().prefix("mem-").tempdir_in(private))
+            .map_err(io("create the machines' memory-file directory".to_string()))?;
+        let external = lab.external_paths();
+        let policy = Policy::for_uml(&lab.run_dir, mem_dir.path(), &external);
+        let sandbox = Sandbox::new(&policy).map_err(|e| BackendError::Io {
+            context: "sandbox (umltest run --unconfined runs without)".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        self.sandbox = Some(Arc::new(sandbox));
+        self.mem_dir = Some(mem_dir);
+        Ok(())
     }
 
     /// Keep only frames of these ethertypes in the traces (e.g. `[ETHERTYPE_ARP]`).
@@ -390,6 +427,16 @@ impl Backend for UmlBackend {
     }
 
     fn start(&mut self, lab: &Lab) -> Result<(), BackendError> {
+        // The run-time twin of `umltest check`: a lab built by other means
+        // than a scenario file still names nothing outside its run folder.
+        for m in &lab.machines {
+            if let Some((_, why)) = crate::cmdline::paths::first_outside(&m.argv, &lab.external) {
+                return Err(BackendError::Io {
+                    context: format!("machine {}: command line", m.name),
+                    source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, why),
+                });
+            }
+        }
         let linux = find_linux()?;
         if lab.machines.iter().any(|m| uses_vde(&m.argv)) && find_program("vde_plug").is_none() {
             return Err(BackendError::Unavailable {
@@ -402,6 +449,9 @@ impl Backend for UmlBackend {
         self.lab = Some(lab.clone());
         let private = lab.run_dir.join(super::args::UML_DIR);
         std::fs::create_dir_all(&private).map_err(io(format!("create {}", private.display())))?;
+        if !self.unconfined {
+            self.confine(lab, &private)?;
+        }
         for sw in &lab.switches {
             let mut config = DaemonConfig::new(lab.run_dir.join(&sw.name));
             config.switch = SwitchConfig {
@@ -461,6 +511,8 @@ impl Backend for UmlBackend {
                 linux: linux.clone(),
                 cwd: lab.run_dir.clone(),
                 argv: spec.argv.clone(),
+                sandbox: self.sandbox.clone(),
+                tmpdir: self.mem_dir.as_ref().map(|d| d.path().to_path_buf()),
             };
             let t = self.phases.start();
             let m = Machine::start(&config).map_err(machine_error)?;

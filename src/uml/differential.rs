@@ -314,7 +314,13 @@ pub fn folders(run_dir: &Path) -> [std::path::PathBuf; 3] {
 /// stderr: under load a real guest can die before init for reasons of the
 /// host (seen once: an ENOMEM panic in a lab that passed 12 of 12 runs on a
 /// quiet machine). A lab that really stops on uml stops both times and fails.
-pub fn run_both(plan: &Plan, run_dir: &Path, seed: u64) -> Result<RunResult, EngineError> {
+/// `unconfined`: the real kernels run without the Landlock sandbox.
+pub fn run_both(
+    plan: &Plan,
+    run_dir: &Path,
+    seed: u64,
+    unconfined: bool,
+) -> Result<RunResult, EngineError> {
     let [_, uml_dir, first_dir] = folders(run_dir);
     for dir in [run_dir, uml_dir.as_path(), first_dir.as_path()] {
         engine::clear_run_folder(dir)?;
@@ -322,7 +328,9 @@ pub fn run_both(plan: &Plan, run_dir: &Path, seed: u64) -> Result<RunResult, Eng
     let run_uml = || {
         // Without linux.uml nothing runs at all (exit code 4).
         let mut uml = Recorder::new(
-            super::backend::UmlBackend::new().capture_only(super::backend::COMPARED_ETHERTYPES),
+            super::backend::UmlBackend::new()
+                .capture_only(super::backend::COMPARED_ETHERTYPES)
+                .unconfined(unconfined),
         );
         engine::run(plan, &mut uml, &uml_dir, seed).map(|r| (uml, r))
     };

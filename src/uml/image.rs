@@ -37,6 +37,13 @@ const FIXED_UUID: &str = "5b3c2d1e-0000-4000-8000-756d6c746573";
 const LAYOUT_VERSION: &str = "umltest-image-v1";
 /// Default image size: the default programs and their libraries take about 20 MB.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
+/// The largest root image: labs use hundreds of MB; at 64 GiB the sparse image
+/// already allocates about 530 MB (measured), most of it the journal.
+pub const MAX_SIZE: u64 = 64 << 30;
+/// Free space a build leaves on the filesystem it writes to.
+const SPACE_MARGIN: u64 = 256 << 20;
+/// The longest a build waits for another one holding the cache lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The harness init: mounts, a quiet console (kernel messages would interleave with
 /// command output), echo off (no echo confusion), then an interactive shell with
@@ -196,6 +203,21 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    /// The image is larger than [`MAX_SIZE`].
+    #[error("image size {size} bytes ({} GiB) is over the limit of {} GiB for a root image", size >> 30, max >> 30)]
+    TooLarge { size: u64, max: u64 },
+    /// The image's allocation would not fit on the disk it goes to.
+    #[error("image size {size} bytes needs about {needed} MiB on {path} (the sparse image's journal and metadata{}), which has {free} MiB free", if *copies > 1 { ", twice: the cache entry and the run folder's copy" } else { "" })]
+    NoSpace {
+        size: u64,
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+        copies: u64,
+    },
+    /// Another build held the cache lock for too long.
+    #[error("image cache {path} stayed locked by another build for {} s", LOCK_WAIT.as_secs())]
+    Locked { path: PathBuf },
 }
 
 fn io_err(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
@@ -407,6 +429,7 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<ImageReport, ImageError> {
         programs,
         mkfs_version,
     };
+    check_space(spec.size, spec.cache_dir.as_deref(), out)?;
     let Some(cache_dir) = &spec.cache_dir else {
         let work = tempfile::Builder::new()
             .prefix("umltest-image")
@@ -419,11 +442,21 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<ImageReport, ImageError> {
     };
     std::fs::create_dir_all(cache_dir).map_err(io_err("create", cache_dir))?;
     let cached = cache_dir.join(format!("rootfs-{}.ext4", &content_key[..32]));
+    // Parallel runs share the cache: one builds while the others wait, then
+    // find the entry. The lock goes with the process, however it ends. A hit
+    // needs no lock (entries appear by rename), so a read-only cache serves.
+    let lock = if cached.is_file() {
+        None
+    } else {
+        Some(lock_cache(cache_dir)?)
+    };
     if cached.is_file() {
         report.cache_hit = true;
     } else {
+        remove_stale_builds(cache_dir);
         // Built inside the cache dir and renamed into place: a concurrent or killed
-        // build never leaves a half-written image under the final name.
+        // build never leaves a half-written image under the final name, and a
+        // failed one leaves nothing (the temporary dir goes with it).
         let work = tempfile::Builder::new()
             .prefix(".build")
             .tempdir_in(cache_dir)
@@ -432,6 +465,7 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<ImageReport, ImageError> {
         make_image(&tree, spec.size, &mkfs, &debugfs, work.path(), &tmp_image)?;
         std::fs::rename(&tmp_image, &cached).map_err(io_err("rename into", &cached))?;
     }
+    drop(lock);
     sparse_copy_atomic(&cached, out)?;
     report.cached_at = Some(cached);
     Ok(report)
@@ -716,6 +750,147 @@ fn check_tool(tool: &str, out: &std::process::Output) -> Result<(), ImageError> 
     })
 }
 
+/// The next data extent of `file` at or after `pos`, as `[start, end)`; `None`
+/// when only a hole is left. Where SEEK_DATA is not supported, all of it is data.
+fn data_extent(file: &File, pos: u64, len: u64) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let at = i64::try_from(pos).ok()?;
+    // SAFETY: lseek on a descriptor we own.
+    let start = unsafe { libc::lseek(file.as_raw_fd(), at, libc::SEEK_DATA) };
+    if start < 0 {
+        let e = std::io::Error::last_os_error();
+        return (e.raw_os_error() != Some(libc::ENXIO)).then_some((pos, len));
+    }
+    // SAFETY: as above.
+    let end = unsafe { libc::lseek(file.as_raw_fd(), start, libc::SEEK_HOLE) };
+    let end = if end < 0 { len } else { (end as u64).min(len) };
+    Some((start as u64, end))
+}
+
+/// What `mkfs.ext4` allocates for an image of `size` bytes with our profile
+/// (lazy inode tables), generously: the journal (e2fsprogs'
+/// `ext2fs_default_journal_size`, 4 KiB blocks), one block and inode bitmap
+/// per 128 MiB group, and 64 MiB for the tree and the group descriptors.
+/// Measured allocations: 1 GiB 33 MB, 8 GiB 70 MB, 64 GiB 529 MB, 1 TiB 1.06 GB.
+pub fn estimated_allocation(size: u64) -> u64 {
+    let blocks = size / 4096;
+    let journal_blocks: u64 = match blocks {
+        0..2048 => 0,
+        2048..32768 => 1024,
+        32768..262144 => 4096,
+        262144..524288 => 8192,
+        524288..4194304 => 16384,
+        4194304..8388608 => 32768,
+        8388608..16777216 => 65536,
+        16777216..33554432 => 131072,
+        _ => 262144,
+    };
+    journal_blocks * 4096 + (size / (128 << 20) + 1) * 8192 + (64 << 20)
+}
+
+/// Refuses an image over [`MAX_SIZE`], or one whose allocation (in the cache and
+/// at `out`) would not fit, before anything is written.
+fn check_space(size: u64, cache_dir: Option<&Path>, out: &Path) -> Result<(), ImageError> {
+    check_space_with(size, cache_dir, out, &|p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(p).map_err(io_err("stat", p))?.dev();
+        let st = nix::sys::statvfs::statvfs(p).map_err(|e| ImageError::Io {
+            context: "statvfs",
+            path: p.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok((dev, st.blocks_available() * st.fragment_size()))
+    })
+}
+
+/// `(device, free bytes)` of the filesystem holding a directory.
+type FsOf<'a> = &'a dyn Fn(&Path) -> Result<(u64, u64), ImageError>;
+
+/// [`check_space`] with `fs_of` telling the filesystem of a directory.
+fn check_space_with(
+    size: u64,
+    cache_dir: Option<&Path>,
+    out: &Path,
+    fs_of: FsOf,
+) -> Result<(), ImageError> {
+    if size > MAX_SIZE {
+        return Err(ImageError::TooLarge {
+            size,
+            max: MAX_SIZE,
+        });
+    }
+    let need = estimated_allocation(size);
+    let out_dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // The cache dir may not exist yet: its nearest existing ancestor.
+    let cache = cache_dir.map(|d| {
+        d.ancestors()
+            .find(|a| a.exists())
+            .unwrap_or(Path::new("/"))
+            .to_path_buf()
+    });
+    let mut places = vec![(out_dir.clone(), fs_of(&out_dir)?)];
+    if let Some(c) = cache {
+        places.push((c.clone(), fs_of(&c)?));
+    }
+    for (path, (dev, free)) in &places {
+        let copies = places.iter().filter(|(_, (d, _))| d == dev).count() as u64;
+        let needed = need * copies + SPACE_MARGIN;
+        if needed > *free {
+            return Err(ImageError::NoSpace {
+                size,
+                path: path.clone(),
+                needed: needed >> 20,
+                free: free >> 20,
+                copies,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Takes the cache's lock file (`flock`), waiting at most [`LOCK_WAIT`].
+fn lock_cache(cache_dir: &Path) -> Result<File, ImageError> {
+    use std::os::fd::AsRawFd;
+    let path = cache_dir.join(".lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io_err("lock", &path)(e));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ImageError::Locked { path });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Removes `.build*` dirs left by builds that were killed (called with the lock
+/// held, so none of them is in progress).
+fn remove_stale_builds(cache_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".build") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Copies `src` to `dst` keeping holes (all-zero blocks are skipped), through a
 /// temporary file renamed into place.
 fn sparse_copy_atomic(src: &Path, dst: &Path) -> Result<(), ImageError> {
@@ -730,24 +905,44 @@ fn sparse_copy_atomic(src: &Path, dst: &Path) -> Result<(), ImageError> {
         .tempfile_in(&dir)
         .map_err(io_err("create temp file in", &dir))?;
     let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = input.read(&mut buf).map_err(io_err("read", src))?;
-        if n == 0 {
+    // Only the data extents are read (SEEK_DATA/SEEK_HOLE): a large sparse
+    // image copies in the time its allocation takes, not its size.
+    let mut pos = 0u64;
+    while pos < len {
+        let Some((start, end)) = data_extent(&input, pos, len) else {
             break;
-        }
-        let chunk = buf.get(..n).unwrap_or_default();
-        // 4 KiB granularity: the filesystem's block size, so holes stay holes.
-        for block in chunk.chunks(4096) {
-            if block.iter().all(|&b| b == 0) {
-                tmp.as_file_mut()
-                    .seek(SeekFrom::Current(block.len() as i64))
-                    .map_err(io_err("seek", dst))?;
-            } else {
-                tmp.as_file_mut()
-                    .write_all(block)
-                    .map_err(io_err("write", dst))?;
+        };
+        input
+            .seek(SeekFrom::Start(start))
+            .map_err(io_err("seek", src))?;
+        tmp.as_file_mut()
+            .seek(SeekFrom::Start(start))
+            .map_err(io_err("seek", dst))?;
+        let mut left = end - start;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = input
+                .read(buf.get_mut(..want).unwrap_or_default())
+                .map_err(io_err("read", src))?;
+            if n == 0 {
+                break;
+            }
+            left -= n as u64;
+            let chunk = buf.get(..n).unwrap_or_default();
+            // 4 KiB granularity: the filesystem's block size, so holes stay holes.
+            for block in chunk.chunks(4096) {
+                if block.iter().all(|&b| b == 0) {
+                    tmp.as_file_mut()
+                        .seek(SeekFrom::Current(block.len() as i64))
+                        .map_err(io_err("seek", dst))?;
+                } else {
+                    tmp.as_file_mut()
+                        .write_all(block)
+                        .map_err(io_err("write", dst))?;
+                }
             }
         }
+        pos = end;
     }
     tmp.as_file_mut()
         .set_len(len)
@@ -767,6 +962,86 @@ fn sparse_copy_atomic(src: &Path, dst: &Path) -> Result<(), ImageError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Allocations measured with `mkfs.ext4` 1.47 and [`MKE2FS_CONF`] (`du -k`).
+    #[test]
+    fn the_allocation_estimate_covers_what_mkfs_allocates() {
+        for (size, measured_kib) in [
+            (1u64 << 30, 33_428u64),
+            (8 << 30, 69_824),
+            (64 << 30, 529_100),
+        ] {
+            let est = estimated_allocation(size);
+            assert!(
+                est >= measured_kib * 1024,
+                "{size}: {est} < {measured_kib} KiB"
+            );
+            assert!(
+                est <= measured_kib * 1024 * 2 + (64 << 20),
+                "{size}: {est} far above {measured_kib} KiB"
+            );
+        }
+    }
+
+    #[test]
+    fn an_image_over_the_limit_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let err = check_space(1 << 40, Some(&cache), &dir.path().join("fs.ext4")).unwrap_err();
+        assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("1024 GiB"), "{err}");
+        assert!(check_space(64 << 20, Some(&cache), &dir.path().join("fs.ext4")).is_ok());
+        assert!(!cache.exists());
+    }
+
+    #[test]
+    fn an_image_whose_allocation_does_not_fit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("fs.ext4");
+        let cache = dir.path().join("cache");
+        // One filesystem with 1 GiB free: a 64 GiB image (about 580 MiB
+        // allocated) fits once, not twice (cache entry and run-folder copy).
+        let one_fs = |_: &Path| Ok((1, 1 << 30));
+        let err = check_space_with(64 << 30, Some(&cache), &out, &one_fs).unwrap_err();
+        assert!(
+            matches!(err, ImageError::NoSpace { copies: 2, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("twice: the cache entry and the run folder's copy"),
+            "{err}"
+        );
+        assert!(check_space_with(64 << 30, None, &out, &one_fs).is_ok());
+        // The cache on another filesystem, 1 GiB free each: it fits.
+        std::fs::create_dir(&cache).unwrap();
+        let two_fs = |p: &Path| Ok((u64::from(p == cache.as_path()), 1 << 30));
+        assert!(check_space_with(64 << 30, Some(&cache), &out, &two_fs).is_ok());
+        // The default size fits anywhere with 512 MiB free.
+        assert!(
+            check_space_with(DEFAULT_SIZE, Some(&cache), &out, &|_| Ok((1, 512 << 20))).is_ok()
+        );
+    }
+
+    #[test]
+    fn a_sparse_copy_reads_only_data_extents() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let f = File::create(&src).unwrap();
+        f.set_len(1 << 40).unwrap(); // 1 TiB of hole: reading it would take hours
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(b"tail", (1 << 40) - 4).unwrap();
+        let dst = dir.path().join("dst");
+        sparse_copy_atomic(&src, &dst).unwrap();
+        let out = File::open(&dst).unwrap();
+        assert_eq!(out.metadata().unwrap().len(), 1 << 40);
+        let mut b = [0u8; 4];
+        out.read_exact_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"head");
+        out.read_exact_at(&mut b, (1 << 40) - 4).unwrap();
+        assert_eq!(&b, b"tail");
+    }
 
     #[test]
     fn ldd_output_of_arping_is_parsed() {

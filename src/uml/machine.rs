@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use super::console::{self, EncodeError};
 use super::guest::{find_program, MissingTool};
 use super::mconsole::{self, MconsoleError};
+use super::sandbox::Sandbox;
 use crate::scenario::backend::CommandOutcome;
 
 /// How long a command gets to finish after its ^C before the machine is declared stuck.
@@ -82,6 +83,11 @@ pub struct MachineConfig {
     pub cwd: PathBuf,
     /// The effective argv (after [`super::args::effective_argv`]).
     pub argv: Vec<String>,
+    /// The Landlock domain the process (and all it starts) runs in; `None`:
+    /// unconfined (`umltest run --unconfined`, interop helpers).
+    pub sandbox: Option<Arc<Sandbox>>,
+    /// `TMPDIR` for UML's memory file (it must be a directory the sandbox allows).
+    pub tmpdir: Option<PathBuf>,
 }
 
 impl MachineConfig {
@@ -92,6 +98,8 @@ impl MachineConfig {
             linux: super::guest::require_program("linux.uml", "user-mode-linux")?,
             cwd: cwd.to_path_buf(),
             argv,
+            sandbox: None,
+            tmpdir: None,
         })
     }
 }
@@ -188,15 +196,24 @@ impl Machine {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        if let Some(dir) = &config.tmpdir {
+            // UML makes its memory file in $TMPDIR (arch/um/os-Linux/mem.c).
+            cmd.env("TMPDIR", dir);
+        }
+        let sandbox = config.sandbox.clone();
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; it makes the kernel
         // signal the machine when the thread that started it dies. SIGTERM, not
         // SIGKILL: UML's SIGTERM handler kills its helper processes and removes its
         // umid dir, while after a SIGKILL two helpers survive, reparented to init
         // (seen with 6.1.176; `a_killed_harness_leaves_no_linux_uml_behind`).
+        // `restrict_self` makes two syscalls on a ruleset built before the fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
+                match &sandbox {
+                    Some(s) => s.restrict_self(),
+                    None => Ok(()),
+                }
             });
         }
         let mut child = cmd.spawn().map_err(|source| MachineError::Spawn {

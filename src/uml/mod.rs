@@ -7,6 +7,7 @@
 //! - [`differential`]: `--backend both`: sim and real runs compared, difference by difference.
 //! - [`machine`]: one `linux.uml` process: start, readiness, commands, halt, cleanup.
 //! - [`mconsole`]: the management console client (`umltest console`).
+//! - [`sandbox`]: the Landlock domain every real kernel runs in.
 //! - [`snapshots`]: `--backend uml`: real artifacts against the sim's snapshots, normalised.
 //! - [`guest`]: scripted one-shot guests for interop tests.
 
@@ -18,4 +19,5 @@ pub mod guest;
 pub mod image;
 pub mod machine;
 pub mod mconsole;
+pub mod sandbox;
 pub mod snapshots;

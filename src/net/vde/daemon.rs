@@ -47,6 +47,56 @@ pub const CONGESTION_WAIT: Duration = Duration::from_millis(10);
 /// dropped right away, as vde_switch always does.
 pub const CONGESTION_BUDGET_PER_SEC: Duration = Duration::from_millis(10);
 
+/// A port request names the datagram socket the switch will send the port's
+/// frames to. vde_switch checks only that *it* may write there, so a switch run
+/// by root with `-m 666` delivers another user's frames into any socket on the
+/// host (a root-only one included). Here the socket must belong to the peer of
+/// the control connection (`SO_PEERCRED`): a socket file, not a symlink, owned
+/// by the peer's uid. Root peers are exempt: root can send to any socket itself,
+/// so naming one through the switch gains nothing. (An abstract socket, as UML's
+/// daemon transport uses, has no owner or permissions: anyone may send to it
+/// directly, so it is not checked.) Returns the owner's uid.
+fn peer_owns_socket(path: &Path, peer_uid: u32, peer_pid: i32) -> Result<u32, String> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = fs::symlink_metadata(path)
+        .map_err(|e| format!("client data socket {}: {e}", path.display()))?;
+    if !meta.file_type().is_socket() {
+        return Err(format!(
+            "client data socket {} is not a socket (a symlink or another file): refused",
+            path.display()
+        ));
+    }
+    if peer_uid != 0 && meta.uid() != peer_uid {
+        return Err(format!(
+            "client data socket {} belongs to uid {}, not to the requesting peer (uid {peer_uid}, pid {peer_pid}): refused",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    Ok(meta.uid())
+}
+
+/// Connects `fd` to the client's data socket with the peer's filesystem
+/// identity when the switch runs as root (`setfsuid`/`setfsgid` are per thread,
+/// and the switch serves from one thread): the kernel then checks the path as
+/// the peer would, which closes the race of a name swapped after
+/// [`peer_owns_socket`] looked at it. Unprivileged switches connect as themselves.
+fn connect_as_peer(fd: RawFd, addr: &UnixAddr, uid: u32, gid: u32) -> nix::Result<()> {
+    if uid == 0 || !nix::unistd::geteuid().is_root() {
+        return socket::connect(fd, addr);
+    }
+    // SAFETY: setfsuid/setfsgid change only this thread's filesystem ids; they
+    // are restored below on every path.
+    let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+    let r = socket::connect(fd, addr);
+    // SAFETY: as above.
+    unsafe {
+        libc::setfsuid(old_uid as libc::uid_t);
+        libc::setfsgid(old_gid as libc::gid_t);
+    }
+    r
+}
+
 /// Waits up to `ms` milliseconds for `fd` to become writable.
 fn wait_writable(fd: RawFd, ms: i32) -> bool {
     let mut p = libc::pollfd {
@@ -719,6 +769,8 @@ impl Daemon {
 
     fn new_endpoint(&mut self, id: RawFd, ctl: UnixStream, req: &Request) -> Result<u16, String> {
         let mut user = None;
+        let peer = socket::getsockopt(&ctl, socket::sockopt::PeerCredentials)
+            .map_err(|e| format!("SO_PEERCRED: {e}"))?;
         let client_addr = match req.sock.path() {
             Some(path) => {
                 let p = Path::new(OsStr::from_bytes(path));
@@ -727,7 +779,8 @@ impl Daemon {
                     nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
                 )
                 .map_err(|e| format!("client data socket {} not accessible: {e}", p.display()))?;
-                user = fs::metadata(p).ok().map(|m| m.uid());
+                let owner = peer_owns_socket(p, peer.uid(), peer.pid())?;
+                user = Some(owner);
                 UnixAddr::new(p).map_err(|e| format!("client data socket {}: {e}", p.display()))?
             }
             None => UnixAddr::new_abstract(req.sock.raw_path().get(1..).unwrap_or_default())
@@ -740,7 +793,7 @@ impl Daemon {
             None,
         )
         .map_err(|e| format!("socket: {e}"))?;
-        socket::connect(data.as_raw_fd(), &client_addr)
+        connect_as_peer(data.as_raw_fd(), &client_addr, peer.uid(), peer.gid())
             .map_err(|e| format!("Connecting to client data socket {client_addr}: {e}"))?;
         let id = u32::try_from(id).map_err(|_| "bad fd".to_string())?;
         let port_req = match req.kind {

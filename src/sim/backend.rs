@@ -29,6 +29,12 @@ pub struct SimBackend {
     next_job: u32,
     port_faults: BTreeMap<(String, String), PortFaults>,
     disk_faults: BTreeMap<(String, u32), DiskFaults>,
+    /// Boots so far per machine.
+    boots: BTreeMap<usize, u32>,
+    /// Where the console of a machine's current process starts (after its
+    /// first boot): `wait_console` looks from there, as the uml backend
+    /// reads the new process's console.
+    console_from: BTreeMap<usize, usize>,
 }
 
 impl Default for SimBackend {
@@ -59,6 +65,8 @@ impl SimBackend {
             next_job: 1,
             port_faults: BTreeMap::new(),
             disk_faults: BTreeMap::new(),
+            boots: BTreeMap::new(),
+            console_from: BTreeMap::new(),
         }
     }
 
@@ -153,14 +161,105 @@ impl SimBackend {
         }
     }
 
+    /// Boots machine `index` (again: its console so far stays, followed by
+    /// `$ linux <argv>` when `again` holds that argv, i.e. a new process,
+    /// or by nothing when its kernel restarted in the same process).
+    fn boot_machine(
+        &mut self,
+        index: usize,
+        name: &str,
+        again: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let Some(spec) = self.specs.get(index).cloned() else {
+            return Err(BackendError::UnknownMachine(name.to_string()));
+        };
+        let boots = self.boots.entry(index).or_insert(0);
+        *boots += 1;
+        // The first boot draws from the streams it always did; a later one from
+        // streams of its own, so no draw of the first repeats.
+        let stream = |what: &str| match *boots {
+            1 => format!("machine {}{what}", spec.name),
+            n => format!("machine {}{what} boot {n}", spec.name),
+        };
+        let (main, ident, neigh) = (stream(""), stream(" ip ident"), stream(" neigh"));
+        let rng = self.world.rng(&main);
+        let mut booted = boot::boot(
+            index,
+            &spec.name,
+            &spec.argv,
+            &self.run_dir,
+            &self.external,
+            rng,
+        );
+        let ip_ident = self.world.rng(&ident).below(1 << 16) as u16;
+        let neigh_rng = self.world.rng(&neigh);
+        let Some(m) = self.world.machines.get(index) else {
+            return Err(BackendError::UnknownMachine(name.to_string()));
+        };
+        if m.power != Power::Off {
+            let mut console = m.core.console.clone();
+            if let Some(argv) = again {
+                console.push_str(&format!("$ linux {argv}\n"));
+                self.console_from.insert(index, console.len());
+            }
+            console.push_str(&booted.core.console);
+            booted.core.console = console;
+        }
+        booted.core.stack.ip_ident = ip_ident;
+        booted.core.stack.seed_neigh(neigh_rng);
+        for ((mname, unit), f) in &self.disk_faults {
+            if mname == name {
+                if let Some(d) = booted.core.disks.get_mut(unit) {
+                    d.faults = *f;
+                }
+            }
+        }
+        self.world
+            .boot_again(index, booted.core, booted.failed.is_none());
+        if booted.failed.is_some() {
+            return Ok(());
+        }
+        for plug in booted.plugs {
+            let Some(&sw) = self.switches.get(&plug.switch) else {
+                // A socket outside the lab: the transport fails to connect.
+                continue;
+            };
+            if let Err(e) = self.world.plug(index, plug.iface, sw, plug.port) {
+                let line = format!("vde_plug: {e}\n");
+                if let Some(m) = self.world.machines.get_mut(index) {
+                    m.core.console.push_str(&line);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Boots again, in the same process, the machines whose kernel restarted
+    /// (`reboot -f`) while the world ran.
+    fn restart_kernels(&mut self) -> Result<(), BackendError> {
+        for index in std::mem::take(&mut self.world.restarts) {
+            let name = self
+                .specs
+                .get(index)
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            self.boot_machine(index, &name, None)?;
+        }
+        self.apply_port_faults();
+        Ok(())
+    }
+
     /// Runs the world until job `r` ends or `timeout` passes, then SIGINT.
-    fn finish_job(&mut self, r: JobRef, timeout: Duration) -> CommandOutcome {
+    fn finish_job(&mut self, r: JobRef, timeout: Duration) -> Result<CommandOutcome, BackendError> {
         let deadline = self.world.now.saturating_add(timeout);
         let done = |w: &World| w.job(r).is_none_or(|j| j.done.is_some());
         if !self.world.run_until(deadline, done) {
             self.world.interrupt(r);
         }
-        match self.world.take_job(r) {
+        // A command line that restarted the kernel ends with it (the shell
+        // never reports a status; the job's is what it had then).
+        self.restart_kernels()?;
+        Ok(match self.world.take_job(r) {
             Some(job) => CommandOutcome {
                 output: job.output,
                 exit_code: job.done.unwrap_or(130),
@@ -171,7 +270,7 @@ impl SimBackend {
                 exit_code: 1,
                 interrupted: false,
             },
-        }
+        })
     }
 }
 
@@ -187,6 +286,8 @@ impl Backend for SimBackend {
         self.specs = lab.machines.clone();
         self.machines.clear();
         self.switches.clear();
+        self.boots.clear();
+        self.console_from.clear();
         for s in &lab.switches {
             let i = self
                 .world
@@ -204,63 +305,22 @@ impl Backend for SimBackend {
     fn boot(&mut self, machines: &[String], _timeout: Duration) -> Result<(), BackendError> {
         for name in machines {
             let index = self.machine(name)?;
-            if self
-                .world
-                .machines
-                .get(index)
-                .is_some_and(|m| m.power != Power::Off)
-            {
-                continue;
-            }
-            let Some(spec) = self.specs.get(index).cloned() else {
-                return Err(BackendError::UnknownMachine(name.clone()));
-            };
-            let rng = self.world.rng(&format!("machine {}", spec.name));
-            let booted = boot::boot(
-                index,
-                &spec.name,
-                &spec.argv,
-                &self.run_dir,
-                &self.external,
-                rng,
-            );
-            // A stream of its own, so the other draws stay as they were.
-            let ip_ident = self
-                .world
-                .rng(&format!("machine {} ip ident", spec.name))
-                .below(1 << 16) as u16;
-            let neigh_rng = self.world.rng(&format!("machine {} neigh", spec.name));
-            let Some(m) = self.world.machines.get_mut(index) else {
-                return Err(BackendError::UnknownMachine(name.clone()));
-            };
-            m.core = booted.core;
-            m.core.stack.ip_ident = ip_ident;
-            m.core.stack.seed_neigh(neigh_rng);
-            for ((mname, unit), f) in &self.disk_faults {
-                if mname == name {
-                    if let Some(d) = m.core.disks.get_mut(unit) {
-                        d.faults = *f;
-                    }
+            match self.world.machines.get(index).map(|m| &m.power) {
+                Some(Power::Running) => {
+                    return Err(BackendError::Machine {
+                        machine: name.clone(),
+                        message: "is already running: halt or kill it before booting it again"
+                            .into(),
+                        last_lines: self.last_lines(index),
+                    })
                 }
-            }
-            m.power = match &booted.failed {
-                Some(why) => Power::Down(why.clone()),
-                None => Power::Running,
-            };
-            if booted.failed.is_some() {
-                continue;
-            }
-            for plug in booted.plugs {
-                let Some(&sw) = self.switches.get(&plug.switch) else {
-                    // A socket outside the lab: the transport fails to connect.
-                    continue;
-                };
-                if let Err(e) = self.world.plug(index, plug.iface, sw, plug.port) {
-                    let line = format!("vde_plug: {e}\n");
-                    if let Some(m) = self.world.machines.get_mut(index) {
-                        m.core.console.push_str(&line);
-                    }
+                Some(Power::Down(_)) => {
+                    // A new `linux.uml` process: the uml backend's transcript
+                    // shows the command line again, then its boot log.
+                    let argv = self.specs.get(index).map(|s| s.argv.join(" "));
+                    self.boot_machine(index, name, argv.as_deref())?;
                 }
+                _ => self.boot_machine(index, name, None)?,
             }
         }
         self.apply_port_faults();
@@ -277,7 +337,7 @@ impl Backend for SimBackend {
         let Some(r) = self.world.spawn(m, command) else {
             return Err(BackendError::UnknownMachine(machine.to_string()));
         };
-        Ok(self.finish_job(r, timeout))
+        self.finish_job(r, timeout)
     }
 
     fn spawn(&mut self, machine: &str, command: &str) -> Result<JobId, BackendError> {
@@ -299,7 +359,7 @@ impl Backend for SimBackend {
     ) -> Result<CommandOutcome, BackendError> {
         let m = self.machine(machine)?;
         match self.jobs.remove(&job) {
-            Some(r) if r.machine == m => Ok(self.finish_job(r, timeout)),
+            Some(r) if r.machine == m => self.finish_job(r, timeout),
             _ => Err(BackendError::Machine {
                 machine: machine.to_string(),
                 message: format!("has no background job {}", job.0),
@@ -333,18 +393,24 @@ impl Backend for SimBackend {
     ) -> Result<bool, BackendError> {
         let m = self.machine(machine)?;
         let deadline = self.world.now.saturating_add(timeout);
+        let from = self.console_from.get(&m).copied().unwrap_or(0);
         let seen = |w: &World| {
-            w.machines
-                .get(m)
-                .is_some_and(|mm| mm.core.console.contains(pattern))
+            w.machines.get(m).is_some_and(|mm| {
+                mm.core
+                    .console
+                    .get(from..)
+                    .is_some_and(|c| c.contains(pattern))
+            })
         };
-        Ok(self.world.run_until(deadline, seen))
+        let seen = self.world.run_until(deadline, seen);
+        self.restart_kernels()?;
+        Ok(seen)
     }
 
     fn sleep(&mut self, duration: Duration) -> Result<(), BackendError> {
         let until = self.world.now.saturating_add(duration);
         self.world.run_until(until, |_| false);
-        Ok(())
+        self.restart_kernels()
     }
 
     fn halt(&mut self, machines: &[String], _timeout: Duration) -> Result<(), BackendError> {

@@ -79,6 +79,9 @@ impl Switch {
     }
 }
 
+/// The kernel's line when `reboot -f` restarts it (`kernel_restart`).
+pub const RESTART_LINE: &str = "reboot: Restarting system\n";
+
 /// What a program asked for during a call.
 #[derive(Debug)]
 pub enum Effect {
@@ -95,6 +98,9 @@ pub enum Effect {
     WakeAt(Duration),
     /// Power the machine off (`halt`, `poweroff`, `shutdown -h now`).
     PowerOff,
+    /// Restart the kernel (`reboot -f`): UML's `machine_restart` ends the
+    /// kernel and its process re-execs itself with the same argv.
+    Restart,
     /// A kernel message for the console.
     Kernel(String),
 }
@@ -179,6 +185,9 @@ impl Sys<'_> {
     }
     pub fn power_off(&mut self) {
         self.fx.push(Effect::PowerOff);
+    }
+    pub fn restart(&mut self) {
+        self.fx.push(Effect::Restart);
     }
     pub fn kernel(&mut self, line: String) {
         self.fx.push(Effect::Kernel(line));
@@ -364,6 +373,9 @@ pub struct World {
     pub switches: Vec<Switch>,
     programs: ProgramTable,
     fx: Vec<Effect>,
+    /// Machines whose kernel restarted (`reboot -f`) and that wait to boot
+    /// again: the backend boots them (it holds their argv and disks' folder).
+    pub restarts: Vec<usize>,
 }
 
 /// Which job to act on.
@@ -384,6 +396,7 @@ impl World {
             switches: Vec::new(),
             programs,
             fx: Vec::new(),
+            restarts: Vec::new(),
         }
     }
 
@@ -695,6 +708,10 @@ impl World {
                 Effect::PowerOff => {
                     self.power_down(r.machine, "reboot: System halted\n".into(), None);
                 }
+                Effect::Restart => {
+                    self.power_down(r.machine, RESTART_LINE.into(), None);
+                    self.restarts.push(r.machine);
+                }
                 Effect::Kernel(line) => {
                     if let Some(m) = self.machines.get_mut(r.machine) {
                         m.core.console.push_str(&line);
@@ -749,6 +766,32 @@ impl World {
         // needs, and the run folder is throwaway (200 fsyncs were most of a
         // 200-machine run).
         m.core.disks.clear();
+        // Its NICs' transports close, and the switch frees their ports (a
+        // port that a later boot asks for by number is free again).
+        for (switch, index) in std::mem::take(&mut m.core.links).into_iter().flatten() {
+            if let Some(sw) = self.switches.get_mut(switch) {
+                if let Some(port) = sw.ports.get_mut(index) {
+                    port.connected = false;
+                }
+                sw.core.remove_endpoint(index as u32);
+            }
+        }
+    }
+
+    /// A machine that halted, was killed or restarted its kernel runs `core`
+    /// from now on: a fresh kernel state (the backend booted it) over the
+    /// same disk files; the clock goes on.
+    pub fn boot_again(&mut self, machine: usize, core: MachineCore, running: bool) {
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
+        m.core = core;
+        m.neigh_timer = None;
+        m.power = if running {
+            Power::Running
+        } else {
+            Power::Down("the kernel did not come up again (see the console)".into())
+        };
     }
 
     /// Sends a frame from a machine's interface now; it reaches the switch

@@ -92,6 +92,9 @@ pub struct UmlBackend {
     /// Problems found while stopping (e.g. a machine that had to be killed).
     notes: Vec<String>,
     phases: PhaseLog,
+    /// Per machine booted again: the transcripts of its earlier processes,
+    /// each followed by `$ linux <argv>` (the artifact's first line, again).
+    earlier: BTreeMap<String, String>,
     /// `umltest run --unconfined`: no Landlock domain around the kernels.
     unconfined: bool,
     /// The lab's Landlock domain (built in `start`).
@@ -240,6 +243,34 @@ impl UmlBackend {
                 );
             }
         }
+    }
+
+    /// Before `name` boots again: its last process must have ended (halted,
+    /// killed, or failed to boot); its transcript is kept for the console
+    /// artifact, followed by the command line the new process runs with.
+    fn retire(&mut self, name: &str) -> Result<(), BackendError> {
+        let Some(mut old) = self.machines.remove(name) else {
+            return Ok(());
+        };
+        if old.status().is_none() {
+            let last_lines = old.transcript();
+            let last_lines = last_lines.lines().rev().take(12).collect::<Vec<_>>();
+            let last_lines = last_lines.into_iter().rev().collect::<Vec<_>>().join("\n");
+            self.machines.insert(name.to_string(), old);
+            return Err(BackendError::Machine {
+                machine: name.to_string(),
+                message: "is already running: halt or kill it before booting it again".into(),
+                last_lines,
+            });
+        }
+        let commands = self.commands.remove(name).unwrap_or_default();
+        let text = self.earlier.entry(name.to_string()).or_default();
+        text.push_str(&transcript(&old.console_bytes(), &commands));
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("$ linux {}\n", old.argv().join(" ")));
+        Ok(())
     }
 
     /// Notes the next protocol exchange on `name` (only a booted machine has one).
@@ -500,6 +531,9 @@ impl Backend for UmlBackend {
         // Start all at once (they boot in parallel), from this thread: the
         // parent-death signal is tied to the thread that spawns.
         let mut nics = Vec::new();
+        for name in machines {
+            self.retire(name)?;
+        }
         for name in machines {
             let spec = lab
                 .machines
@@ -846,9 +880,9 @@ impl Backend for UmlBackend {
         let mut artifacts = BackendArtifacts::default();
         for (name, m) in &self.machines {
             let commands = self.commands.get(name).map(Vec::as_slice).unwrap_or(&[]);
-            artifacts
-                .consoles
-                .insert(name.clone(), transcript(&m.console_bytes(), commands));
+            let mut text = self.earlier.get(name).cloned().unwrap_or_default();
+            text.push_str(&transcript(&m.console_bytes(), commands));
+            artifacts.consoles.insert(name.clone(), text);
         }
         for sw in &self.switches {
             let records = read_capture(&sw.pcap, &sw.trace)

@@ -38,6 +38,32 @@ const START_GRACE: Duration = Duration::from_secs(10);
 const LAST_LINES: usize = 25;
 /// Polling period for process exit while waiting on the console (the console
 /// itself wakes waiters immediately).
+/// How long a kernel restarted by `reboot -f` may take to bring up its shell.
+const RESTART_BOOT: Duration = Duration::from_secs(60);
+
+/// How a command's exchange ended.
+enum Ended {
+    Done(console::Exchange),
+    /// The kernel restarted (`reboot -f`): the output before its line, and
+    /// where the line is in the console.
+    Restarted(String, usize),
+}
+
+/// The kernel's restart line after exchange `begin`'s marker line in
+/// `console[from..]`: the output before it, and its offset in `console`.
+fn restarted(console: &[u8], from: usize, begin: &str) -> Option<(String, usize)> {
+    let hay = console.get(from..)?;
+    let begin_at = find(hay, begin.as_bytes())?;
+    let out_start = begin_at + hay.get(begin_at..)?.iter().position(|&b| b == b'\n')? + 1;
+    let line = crate::sim::world::RESTART_LINE.trim_end().as_bytes();
+    let at = out_start + find(hay.get(out_start..)?, line)?;
+    let raw = hay.get(out_start..at)?;
+    Some((
+        console::normalize_newlines(&String::from_utf8_lossy(raw)),
+        from + at,
+    ))
+}
+
 const POLL: Duration = Duration::from_millis(50);
 
 /// Machine driver failures; each carries the console's last lines.
@@ -510,15 +536,48 @@ impl Machine {
             return Err(self.failure(format!("{why} while running {command:?}")));
         }
         let mut deadline = Instant::now() + timeout;
+        let ended = |b: &[u8]| {
+            console::find_exchange(b, from, seq)
+                .map(Ended::Done)
+                .or_else(|| restarted(b, from, &begin).map(|(out, at)| Ended::Restarted(out, at)))
+        };
         loop {
-            match self.wait_for(deadline, |b| console::find_exchange(b, from, seq)) {
-                Wait::Found(ex) => {
+            match self.wait_for(deadline, ended) {
+                Wait::Found(Ended::Done(ex)) => {
                     self.read_from = ex.end;
                     return Ok(CommandOutcome {
                         output: ex.output,
                         exit_code: ex.exit_code,
                         interrupted,
                     });
+                }
+                Wait::Found(Ended::Restarted(output, at)) => {
+                    // `reboot -f`: the kernel re-execs in this process and the
+                    // harness init starts a new shell; the command line never
+                    // reports a status.
+                    return match self.wait_for(Instant::now() + RESTART_BOOT, |b| {
+                        b.get(at..)
+                            .and_then(|h| find(h, super::image::SHELL_READY.as_bytes()))
+                            .map(|r| at + r)
+                    }) {
+                        Wait::Found(ready) => {
+                            self.read_from = ready;
+                            Ok(CommandOutcome {
+                                output,
+                                exit_code: 0,
+                                interrupted,
+                            })
+                        }
+                        Wait::Timeout => Err(self.failure(format!(
+                            "no shell within {RESTART_BOOT:?} after {command:?} restarted the kernel"
+                        ))),
+                        Wait::Exited => {
+                            let why = self.exit_text();
+                            Err(self.failure(format!(
+                                "{why} while booting again after {command:?} restarted the kernel"
+                            )))
+                        }
+                    };
                 }
                 Wait::Timeout if !interrupted => {
                     // ^C on the console tty: SIGINT to the foreground job, like a user.

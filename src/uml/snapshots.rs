@@ -11,6 +11,9 @@
 //!   only command lines are compared there: where the job's output lands among
 //!   later commands' output is timing (the job's output is compared by its
 //!   `wait_job` expectations and by the trace).
+//!   A machine booted again shows `$ linux <argv>` (a new process) or the
+//!   kernel's `reboot: Restarting system` (`reboot -f`, the same process) before
+//!   its new boot log, which is skipped like the first up to the next command.
 //! - everything else (disk diffs, `host.log`): exactly, but for the backing
 //!   mtimes an mtime mismatch quotes ([`normalize::backing_mtimes`]).
 //!
@@ -23,6 +26,7 @@ use super::differential;
 use crate::scenario::normalize;
 use crate::scenario::plan::{Action, Plan};
 use crate::scenario::snapshot::{self, Mismatch};
+use crate::sim::world::RESTART_LINE;
 
 /// The background commands of each machine of `plan`.
 pub fn background_commands(plan: &Plan) -> BTreeMap<String, BTreeSet<String>> {
@@ -42,6 +46,19 @@ pub fn console_view(text: &str, background: &BTreeSet<String>) -> String {
     let mut started = false;
     let mut concurrent = false;
     for line in text.lines() {
+        // A machine booted again (a new process: the artifact shows its command
+        // line again; or `reboot -f`: the kernel restarts in its process):
+        // its boot log is the kernel's, as at the first boot.
+        if line.starts_with("$ linux ") {
+            started = false;
+            continue;
+        }
+        if started && !concurrent && line == RESTART_LINE.trim_end() {
+            out.push_str(line);
+            out.push('\n');
+            started = false;
+            continue;
+        }
         if let Some(command) = line.strip_prefix("# ") {
             let command = command.strip_suffix(" &").unwrap_or(command);
             started = true;

@@ -49,6 +49,7 @@ pub fn lookup(name: &str, args: &[String]) -> Option<Box<dyn Program>> {
         "blkid" => instant(blkid),
         "sysctl" => instant(sysctl),
         "halt" | "poweroff" => instant(power_off),
+        "reboot" => instant(reboot),
         "shutdown" => instant(shutdown),
         _ => None,
     }
@@ -348,6 +349,42 @@ fn sysctl(sys: &mut Sys, args: &[String]) -> i32 {
 
 fn power_off(sys: &mut Sys, _args: &[String]) -> i32 {
     sys.power_off();
+    0
+}
+
+/// busybox `reboot [-d DELAY] [-n] [-f]`. With `-f` it calls reboot(2): a UML
+/// kernel restarts in its process (the same argv). Without it busybox signals
+/// pid 1 (SIGTERM), which under the harness init is the interactive shell, and
+/// it ignores the signal: nothing happens, status 0 (both seen on linux.uml
+/// 6.1.176 with the harness image).
+fn reboot(sys: &mut Sys, args: &[String]) -> i32 {
+    let mut force = false;
+    let mut args = args.iter();
+    while let Some(a) = args.next() {
+        let Some(flags) = a.strip_prefix('-').filter(|f| !f.is_empty()) else {
+            continue;
+        };
+        for (i, c) in flags.char_indices() {
+            match c {
+                'f' => force = true,
+                'n' => {}
+                // -d DELAY (attached or the next word): the sim does not wait.
+                'd' => {
+                    if i + 1 == flags.len() {
+                        args.next();
+                    }
+                    break;
+                }
+                other => {
+                    sys.err(&format!("reboot: invalid option -- '{other}'\n"));
+                    return 1;
+                }
+            }
+        }
+    }
+    if force {
+        sys.restart();
+    }
     0
 }
 

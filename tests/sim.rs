@@ -1007,3 +1007,123 @@ fn printf_random_formats_match_the_host_busybox() {
         })
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// One host on a fixed switch port with a raw data disk, booted.
+fn host_on_port_5(dir: &Path) -> SimBackend {
+    fake_ext4(&dir.join("fs.ext4"), 64 << 20);
+    std::fs::File::create(dir.join("data.img"))
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("data disk");
+    let mut sim = SimBackend::new();
+    let h1 = "mem=64M ubd0=h1.cow,fs.ext4 ubd1=data.img root=/dev/ubda init=/init eth0=vde,sw1,fe:fd:00:00:00:01,5";
+    sim.start(&lab(dir, &[("h1", h1)], false)).expect("start");
+    sim.boot(&["h1".into()], Duration::from_secs(10))
+        .expect("boot");
+    sim
+}
+
+fn console(sim: &SimBackend) -> String {
+    sim.world().machines[0].core.console.clone()
+}
+
+#[test]
+fn a_halted_machine_boots_again_over_its_disks_with_a_fresh_kernel() {
+    let dir = util::tempdir();
+    let mut sim = host_on_port_5(dir.path());
+    let (_, code) = run(
+        &mut sim,
+        "h1",
+        "ip link set eth0 up; echo -n kept > /tmp/m; dd if=/tmp/m of=/dev/ubdb bs=512 seek=3 conv=sync",
+    );
+    assert_eq!(code, 0);
+    assert!(run(&mut sim, "h1", "ip link show eth0").0.contains(",UP,"));
+    let halted_at = sim.world().now;
+    let endpoints = |sim: &SimBackend| sim.world().switches[0].core.endpoints(5).len();
+    assert_eq!(endpoints(&sim), 1);
+    sim.halt(&["h1".into()], Duration::from_secs(10))
+        .expect("halt");
+    // Its vde_plug is gone: the switch freed port 5.
+    assert_eq!(endpoints(&sim), 0);
+    sim.sleep(Duration::from_secs(7)).expect("sleep");
+    sim.boot(&["h1".into()], Duration::from_secs(10))
+        .expect("boot again");
+    assert_eq!(endpoints(&sim), 1);
+    assert!(sim.world().now >= halted_at + Duration::from_secs(7));
+    assert_eq!(
+        run(&mut sim, "h1", "dd if=/dev/ubdb bs=1 count=4 skip=1536"),
+        ("kept4+0 records in\n4+0 records out\n".into(), 0)
+    );
+    // A fresh kernel: the interface is down again.
+    let link = run(&mut sim, "h1", "ip link show eth0").0;
+    assert!(!link.contains(",UP,"), "{link}");
+    let text = console(&sim);
+    assert_eq!(
+        text.matches("Run /init as init process").count(),
+        2,
+        "{text}"
+    );
+    let again = text
+        .find("$ linux mem=64M ubd0=h1.cow")
+        .expect("second command line");
+    assert!(text[..again].ends_with("reboot: System halted\n"), "{text}");
+    // The new process's console: a boot-log line is seen again.
+    assert!(sim
+        .wait_console("h1", "Run /init", Duration::ZERO)
+        .expect("wait_console"));
+}
+
+#[test]
+fn a_killed_machine_boots_again_and_a_running_one_is_refused() {
+    let dir = util::tempdir();
+    let mut sim = host_on_port_5(dir.path());
+    let err = sim
+        .boot(&["h1".into()], Duration::from_secs(10))
+        .expect_err("booting a running machine");
+    assert!(err.to_string().contains("is already running"), "{err}");
+    run(
+        &mut sim,
+        "h1",
+        "echo -n synced > /tmp/m; dd if=/tmp/m of=/dev/ubdb bs=512 conv=sync; sync",
+    );
+    sim.kill("h1").expect("kill");
+    assert!(sim.run("h1", "echo x", Duration::from_secs(1)).is_err());
+    sim.boot(&["h1".into()], Duration::from_secs(10))
+        .expect("boot again");
+    assert_eq!(
+        run(&mut sim, "h1", "dd if=/dev/ubdb bs=1 count=6").0,
+        "synced6+0 records in\n6+0 records out\n"
+    );
+}
+
+#[test]
+fn reboot_f_restarts_the_kernel_in_its_process_and_plain_reboot_does_nothing() {
+    let dir = util::tempdir();
+    let mut sim = host_on_port_5(dir.path());
+    run(&mut sim, "h1", "ip link set eth0 up");
+    // busybox signals pid 1, the harness init's shell, which ignores it.
+    assert_eq!(run(&mut sim, "h1", "reboot; echo up"), ("up\n".into(), 0));
+    assert_eq!(
+        run(&mut sim, "h1", "reboot -x"),
+        ("reboot: invalid option -- 'x'\n".into(), 1)
+    );
+    assert_eq!(
+        run(&mut sim, "h1", "echo going; reboot -f; echo never"),
+        ("going\n".into(), 0)
+    );
+    let text = console(&sim);
+    let restart = text
+        .find("reboot: Restarting system\nLinux version")
+        .expect("restart");
+    assert_eq!(
+        text.matches("Run /init as init process").count(),
+        2,
+        "{text}"
+    );
+    // The same process: no new command line in the transcript.
+    assert!(!text[restart..].contains("$ linux"), "{text}");
+    assert!(!text.contains("\nnever\n"), "{text}");
+    assert_eq!(run(&mut sim, "h1", "echo again"), ("again\n".into(), 0));
+    assert!(!run(&mut sim, "h1", "ip link show eth0").0.contains(",UP,"));
+    // The old kernel's transport closed, the new one took port 5.
+    assert_eq!(sim.world().switches[0].core.endpoints(5).len(), 1);
+}

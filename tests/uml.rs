@@ -177,6 +177,38 @@ mod machine {
         (out.output, out.exit_code)
     }
 
+    /// `reboot -f` in the guest: UML restarts the kernel in the same process
+    /// (same pid and argv) and the harness init brings up a new shell; the
+    /// command's output before the restart is its output. Plain `reboot`
+    /// signals pid 1, the harness init's shell, which ignores it.
+    #[test]
+    fn reboot_f_restarts_the_kernel_in_the_same_process() {
+        let _heavy = crate::uml::heavy();
+        let dir = util::tempdir();
+        let Some(mut m) = boot(dir.path(), "rb1", &[]) else {
+            return;
+        };
+        let pid = m.pid();
+        assert_eq!(run(&mut m, "reboot; echo up"), ("up\n".into(), 0));
+        assert_eq!(
+            run(&mut m, "echo going; reboot -f; echo never"),
+            ("going\n".into(), 0)
+        );
+        assert_eq!(run(&mut m, "echo again"), ("again\n".into(), 0));
+        assert_eq!(m.pid(), pid);
+        assert_eq!(m.status(), None);
+        let text = m.transcript();
+        let restart = text
+            .find("reboot: Restarting system")
+            .unwrap_or_else(|| panic!("no restart line\n{text}"));
+        assert!(text[restart..].contains("Linux version 6.1"), "{text}");
+        assert_eq!(
+            text.matches("Run /init as init process").count(),
+            2,
+            "{text}"
+        );
+    }
+
     #[test]
     fn console_protocol_returns_output_and_exit_codes_and_interrupts_at_timeout() {
         let _heavy = crate::uml::heavy();

@@ -271,7 +271,7 @@ pub const TABLES: &[TableDoc] = &[
 
 /// Step kinds: each `[[step]]` has exactly one of these keys.
 pub const STEP_KINDS: &[StepKindDoc] = &[
-    StepKindDoc { key: "boot", ty: "names", doc: "Boot machines (in parallel) and wait for their shells, or for the kernel to fail as it would.", default_timeout_ms: Some(60_000), options: &["timeout"] },
+    StepKindDoc { key: "boot", ty: "names", doc: "Boot machines (in parallel) and wait for their shells, or for the kernel to fail as it would. A machine that halted, was killed or failed to boot boots again over the same disk files (a new `linux.uml` process, same command line); booting a running machine stops the run.", default_timeout_ms: Some(60_000), options: &["timeout"] },
     StepKindDoc { key: "run", ty: "string", doc: "Run a shell command on machine `on`. At `timeout` a command still running gets SIGINT, as from Ctrl-C; its output and exit code are kept. With `background = true` and an `id` it runs in the background until `wait_job`.", default_timeout_ms: Some(10_000), options: &["on", "timeout", "background", "id", "expect"] },
     StepKindDoc { key: "wait_job", ty: "string", doc: "Wait for the background command with this `id` (SIGINT at `timeout`).", default_timeout_ms: Some(10_000), options: &["timeout", "expect"] },
     StepKindDoc { key: "wait_console", ty: "string", doc: "Wait until machine `on`'s console shows this text; a failure at `timeout`.", default_timeout_ms: Some(30_000), options: &["on", "timeout"] },

@@ -717,3 +717,29 @@ pub fn start_all(
     }
     Ok(machines)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_after_the_begin_marker_ends_the_exchange() {
+        let console = b"old\r\nUMLTEST-BEGIN-3\r\ngoing\r\nreboot: Restarting system\r\n\r\nCore dump limits :\r\n";
+        let (output, at) = restarted(console, 0, "UMLTEST-BEGIN-3").expect("restart seen");
+        assert_eq!(output, "going\n");
+        assert!(console[at..].starts_with(b"reboot: Restarting system"));
+        // Not before the command began, nor for another exchange.
+        assert_eq!(restarted(console, 0, "UMLTEST-BEGIN-4"), None);
+        let earlier = b"reboot: Restarting system\r\nUMLTEST-BEGIN-3\r\ngoing\r\n";
+        assert_eq!(restarted(earlier, 0, "UMLTEST-BEGIN-3"), None);
+        // Only what lies after `from` counts.
+        assert_eq!(
+            restarted(console, 5, "UMLTEST-BEGIN-3").map(|r| r.1),
+            Some(at)
+        );
+        assert_eq!(
+            restarted(console, console.len() + 1, "UMLTEST-BEGIN-3"),
+            None
+        );
+    }
+}

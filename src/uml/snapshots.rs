@@ -161,6 +161,21 @@ mod tests {
     }
 
     #[test]
+    fn boot_logs_of_a_machine_booted_again_are_skipped() {
+        let sim = "$ linux mem=64M\nLinux version 6.1\n# echo a\na\nreboot: System halted\n$ linux mem=64M\nLinux version 6.1\nmtime mismatch (1 vs 2) of COW header vs backing file\nRun /init as init process\n# echo b; reboot -f\nb\nreboot: Restarting system\nLinux version 6.1\nRun /init as init process\n# echo c\nc\n";
+        let uml = "$ linux mem=64M\r\nCore dump limits :\r\nLinux version 6.1\r\n# echo a\r\na\r\nreboot: System halted\r\n\r\n$ linux mem=64M\r\nCore dump limits :\r\nLinux version 6.1\r\nRandom: x\r\nmtime mismatch (1 vs 99) of COW header vs backing file\r\n# echo b; reboot -f\r\nb\r\nreboot: Restarting system\r\n\r\nCore dump limits :\r\nBusyBox v1.35.0\r\n# echo c\r\nc\r\n";
+        let none = BTreeSet::new();
+        assert_eq!(
+            console_view(sim, &none),
+            "# echo a\na\nreboot: System halted\n# echo b; reboot -f\nb\nreboot: Restarting system\n# echo c\nc\n"
+        );
+        assert_eq!(console_view(sim, &none), console_view(uml, &none));
+        // Output after the restart line's command still counts.
+        let other = uml.replace("\r\nc\r\n", "\r\nd\r\n");
+        assert_ne!(console_view(sim, &none), console_view(&other, &none));
+    }
+
+    #[test]
     fn different_output_or_commands_show() {
         let other = UML.replace("index=0", "index=1");
         assert_ne!(console_view(SIM, &bg()), console_view(&other, &bg()));

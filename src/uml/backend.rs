@@ -216,20 +216,33 @@ impl UmlBackend {
             .iter()
             .map(|n| self.machines.get(n).map_or(-1, |m| m.pid() as i32))
             .collect();
+        // Ports a machine asked for by number (`eth0=vde,sw1,,5`) are its own on
+        // the sim too: they keep their number.
+        let fixed: Vec<Vec<(String, u32)>> = machines
+            .iter()
+            .map(|n| {
+                self.machines
+                    .get(n)
+                    .map(|m| fixed_ports(m.argv()))
+                    .unwrap_or_default()
+            })
+            .collect();
         for sw in &mut self.switches {
             let Ok(endpoints) = endpoint_pids(&sw.mgmt) else {
                 continue;
             };
-            let mut new: Vec<(usize, u32)> = endpoints
-                .into_iter()
-                .filter(|(port, _)| !sw.relabel.contains_key(port))
-                .map(|(port, pid)| {
-                    let place = process_group(pid)
-                        .and_then(|g| groups.iter().position(|&m| m == g))
-                        .unwrap_or(usize::MAX);
-                    (place, port)
-                })
-                .collect();
+            let mut new: Vec<(usize, u32)> = Vec::new();
+            for (port, pid) in endpoints {
+                let place = process_group(pid).and_then(|g| groups.iter().position(|&m| m == g));
+                let asked = place
+                    .and_then(|p| fixed.get(p))
+                    .is_some_and(|f| f.iter().any(|(s, n)| *s == sw.name && *n == port));
+                if asked {
+                    sw.relabel.insert(port, port);
+                } else if !sw.relabel.contains_key(&port) {
+                    new.push((place.unwrap_or(usize::MAX), port));
+                }
+            }
             let mut slots: Vec<u32> = new.iter().map(|&(_, p)| p).collect();
             slots.sort_unstable();
             new.sort_unstable();
@@ -343,6 +356,25 @@ fn vde_nics(argv: &[String]) -> usize {
                     .is_some_and(|(_, v)| v == "vde" || v.starts_with("vde,"))
         })
         .count()
+}
+
+/// The (switch, port) pairs an argv's VDE NICs ask for by number.
+fn fixed_ports(argv: &[String]) -> Vec<(String, u32)> {
+    crate::cmdline::parse(argv)
+        .net
+        .iter()
+        .filter_map(|d| match &d.params {
+            crate::cmdline::NetParams::Vde {
+                switch: Some(switch),
+                port,
+                ..
+            } if *port != 0 => {
+                let name = Path::new(switch.trim_end_matches('/')).file_name()?;
+                Some((name.to_string_lossy().into_owned(), *port))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn uses_vde(argv: &[String]) -> bool {
@@ -1135,6 +1167,24 @@ mod tests {
         assert_eq!(
             process_group(std::process::id()),
             Some(nix::unistd::getpgrp().as_raw())
+        );
+    }
+
+    #[test]
+    fn fixed_ports_are_the_vde_nics_asking_for_a_number() {
+        let argv: Vec<String> = [
+            "mem=64M",
+            "eth0=vde,sw1,,5",
+            "eth1=vde,./sw2/",
+            "eth2=vde,sw3,fe:fd:00:00:00:01,7",
+            "eth3=tuntap,tap0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            fixed_ports(&argv),
+            [("sw1".to_string(), 5), ("sw3".to_string(), 7)]
         );
     }
 

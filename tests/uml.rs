@@ -179,10 +179,11 @@ mod machine {
 
     /// `reboot -f` in the guest: UML restarts the kernel in the same process
     /// (same pid and argv) and the harness init brings up a new shell; the
-    /// command's output before the restart is its output. Plain `reboot`
-    /// signals pid 1, the harness init's shell, which ignores it.
+    /// command's output before the restart is its output. Plain `reboot`,
+    /// `halt`, `poweroff` signal pid 1, the harness init's shell, which
+    /// ignores them; `halt -f` ends the process and the command with it.
     #[test]
-    fn reboot_f_restarts_the_kernel_in_the_same_process() {
+    fn reboot_f_restarts_the_kernel_in_the_same_process_and_halt_f_ends_it() {
         let _heavy = crate::uml::heavy();
         let dir = util::tempdir();
         let Some(mut m) = boot(dir.path(), "rb1", &[]) else {
@@ -207,6 +208,11 @@ mod machine {
             2,
             "{text}"
         );
+        // Without -f, halt and poweroff signal the harness init's shell too.
+        assert_eq!(run(&mut m, "halt; poweroff; echo up"), ("up\n".into(), 0));
+        // With it the kernel halts; the command line ends with it.
+        assert_eq!(run(&mut m, "echo bye; halt -f"), ("bye\n".into(), 0));
+        assert!(m.status().is_some(), "{}", m.transcript());
     }
 
     #[test]

@@ -49,13 +49,27 @@ enum Ended {
     Restarted(String, usize),
 }
 
+/// The kernel's line when reboot(2) halts it.
+const HALTED_LINE: &str = "reboot: System halted";
+
 /// The kernel's restart line after exchange `begin`'s marker line in
 /// `console[from..]`: the output before it, and its offset in `console`.
 fn restarted(console: &[u8], from: usize, begin: &str) -> Option<(String, usize)> {
+    after_begin(
+        console,
+        from,
+        begin,
+        crate::sim::world::RESTART_LINE.trim_end(),
+    )
+}
+
+/// `line` after exchange `begin`'s marker line in `console[from..]`: the
+/// output before it, and its offset in `console`.
+fn after_begin(console: &[u8], from: usize, begin: &str, line: &str) -> Option<(String, usize)> {
     let hay = console.get(from..)?;
     let begin_at = find(hay, begin.as_bytes())?;
     let out_start = begin_at + hay.get(begin_at..)?.iter().position(|&b| b == b'\n')? + 1;
-    let line = crate::sim::world::RESTART_LINE.trim_end().as_bytes();
+    let line = line.as_bytes();
     let at = out_start + find(hay.get(out_start..)?, line)?;
     let raw = hay.get(out_start..at)?;
     Some((
@@ -591,6 +605,16 @@ impl Machine {
                     )))
                 }
                 Wait::Exited => {
+                    // `halt -f`/`poweroff -f`: the command line ends with the
+                    // kernel, which says so; the shell never reports a status.
+                    let console = self.console.snapshot();
+                    if let Some((output, _)) = after_begin(&console, from, &begin, HALTED_LINE) {
+                        return Ok(CommandOutcome {
+                            output,
+                            exit_code: 0,
+                            interrupted,
+                        });
+                    }
                     let why = self.exit_text();
                     return Err(self.failure(format!("{why} while running {command:?}")));
                 }

@@ -48,7 +48,8 @@ pub fn lookup(name: &str, args: &[String]) -> Option<Box<dyn Program>> {
         "lsblk" => instant(lsblk),
         "blkid" => instant(blkid),
         "sysctl" => instant(sysctl),
-        "halt" | "poweroff" => instant(power_off),
+        "halt" => instant(|sys, args| power_off(sys, "halt", args)),
+        "poweroff" => instant(|sys, args| power_off(sys, "poweroff", args)),
         "reboot" => instant(reboot),
         "shutdown" => instant(shutdown),
         _ => None,
@@ -347,18 +348,37 @@ fn sysctl(sys: &mut Sys, args: &[String]) -> i32 {
     code
 }
 
-fn power_off(sys: &mut Sys, _args: &[String]) -> i32 {
-    sys.power_off();
+/// busybox `halt`/`poweroff [-d DELAY] [-n] [-f] [-w]`: with `-f` reboot(2)
+/// halts the UML kernel (`reboot: System halted`, the process exits). Without
+/// it busybox signals pid 1 (SIGUSR1/SIGUSR2), the harness init's interactive
+/// shell, which ignores it: nothing happens, status 0 (both measured on
+/// linux.uml 6.1.176 with the harness image).
+fn power_off(sys: &mut Sys, applet: &str, args: &[String]) -> i32 {
+    match forced(sys, applet, args) {
+        Ok(true) => sys.power_off(),
+        Ok(false) => {}
+        Err(code) => return code,
+    }
     0
 }
 
-/// busybox `reboot [-d DELAY] [-n] [-f]`. With `-f` it calls reboot(2): a UML
-/// kernel restarts in its process (the same argv). Without it busybox signals
-/// pid 1 (SIGTERM), which under the harness init is the interactive shell, and
-/// it ignores the signal: nothing happens, status 0 (both seen on linux.uml
-/// 6.1.176 with the harness image).
+/// busybox `reboot [-d DELAY] [-n] [-f]`: with `-f` reboot(2) restarts the
+/// UML kernel in its process (the same argv); without it, as `halt` without
+/// `-f`, nothing happens under the harness init (measured likewise).
 fn reboot(sys: &mut Sys, args: &[String]) -> i32 {
-    let mut force = false;
+    match forced(sys, "reboot", args) {
+        Ok(true) => sys.restart(),
+        Ok(false) => {}
+        Err(code) => return code,
+    }
+    0
+}
+
+/// The options of busybox's halt.c (`d:+nfw`): `-f` calls reboot(2) at once,
+/// `-w` only writes a wtmp record (nothing else happens), `-n`, `-d DELAY`
+/// (the sim does not wait). Another option: its error and usage, status 1.
+fn forced(sys: &mut Sys, applet: &str, args: &[String]) -> Result<bool, i32> {
+    let (mut force, mut wtmp_only) = (false, false);
     let mut args = args.iter();
     while let Some(a) = args.next() {
         let Some(flags) = a.strip_prefix('-').filter(|f| !f.is_empty()) else {
@@ -367,8 +387,9 @@ fn reboot(sys: &mut Sys, args: &[String]) -> i32 {
         for (i, c) in flags.char_indices() {
             match c {
                 'f' => force = true,
+                'w' => wtmp_only = true,
                 'n' => {}
-                // -d DELAY (attached or the next word): the sim does not wait.
+                // -d DELAY, attached or the next word.
                 'd' => {
                     if i + 1 == flags.len() {
                         args.next();
@@ -376,16 +397,32 @@ fn reboot(sys: &mut Sys, args: &[String]) -> i32 {
                     break;
                 }
                 other => {
-                    sys.err(&format!("reboot: invalid option -- '{other}'\n"));
-                    return 1;
+                    sys.err(&format!(
+                        "{applet}: invalid option -- '{other}'\n{}",
+                        halt_usage(applet)
+                    ));
+                    return Err(1);
                 }
             }
         }
     }
-    if force {
-        sys.restart();
-    }
-    0
+    Ok(force && !wtmp_only)
+}
+
+/// busybox 1.35's usage text of halt, poweroff and reboot (Debian's build).
+fn halt_usage(applet: &str) -> String {
+    let (flags, what, wtmp) = match applet {
+        "halt" => (
+            "-nfw",
+            "Halt the system",
+            "\t-w\tOnly write a wtmp record\n",
+        ),
+        "poweroff" => ("-nf", "Halt and shut off power", ""),
+        _ => ("-nf", "Reboot the system", ""),
+    };
+    format!(
+        "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary.\n\nUsage: {applet} [-d DELAY] [{flags}]\n\n{what}\n\n\t-d SEC\tDelay interval\n\t-n\tDo not sync\n\t-f\tForce (don't go through init)\n{wtmp}"
+    )
 }
 
 fn shutdown(sys: &mut Sys, args: &[String]) -> i32 {

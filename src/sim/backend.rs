@@ -3,6 +3,14 @@
 //! Every wait is in virtual time: `run` with a 5 s timeout on `arping -0Bi
 //! eth0` advances the clock by exactly 5 s, delivers SIGINT, and returns at
 //! once in wall-clock terms.
+//!
+//! Booting again: a `boot` of a machine that halted, was killed or failed to
+//! boot starts a fresh guest kernel over the same disk files (the uml backend
+//! starts a new `linux.uml` with the same argv); `reboot -f` in the guest does
+//! the same in the same process: UML's restart returns from `linux_main` to
+//! `main()` in arch/um/os-Linux/main.c, which re-execs the binary with a copy
+//! of its argv (the blank line real consoles show comes from there). The
+//! virtual clock goes on; the console keeps what came before.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

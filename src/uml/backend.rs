@@ -8,6 +8,9 @@
 //! (kernel background traffic such as IPv6 ND and MLD would make real traces
 //! flaky). Consoles: the raw transcript with the protocol's markers turned into
 //! `# <command>` lines (as the sim writes them) and `\r\n` into `\n`.
+//! A machine booted again runs as a new process; its console artifact is the
+//! earlier processes' transcripts, each followed by `$ linux <argv>`, then the
+//! new one's.
 
 use std::collections::BTreeMap;
 use std::io::Write;

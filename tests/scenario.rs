@@ -1166,3 +1166,33 @@ fn cow_diff_artifact_lists_changed_ext4_files() {
     create(&d.join("raw.cow"), &d.join("raw.img"), &opts).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(files("raw.cow"), "");
 }
+
+/// `check` takes `run` after a machine is booted again (it does not track
+/// which machines run); booting a machine that still runs stops the run on
+/// the backend, naming it.
+#[test]
+fn check_accepts_booting_again_and_a_run_refuses_booting_a_running_machine() {
+    if util::tool("mkfs.ext4", "e2fsprogs").is_none() {
+        return;
+    }
+    let dir = util::tempdir();
+    let head = "[scenario]\nname = \"again\"\n[[disk]]\nname = \"fs.ext4\"\nsize = \"64M\"\nimage = \"default\"\n[[machine]]\nname = \"h1\"\ncmdline = \"mem=64M ubd0=h1.cow,fs.ext4 root=/dev/ubda\"\n[[step]]\nboot = \"h1\"\n";
+    let again = format!("{head}[[step]]\nhalt = \"h1\"\n[[step]]\nboot = \"h1\"\n[[step]]\non = \"h1\"\nrun = \"echo again\"\nexpect = {{ exit = 0, stdout = \"again\" }}\n");
+    std::fs::write(dir.path().join("again.toml"), again).unwrap_or_else(|e| panic!("{e}"));
+    util::umltest(dir.path(), &["check", "again.toml"]).expect_code(0);
+    let twice = format!("{head}[[step]]\nboot = \"h1\"\n");
+    std::fs::write(
+        dir.path().join("twice.toml"),
+        twice.replace("\"again\"", "\"twice\""),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    util::umltest(dir.path(), &["check", "twice.toml"]).expect_code(0);
+    let r = util::umltest(dir.path(), &["run", "--out", "out", "twice.toml"]);
+    r.expect_code(100);
+    assert!(
+        r.stdout()
+            .contains("machine h1: is already running: halt or kill it before booting it again"),
+        "{}",
+        r.dump()
+    );
+}

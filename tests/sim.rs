@@ -1174,3 +1174,20 @@ fn halt_and_poweroff_without_f_do_nothing_under_the_harness_init() {
     assert!(sim.run("h1", "echo x", Duration::from_secs(1)).is_err());
     assert!(console(&sim).ends_with("# halt -f\nreboot: System halted\n"));
 }
+
+#[test]
+fn a_boot_step_naming_a_running_machine_boots_none_of_its_machines() {
+    let dir = util::tempdir();
+    let mut sim = two_hosts(dir.path());
+    sim.halt(&["h1".into()], Duration::from_secs(10))
+        .expect("halt");
+    let err = sim
+        .boot(&["h1".into(), "h2".into()], Duration::from_secs(10))
+        .expect_err("h2 still runs");
+    assert!(
+        err.to_string().contains("machine h2: is already running"),
+        "{err}"
+    );
+    assert!(sim.run("h1", "echo x", Duration::from_secs(1)).is_err());
+    assert!(!console(&sim).contains("$ linux"));
+}

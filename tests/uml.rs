@@ -1010,3 +1010,33 @@ fn update_with_the_uml_backend_is_refused_snapshots_are_the_sims() {
         run.dump()
     );
 }
+
+/// The uml backend boots a machine again only once its process ended: a
+/// `boot` of a running machine stops the run, naming it, and starts nothing.
+#[test]
+fn uml_backend_refuses_to_boot_a_running_machine_again() {
+    let _heavy = heavy();
+    if machine::default_image().is_none() {
+        return;
+    }
+    let dir = util::tempdir();
+    std::fs::write(
+        dir.path().join("twice.toml"),
+        "[scenario]\nname = \"twice\"\n[[disk]]\nname = \"fs.ext4\"\nsize = \"32M\"\nimage = \"default\"\n[[machine]]\nname = \"h1\"\ncmdline = \"mem=64M ubd0=h1.cow,fs.ext4 root=/dev/ubda\"\n[[step]]\nboot = \"h1\"\n[[step]]\nboot = \"h1\"\n",
+    )
+    .expect("write lab");
+    let run = util::umltest(
+        dir.path(),
+        &["run", "--backend", "uml", "--out", "out", "twice.toml"],
+    );
+    run.expect_code(100);
+    assert!(
+        run.stdout()
+            .contains("boot h1: the uml backend stopped the run: machine h1: is already running"),
+        "{}",
+        run.dump()
+    );
+    let console = std::fs::read_to_string(dir.path().join("out/twice/h1.console"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", run.dump()));
+    assert_eq!(console.matches("$ linux").count(), 1, "{console}");
+}

@@ -311,17 +311,25 @@ impl Backend for SimBackend {
     }
 
     fn boot(&mut self, machines: &[String], _timeout: Duration) -> Result<(), BackendError> {
+        // Nothing boots if one of them still runs.
+        for name in machines {
+            let index = self.machine(name)?;
+            if self
+                .world
+                .machines
+                .get(index)
+                .is_some_and(|m| m.power == Power::Running)
+            {
+                return Err(BackendError::Machine {
+                    machine: name.clone(),
+                    message: "is already running: halt or kill it before booting it again".into(),
+                    last_lines: self.last_lines(index),
+                });
+            }
+        }
         for name in machines {
             let index = self.machine(name)?;
             match self.world.machines.get(index).map(|m| &m.power) {
-                Some(Power::Running) => {
-                    return Err(BackendError::Machine {
-                        machine: name.clone(),
-                        message: "is already running: halt or kill it before booting it again"
-                            .into(),
-                        last_lines: self.last_lines(index),
-                    })
-                }
                 Some(Power::Down(_)) => {
                     // A new `linux.uml` process: the uml backend's transcript
                     // shows the command line again, then its boot log.

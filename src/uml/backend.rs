@@ -261,24 +261,13 @@ impl UmlBackend {
         }
     }
 
-    /// Before `name` boots again: its last process must have ended (halted,
-    /// killed, or failed to boot); its transcript is kept for the console
-    /// artifact, followed by the command line the new process runs with.
-    fn retire(&mut self, name: &str) -> Result<(), BackendError> {
-        let Some(mut old) = self.machines.remove(name) else {
-            return Ok(());
+    /// Before `name` boots again (its last process ended: halted, killed, or
+    /// failed to boot): its transcript is kept for the console artifact,
+    /// followed by the command line the new process runs with.
+    fn retire(&mut self, name: &str) {
+        let Some(old) = self.machines.remove(name) else {
+            return;
         };
-        if old.status().is_none() {
-            let last_lines = old.transcript();
-            let last_lines = last_lines.lines().rev().take(12).collect::<Vec<_>>();
-            let last_lines = last_lines.into_iter().rev().collect::<Vec<_>>().join("\n");
-            self.machines.insert(name.to_string(), old);
-            return Err(BackendError::Machine {
-                machine: name.to_string(),
-                message: "is already running: halt or kill it before booting it again".into(),
-                last_lines,
-            });
-        }
         let commands = self.commands.remove(name).unwrap_or_default();
         let text = self.earlier.entry(name.to_string()).or_default();
         text.push_str(&transcript(&old.console_bytes(), &commands));
@@ -286,7 +275,6 @@ impl UmlBackend {
             text.push('\n');
         }
         text.push_str(&format!("$ linux {}\n", old.argv().join(" ")));
-        Ok(())
     }
 
     /// Notes the next protocol exchange on `name` (only a booted machine has one).
@@ -298,6 +286,17 @@ impl UmlBackend {
             .entry(name.to_string())
             .or_default()
             .push(shown);
+    }
+}
+
+/// A `boot` of a machine whose process still runs.
+fn still_running(name: &str, m: &Machine) -> BackendError {
+    let text = m.transcript();
+    let lines: Vec<&str> = text.lines().collect();
+    BackendError::Machine {
+        machine: name.to_string(),
+        message: "is already running: halt or kill it before booting it again".into(),
+        last_lines: lines[lines.len().saturating_sub(12)..].join("\n"),
     }
 }
 
@@ -566,8 +565,16 @@ impl Backend for UmlBackend {
         // Start all at once (they boot in parallel), from this thread: the
         // parent-death signal is tied to the thread that spawns.
         let mut nics = Vec::new();
+        // Nothing starts if one of them still runs.
         for name in machines {
-            self.retire(name)?;
+            if let Some(m) = self.machines.get_mut(name) {
+                if m.status().is_none() {
+                    return Err(still_running(name, m));
+                }
+            }
+        }
+        for name in machines {
+            self.retire(name);
         }
         for name in machines {
             let spec = lab

@@ -1191,3 +1191,29 @@ fn a_boot_step_naming_a_running_machine_boots_none_of_its_machines() {
     assert!(sim.run("h1", "echo x", Duration::from_secs(1)).is_err());
     assert!(!console(&sim).contains("$ linux"));
 }
+
+/// A background `reboot -f` restarts the kernel when it runs, not when the
+/// step that waits ends: the new boot log comes before what runs after it.
+#[test]
+fn a_background_reboot_f_restarts_the_kernel_when_it_runs() {
+    let dir = util::tempdir();
+    let mut sim = one_host(dir.path());
+    sim.spawn("h1", "sleep 1; reboot -f").expect("spawn");
+    // The new boot log right after the restart line, within the same wait.
+    assert!(sim
+        .wait_console(
+            "h1",
+            "reboot: Restarting system\nLinux version",
+            Duration::from_secs(5)
+        )
+        .expect("wait_console"));
+    assert_eq!(sim.world().now, Duration::from_secs(1));
+    // Booted again at once: the shell answers at the same virtual time.
+    assert_eq!(run(&mut sim, "h1", "echo up"), ("up\n".into(), 0));
+    let text = console(&sim);
+    let restart = text.find("reboot: Restarting system").expect("restart");
+    assert!(
+        text[restart..].find("Run /init") < text[restart..].find("# echo up"),
+        "{text}"
+    );
+}

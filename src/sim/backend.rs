@@ -242,6 +242,28 @@ impl SimBackend {
         Ok(())
     }
 
+    /// Runs the world until `stop` holds (true) or `deadline` (false); a
+    /// kernel restarted meanwhile (`reboot -f`, in the foreground or in a
+    /// background job) boots again at once, and the world goes on.
+    fn run_until(
+        &mut self,
+        deadline: Duration,
+        stop: impl Fn(&World) -> bool,
+    ) -> Result<bool, BackendError> {
+        loop {
+            let hit = self
+                .world
+                .run_until(deadline, |w| stop(w) || !w.restarts.is_empty());
+            if self.world.restarts.is_empty() {
+                return Ok(hit);
+            }
+            self.restart_kernels()?;
+            if stop(&self.world) {
+                return Ok(true);
+            }
+        }
+    }
+
     /// Boots again, in the same process, the machines whose kernel restarted
     /// (`reboot -f`) while the world ran.
     fn restart_kernels(&mut self) -> Result<(), BackendError> {
@@ -261,12 +283,11 @@ impl SimBackend {
     fn finish_job(&mut self, r: JobRef, timeout: Duration) -> Result<CommandOutcome, BackendError> {
         let deadline = self.world.now.saturating_add(timeout);
         let done = |w: &World| w.job(r).is_none_or(|j| j.done.is_some());
-        if !self.world.run_until(deadline, done) {
-            self.world.interrupt(r);
-        }
         // A command line that restarted the kernel ends with it (the shell
         // never reports a status; the job's is what it had then).
-        self.restart_kernels()?;
+        if !self.run_until(deadline, done)? {
+            self.world.interrupt(r);
+        }
         Ok(match self.world.take_job(r) {
             Some(job) => CommandOutcome {
                 output: job.output,
@@ -418,15 +439,13 @@ impl Backend for SimBackend {
                     .is_some_and(|c| c.contains(pattern))
             })
         };
-        let seen = self.world.run_until(deadline, seen);
-        self.restart_kernels()?;
-        Ok(seen)
+        self.run_until(deadline, seen)
     }
 
     fn sleep(&mut self, duration: Duration) -> Result<(), BackendError> {
         let until = self.world.now.saturating_add(duration);
-        self.world.run_until(until, |_| false);
-        self.restart_kernels()
+        self.run_until(until, |_| false)?;
+        Ok(())
     }
 
     fn halt(&mut self, machines: &[String], _timeout: Duration) -> Result<(), BackendError> {

@@ -159,7 +159,7 @@ impl SimBackend {
         }
         match self.world.take_job(r) {
             Some(job) => CommandOutcome {
-                output: job.output,
+                output: job.output.artifact(),
                 exit_code: job.done.unwrap_or(130),
                 interrupted: job.interrupted,
             },
@@ -424,7 +424,7 @@ impl Backend for SimBackend {
                 .machines
                 .get(&spec.name)
                 .and_then(|&i| self.world.machines.get(i))
-                .map(|m| m.core.console.clone())
+                .map(|m| m.core.console.artifact())
                 .unwrap_or_default();
             out.consoles.insert(spec.name.clone(), console);
         }

@@ -15,12 +15,14 @@
 
 pub mod backend;
 pub mod boot;
+pub mod console;
 pub mod disk;
 pub mod programs;
 pub mod rng;
 pub mod shell;
 pub mod stack;
 pub mod sysctl;
+pub mod tmpfs;
 pub mod world;
 
 pub use backend::SimBackend;

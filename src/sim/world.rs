@@ -14,10 +14,12 @@ use std::time::Duration;
 
 use crate::net::switch::{PortRequest, Switch as CoreSwitch, SwitchConfig};
 use crate::scenario::backend::TraceRecord;
+use crate::sim::console::Console;
 use crate::sim::disk::Disk;
 use crate::sim::rng::{self, Rng};
 use crate::sim::shell::{self, Join, Simple, Target};
 use crate::sim::stack::Stack;
+use crate::sim::tmpfs::{FsError, Tmpfs};
 
 /// Time a frame takes from a NIC into the switch, and from the switch to a NIC.
 pub const WIRE_DELAY: Duration = Duration::from_micros(40);
@@ -128,45 +130,97 @@ pub struct Sys<'a> {
     pub m: &'a mut MachineCore,
     fx: &'a mut Vec<Effect>,
     out: &'a Output,
-    job_out: &'a mut String,
+    job_out: &'a mut Console,
 }
 
 impl Sys<'_> {
-    fn write(&mut self, target: &Target0, s: &str) {
-        self.write_bytes(target, s.as_bytes());
-    }
-    fn write_bytes(&mut self, target: &Target0, s: &[u8]) {
+    fn write_bytes(&mut self, target: &Target0, s: &[u8]) -> Result<(), FsError> {
         match target {
             Target0::Console => {
+                if self.m.console.is_full() && self.job_out.is_full() {
+                    // Both are past the cap: count, do not convert.
+                    self.m.console.drop_bytes(s.len() as u64);
+                    self.job_out.drop_bytes(s.len() as u64);
+                    return Ok(());
+                }
                 // The console is text: bytes that are not UTF-8 show as U+FFFD.
                 let s = String::from_utf8_lossy(s);
                 self.job_out.push_str(&s);
                 self.m.console.push_str(&s);
+                Ok(())
             }
-            Target0::Null => {}
+            Target0::Null => Ok(()),
             Target0::File(path) => {
-                self.m
-                    .files
-                    .entry(path.clone())
-                    .or_default()
-                    .extend_from_slice(s);
+                let n = self.m.files.append(path, s)?;
+                if n < s.len() {
+                    return Err(FsError::NoSpace);
+                }
+                Ok(())
+            }
+        }
+    }
+    fn write_fill(&mut self, target: &Target0, b: u8, n: u64) -> Result<(), FsError> {
+        match target {
+            Target0::Console => {
+                self.job_out.push_fill(b, n);
+                self.m.console.push_fill(b, n);
+                Ok(())
+            }
+            Target0::Null => Ok(()),
+            Target0::File(_) => {
+                // A full tmpfs stops this within its (bounded) size.
+                let chunk = [b; 4096];
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(chunk.len() as u64) as usize;
+                    self.write_bytes(target, &chunk[..k])?;
+                    left -= k as u64;
+                }
+                Ok(())
             }
         }
     }
     /// Writes to the program's stdout.
     pub fn out(&mut self, s: &str) {
-        let t = self.out.stdout.clone();
-        self.write(&t, s);
+        let _ = self.out_bytes(s.as_bytes());
     }
-    /// Writes bytes to the program's stdout (a file gets them as they are).
-    pub fn out_bytes(&mut self, s: &[u8]) {
+    /// Writes bytes to the program's stdout (a file gets them as they are);
+    /// a full tmpfs fails the write.
+    pub fn out_bytes(&mut self, s: &[u8]) -> Result<(), FsError> {
         let t = self.out.stdout.clone();
-        self.write_bytes(&t, s);
+        self.write_bytes(&t, s)
+    }
+    /// Writes `n` copies of byte `b` to stdout without building them (padding
+    /// of `printf '%2147483647d'`).
+    pub fn out_fill(&mut self, b: u8, n: u64) -> Result<(), FsError> {
+        let t = self.out.stdout.clone();
+        self.write_fill(&t, b, n)
+    }
+    /// True when bytes written to stdout now are lost anyway (`/dev/null`, or
+    /// a console past its cap): a program may count them instead of making them.
+    pub fn stdout_discards(&self) -> bool {
+        match &self.out.stdout {
+            Target0::Null => true,
+            Target0::Console => self.m.console.is_full() && self.job_out.is_full(),
+            Target0::File(_) => false,
+        }
+    }
+    /// Counts `n` bytes written to a discarding stdout ([`Sys::stdout_discards`]).
+    pub fn out_discarded(&mut self, n: u64) {
+        if self.out.stdout == Target0::Console {
+            self.m.console.drop_bytes(n);
+            self.job_out.drop_bytes(n);
+        }
     }
     /// Writes to the program's stderr.
     pub fn err(&mut self, s: &str) {
         let t = self.out.stderr.clone();
-        self.write(&t, s);
+        let _ = self.write_bytes(&t, s.as_bytes());
+    }
+    /// What the shell itself prints on the console (`Killed`), whatever the
+    /// command's redirections.
+    pub fn shell_msg(&mut self, s: &str) {
+        let _ = self.write_bytes(&Target0::Console, s.as_bytes());
     }
     pub fn send(&mut self, iface: usize, frame: Vec<u8>) {
         self.fx.push(Effect::Send { iface, frame });
@@ -206,14 +260,14 @@ pub trait Program {
 /// A machine's state apart from its jobs (what programs may touch).
 pub struct MachineCore {
     pub name: String,
-    pub console: String,
+    pub console: Console,
     pub stack: Stack,
     pub disks: BTreeMap<u32, Disk>,
     /// Devices that exist but fail to open: unit -> (errno, the kernel's lines,
     /// printed again on every open as the real kernel does).
     pub broken_disks: BTreeMap<u32, (i32, Vec<String>)>,
-    /// Files written by redirections (`> /tmp/x`), and readable by `cat`.
-    pub files: BTreeMap<String, Vec<u8>>,
+    /// Files written by redirections (`> /tmp/x`) and `dd`, readable by `cat`.
+    pub files: Tmpfs,
     pub proc_cmdline: String,
     /// Memory in bytes (`mem=`), for /proc/meminfo.
     pub mem: u64,
@@ -244,11 +298,11 @@ impl MachineCore {
     pub fn empty(name: &str, rng: Rng) -> Self {
         Self {
             name: name.to_string(),
-            console: String::new(),
+            console: Console::new(),
             stack: Stack::new(Vec::new()),
             disks: BTreeMap::new(),
             broken_disks: BTreeMap::new(),
-            files: BTreeMap::new(),
+            files: Tmpfs::default(),
             proc_cmdline: String::new(),
             mem: 0,
             mounts: String::new(),
@@ -264,7 +318,7 @@ pub struct Job {
     pc: usize,
     status: i32,
     running: Option<(Box<dyn Program>, Output)>,
-    pub output: String,
+    pub output: Console,
     pub done: Option<i32>,
     pub interrupted: bool,
     wake_at: Option<Duration>,
@@ -491,7 +545,7 @@ impl World {
             pc: 0,
             status: 0,
             running: None,
-            output: String::new(),
+            output: Console::new(),
             done: None,
             interrupted: false,
             wake_at: None,
@@ -582,7 +636,7 @@ impl World {
                     append: false,
                 } = t
                 {
-                    m.core.files.insert(path.clone(), Vec::new());
+                    m.core.files.create_empty(path);
                 }
             }
             let output = Output { stdout, stderr };
@@ -598,7 +652,7 @@ impl World {
                 }
                 None => {
                     let msg = format!("sh: {name}: not found\n");
-                    let mut sys_out = String::new();
+                    let mut sys_out = Console::new();
                     let mut fx = Vec::new();
                     let mut sys = Sys {
                         now: self.now,

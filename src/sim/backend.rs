@@ -150,9 +150,27 @@ impl SimBackend {
         }
     }
 
+    /// The error once the lab used up its events ([`crate::sim::world::MAX_EVENTS`]).
+    fn check_events(&self, machine: &str) -> Result<(), BackendError> {
+        if !self.world.out_of_events() {
+            return Ok(());
+        }
+        let m = self.machines.get(machine).copied();
+        Err(BackendError::Machine {
+            machine: machine.to_string(),
+            message: format!(
+                "the sim stopped at {:.6} s of virtual time: the lab used up its {} events \
+                 (a flood of frames or timers, e.g. `arping -W 0.000001`)",
+                self.world.now.as_secs_f64(),
+                crate::sim::world::MAX_EVENTS
+            ),
+            last_lines: m.map(|m| self.last_lines(m)).unwrap_or_default(),
+        })
+    }
+
     /// Runs the world until job `r` ends or `timeout` passes, then SIGINT.
     fn finish_job(&mut self, r: JobRef, timeout: Duration) -> CommandOutcome {
-        let deadline = self.world.now + timeout;
+        let deadline = self.world.now.saturating_add(timeout);
         let done = |w: &World| w.job(r).is_none_or(|j| j.done.is_some());
         if !self.world.run_until(deadline, done) {
             self.world.interrupt(r);
@@ -266,7 +284,9 @@ impl Backend for SimBackend {
         let Some(r) = self.world.spawn(m, command) else {
             return Err(BackendError::UnknownMachine(machine.to_string()));
         };
-        Ok(self.finish_job(r, timeout))
+        let out = self.finish_job(r, timeout);
+        self.check_events(machine)?;
+        Ok(out)
     }
 
     fn spawn(&mut self, machine: &str, command: &str) -> Result<JobId, BackendError> {
@@ -288,7 +308,11 @@ impl Backend for SimBackend {
     ) -> Result<CommandOutcome, BackendError> {
         let m = self.machine(machine)?;
         match self.jobs.remove(&job) {
-            Some(r) if r.machine == m => Ok(self.finish_job(r, timeout)),
+            Some(r) if r.machine == m => {
+                let out = self.finish_job(r, timeout);
+                self.check_events(machine)?;
+                Ok(out)
+            }
             _ => Err(BackendError::Machine {
                 machine: machine.to_string(),
                 message: format!("has no background job {}", job.0),
@@ -321,18 +345,21 @@ impl Backend for SimBackend {
         timeout: Duration,
     ) -> Result<bool, BackendError> {
         let m = self.machine(machine)?;
-        let deadline = self.world.now + timeout;
+        let deadline = self.world.now.saturating_add(timeout);
         let seen = |w: &World| {
             w.machines
                 .get(m)
                 .is_some_and(|mm| mm.core.console.contains(pattern))
         };
-        Ok(self.world.run_until(deadline, seen))
+        let found = self.world.run_until(deadline, seen);
+        self.check_events(machine)?;
+        Ok(found)
     }
 
     fn sleep(&mut self, duration: Duration) -> Result<(), BackendError> {
-        let until = self.world.now + duration;
+        let until = self.world.now.saturating_add(duration);
         self.world.run_until(until, |_| false);
+        self.check_events("(any)")?;
         Ok(())
     }
 

@@ -410,7 +410,14 @@ pub struct World {
     pub switches: Vec<Switch>,
     programs: ProgramTable,
     fx: Vec<Effect>,
+    /// Events dispatched so far, against [`MAX_EVENTS`].
+    events: u64,
 }
+
+/// Most events one lab may dispatch. A 24 h `arping` at one request a second
+/// is about 350 000; `arping -W 0.000001` would be 10^11 in a day (hours of
+/// wall time and gigabytes of trace): the run stops with an error instead.
+pub const MAX_EVENTS: u64 = 1_000_000;
 
 /// Which job to act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -430,7 +437,13 @@ impl World {
             switches: Vec::new(),
             programs,
             fx: Vec::new(),
+            events: 0,
         }
+    }
+
+    /// True once the lab used up [`MAX_EVENTS`]: nothing more happens.
+    pub fn out_of_events(&self) -> bool {
+        self.events >= MAX_EVENTS
     }
 
     pub fn rng(&self, name: &str) -> Rng {
@@ -835,7 +848,9 @@ impl World {
                 .map(|p| p.faults.delay)
                 .unwrap_or_default();
             self.push(
-                now + delay + WIRE_DELAY + fault_delay,
+                now.saturating_add(delay)
+                    .saturating_add(WIRE_DELAY)
+                    .saturating_add(fault_delay),
                 EventKind::ToSwitch {
                     switch,
                     port,
@@ -870,6 +885,9 @@ impl World {
             if stop(self) {
                 return true;
             }
+            if self.out_of_events() {
+                return false;
+            }
             match self.queue.peek() {
                 Some(e) if e.time <= until => {}
                 _ => {
@@ -877,6 +895,7 @@ impl World {
                     return stop(self);
                 }
             }
+            self.events += 1;
             let Some(ev) = self.queue.pop() else {
                 continue;
             };

@@ -286,6 +286,16 @@ impl Backend for SimBackend {
         };
         let out = self.finish_job(r, timeout);
         self.check_events(machine)?;
+        // A panic during the command is the machine's failure, as on real UML.
+        if let Some(Power::Down(why)) = self.world.machines.get(m).map(|mm| &mm.power) {
+            if why.starts_with("Kernel panic") {
+                return Err(BackendError::Machine {
+                    machine: machine.to_string(),
+                    message: format!("the kernel panicked while running {command:?}: {why}"),
+                    last_lines: self.last_lines(m),
+                });
+            }
+        }
         Ok(out)
     }
 

@@ -97,6 +97,8 @@ pub enum Effect {
     WakeAt(Duration),
     /// Power the machine off (`halt`, `poweroff`, `shutdown -h now`).
     PowerOff,
+    /// The kernel panics with this line (`Kernel panic - not syncing: ...`).
+    Panic(String),
     /// A kernel message for the console.
     Kernel(String),
 }
@@ -233,6 +235,11 @@ impl Sys<'_> {
     }
     pub fn power_off(&mut self) {
         self.fx.push(Effect::PowerOff);
+    }
+    /// The kernel panics (`why` after `Kernel panic - not syncing: `).
+    pub fn panic(&mut self, why: &str) {
+        self.fx
+            .push(Effect::Panic(format!("Kernel panic - not syncing: {why}")));
     }
     pub fn kernel(&mut self, line: String) {
         self.fx.push(Effect::Kernel(line));
@@ -753,6 +760,9 @@ impl World {
                 }
                 Effect::PowerOff => {
                     self.power_down(r.machine, "reboot: System halted\n".into(), None);
+                }
+                Effect::Panic(line) => {
+                    self.power_down(r.machine, format!("{line}\n"), None);
                 }
                 Effect::Kernel(line) => {
                     if let Some(m) = self.machines.get_mut(r.machine) {

@@ -111,7 +111,8 @@ pub enum HaltedBy {
 
 #[derive(Default)]
 struct ConsoleState {
-    bytes: Vec<u8>,
+    /// Capped at [`crate::scenario::backend::CONSOLE_CAP`] (see [`console::Transcript`]).
+    bytes: console::Transcript,
     /// Reader threads still running (stdout, stderr).
     open: u8,
 }
@@ -126,7 +127,7 @@ struct ConsoleBuf {
 impl ConsoleBuf {
     fn append(&self, data: &[u8]) {
         if let Ok(mut s) = self.state.lock() {
-            s.bytes.extend_from_slice(data);
+            s.bytes.append(data);
         }
         self.cond.notify_all();
     }
@@ -139,7 +140,7 @@ impl ConsoleBuf {
     fn snapshot(&self) -> Vec<u8> {
         self.state
             .lock()
-            .map(|s| s.bytes.clone())
+            .map(|s| s.bytes.finish())
             .unwrap_or_default()
     }
 }
@@ -302,7 +303,7 @@ impl Machine {
                 let Ok(state) = console.state.lock() else {
                     return Wait::Exited;
                 };
-                if let Some(found) = check(&state.bytes) {
+                if let Some(found) = check(state.bytes.bytes()) {
                     return Wait::Found(found);
                 }
                 let now = Instant::now();
@@ -312,7 +313,7 @@ impl Machine {
                 let wait = POLL.min(deadline - now);
                 match console.cond.wait_timeout(state, wait) {
                     Ok((state, _)) => {
-                        if let Some(found) = check(&state.bytes) {
+                        if let Some(found) = check(state.bytes.bytes()) {
                             return Wait::Found(found);
                         }
                         state.open == 0

@@ -162,6 +162,27 @@ fn dd_buffers_meet_the_guests_memory() {
         "2+0 records in\n2+0 records out\n",
         0,
     );
+    // Arguments apply in order: bs= then obs=, or ibs= then bs=.
+    answers(
+        &mut sim,
+        "dd if=/dev/zero of=/tmp/a bs=4k count=1 obs=1k",
+        "1+0 records in\n4+0 records out\n",
+        0,
+    );
+    answers(
+        &mut sim,
+        "dd if=/dev/zero of=/tmp/b ibs=1k bs=4k count=1",
+        "1+0 records in\n1+0 records out\n",
+        0,
+    );
+    assert_eq!(file_len(&sim, "/tmp/b"), Some(4096));
+    answers(
+        &mut sim,
+        "dd if=/dev/zero of=/tmp/c bs=1M seek=100 count=0",
+        "0+0 records in\n0+0 records out\n",
+        0,
+    );
+    assert_eq!(file_len(&sim, "/tmp/c"), Some(104857600));
 }
 
 #[test]
@@ -310,6 +331,29 @@ fn printf_precision_past_memory_prints_nothing_for_the_directive() {
     answers(&mut sim, "printf '%2147483648d' 1 >/dev/null", "", 1);
     answers(&mut sim, "printf '%2147483647d' 1 >/dev/null", "", 0);
     answers(&mut sim, "printf '%.*s' 99999999 abc", "abc", 0);
+    // The applet is a process of its own: the OOM killer takes it.
+    answers(
+        &mut sim,
+        "/usr/bin/printf '%.*f' 13000000 1",
+        "Killed\n",
+        137,
+    );
+    answers(
+        &mut sim,
+        "/usr/bin/printf 'a%.*fb\\n' 99999999 1",
+        "ab\n",
+        1,
+    );
+    answers(&mut sim, "printf '%.*f' 13700000 1 >/dev/null", "", 1);
+    // The builtin runs in the shell, which is init: the guest panics.
+    let err = sim
+        .run("h1", "printf '%.*f' 13000000 1 >/dev/null", DAY)
+        .expect_err("init runs out of memory");
+    assert!(
+        err.to_string()
+            .contains("the kernel panicked while running \"printf '%.*f' 13000000 1 >/dev/null\": Kernel panic - not syncing: System is deadlocked on memory"),
+        "{err}"
+    );
 }
 
 /// A lab whose one step runs `command`, as a file in `dir`.

@@ -96,9 +96,16 @@ fn echo(sys: &mut Sys, args: &[String]) -> i32 {
 
 /// busybox `printf`, its stdout and stderr written in the order it writes them.
 /// A write error (a full tmpfs) makes the status 1 without a message, as the
-/// builtin does in a `mem=64M` guest (`printf '%99999999d' 1 >/tmp/q`).
+/// builtin does in a `mem=64M` guest (`printf '%99999999d' 1 >/tmp/q`). A
+/// digit buffer that calls the OOM killer kills the process: for the builtin
+/// that is the shell, init, and the kernel panics (`printf '%.*f' 13000000 1`
+/// in a `mem=64M` guest); the applet is `Killed`.
 fn run_printf(sys: &mut Sys, how: printf::Invocation, args: &[String]) -> i32 {
-    let p = printf::printf_in(how, args, mem_total_kb(sys.m.mem).saturating_mul(1024));
+    let mem = printf::Memory {
+        total: mem_total_kb(sys.m.mem).saturating_mul(1024),
+        available: mem_available_kb(sys.m.mem).saturating_mul(1024),
+    };
+    let p = printf::printf_in(how, args, mem);
     let mut write_failed = false;
     for chunk in &p.chunks {
         let r = match chunk {
@@ -110,6 +117,14 @@ fn run_printf(sys: &mut Sys, how: printf::Invocation, args: &[String]) -> i32 {
             }
         };
         write_failed |= r.is_err();
+    }
+    if p.oom {
+        if how == printf::Invocation::Builtin {
+            sys.panic("System is deadlocked on memory");
+            return 137;
+        }
+        sys.shell_msg("Killed\n");
+        return 137;
     }
     if write_failed {
         1

@@ -38,6 +38,9 @@ pub enum Chunk {
 pub struct Printed {
     pub chunks: Vec<Chunk>,
     pub status: i32,
+    /// A digit buffer fit under MemTotal but not in MemAvailable: touching
+    /// it calls the OOM killer, and the output stops there.
+    pub oom: bool,
 }
 
 impl Printed {
@@ -133,11 +136,25 @@ Usage: printf FORMAT [ARG]...\n\nFormat and print ARG(s) according to FORMAT (a-
 
 /// Runs printf on its arguments (argv without argv[0]), memory unlimited.
 pub fn printf(how: Invocation, args: &[String]) -> Printed {
-    printf_in(how, args, u64::MAX)
+    printf_in(how, args, Memory::UNLIMITED)
 }
 
-/// Runs printf in a guest whose MemTotal is `mem_total` bytes.
-pub fn printf_in(how: Invocation, args: &[String], mem_total: u64) -> Printed {
+/// A guest's memory as printf meets it, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    pub total: u64,
+    pub available: u64,
+}
+
+impl Memory {
+    pub const UNLIMITED: Memory = Memory {
+        total: u64::MAX,
+        available: u64::MAX,
+    };
+}
+
+/// Runs printf in a guest with `mem`.
+pub fn printf_in(how: Invocation, args: &[String], mem: Memory) -> Printed {
     let prefix = match how {
         Invocation::Builtin => "sh",
         Invocation::Applet => "printf",
@@ -157,7 +174,7 @@ pub fn printf_in(how: Invocation, args: &[String], mem_total: u64) -> Printed {
         p: Printed::default(),
         prefix,
         conv_err: false,
-        mem_total,
+        mem,
     };
     let Some((format, rest)) = argv.split_first() else {
         match how {
@@ -210,7 +227,7 @@ struct Run<'a> {
     p: Printed,
     prefix: &'a str,
     conv_err: bool,
-    mem_total: u64,
+    mem: Memory,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -325,6 +342,9 @@ impl Run<'_> {
                         None => b"",
                     };
                     self.direc(conv, flags, width, prec, arg);
+                    if self.p.oom {
+                        return Pass::Stop;
+                    }
                 }
                 b'\\' => {
                     i += 1;
@@ -455,9 +475,13 @@ impl Run<'_> {
             Val::Float(v) => {
                 // glibc's digit buffer: 4 bytes a character; malloc fails
                 // past MemTotal and the directive prints nothing.
-                let chars = u64::try_from(prec.unwrap_or(6)).unwrap_or(0) + 350;
-                if v.is_finite() && chars.saturating_mul(4) > self.mem_total {
+                let buffer = (u64::try_from(prec.unwrap_or(6)).unwrap_or(0) + 350) * 4;
+                if v.is_finite() && buffer > self.mem.total {
                     self.conv_err = true;
+                    return;
+                }
+                if v.is_finite() && buffer > self.mem.available {
+                    self.p.oom = true;
                     return;
                 }
                 fmt_float(conv, v, flags, width, prec)

@@ -583,6 +583,25 @@ const WORDS: &[&str] = &[
     "#",
 ];
 
+/// The programs a command starts with (most fuzzed lines run one).
+const APPLETS: &[&str] = &[
+    "dd",
+    "printf",
+    "/usr/bin/printf",
+    "sleep",
+    "arping",
+    "tcpdump",
+    "echo",
+    "cat",
+    "ip",
+    "arp",
+    "sysctl",
+    "ifconfig",
+    "lsblk",
+    "blkid",
+    "mount",
+];
+
 fn command() -> impl Strategy<Value = String> {
     let word = prop_oneof![
         8 => proptest::sample::select(WORDS).prop_map(str::to_string),
@@ -591,11 +610,16 @@ fn command() -> impl Strategy<Value = String> {
         1 => proptest::collection::vec(any::<u8>(), 0..8)
             .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
     ];
-    proptest::collection::vec(word, 1..10).prop_map(|w| w.join(" "))
+    let first = prop_oneof![
+        4 => proptest::sample::select(APPLETS).prop_map(str::to_string),
+        1 => proptest::sample::select(WORDS).prop_map(str::to_string),
+    ];
+    (first, proptest::collection::vec(word, 0..10))
+        .prop_map(|(f, w)| format!("{f} {}", w.join(" ")))
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Random command lines through the sim's shell and applets, each with
     /// a day's timeout: no panic, an answer within seconds, the console
@@ -606,10 +630,13 @@ proptest! {
         let mut sim = guest(dir.path());
         for cmd in &commands {
             let t0 = Instant::now();
-            // An error is a clean refusal (the event budget); a panic fails the case.
+            let v0 = sim.world().now;
+            // An error is a clean refusal (the event budget, a guest panic);
+            // a panic of the sim fails the case.
             let result = sim.run("h1", cmd, DAY);
             let took = t0.elapsed();
             prop_assert!(took < Duration::from_secs(30), "{cmd:?} took {took:?}");
+            prop_assert!(sim.world().now - v0 <= DAY, "{cmd:?} ran past its timeout");
             if let Ok(out) = result {
                 prop_assert!(out.output.len() <= CONSOLE_CAP + 100);
             }

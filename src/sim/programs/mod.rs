@@ -546,7 +546,11 @@ impl Program for Sleep {
             sys.err(SLEEP_USAGE);
             return Poll::Exit(1);
         };
-        if first.len() >= 3 && first[..3].eq_ignore_ascii_case("inf") {
+        if first
+            .as_bytes()
+            .get(..3)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"inf"))
+        {
             return Poll::Pending;
         }
         let mut total = 0.0f64;

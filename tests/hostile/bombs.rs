@@ -316,6 +316,9 @@ fn sleep_numbers_are_refused_as_busybox_does() {
         1,
     );
     answers(&mut sim, "sleep 0.0000000001", "", 0);
+    // Found by the fuzz below: the `inf` check cut a UTF-8 character.
+    answers(&mut sim, "sleep 'é5'", "sleep: invalid number 'é5'\n", 1);
+    answers(&mut sim, "sleep in", "sleep: invalid number 'in'\n", 1);
 }
 
 /// `printf 'a%.*fb\n' 99999999 1` in a `mem=64M` guest: glibc cannot get

@@ -650,13 +650,16 @@ impl World {
                 Target::Stdout => stdout.clone(),
                 ref t => resolve(t),
             };
+            // The shell opens each file before the program runs: `>`
+            // empties it, `>>` creates it.
             for t in [&simple.stdout, &simple.stderr] {
-                if let Target::File {
-                    path,
-                    append: false,
-                } = t
-                {
-                    m.core.files.create_empty(path);
+                match t {
+                    Target::File {
+                        path,
+                        append: false,
+                    } => m.core.files.create_empty(path),
+                    Target::File { path, append: true } => m.core.files.create(path),
+                    _ => {}
                 }
             }
             let output = Output { stdout, stderr };

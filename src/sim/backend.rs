@@ -356,10 +356,20 @@ impl Backend for SimBackend {
     ) -> Result<bool, BackendError> {
         let m = self.machine(machine)?;
         let deadline = self.world.now.saturating_add(timeout);
+        // Only text the last look did not cover is searched: a full 16 MiB
+        // console is not scanned again on each of a day's events.
+        let mut scanned = 0usize;
         let seen = |w: &World| {
-            w.machines
-                .get(m)
-                .is_some_and(|mm| mm.core.console.contains(pattern))
+            let Some(mm) = w.machines.get(m) else {
+                return false;
+            };
+            let text = mm.core.console.as_str();
+            let mut from = scanned.saturating_sub(pattern.len()).min(text.len());
+            while !text.is_char_boundary(from) {
+                from -= 1;
+            }
+            scanned = text.len();
+            text[from..].contains(pattern)
         };
         let found = self.world.run_until(deadline, seen);
         self.check_events(machine)?;

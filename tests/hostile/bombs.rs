@@ -648,3 +648,82 @@ proptest! {
         }
     }
 }
+
+/// A console filled to its cap stays cheap to watch: `wait_console` for text
+/// that never comes, during a day of arping, once scanned 16 MiB per event.
+#[test]
+fn waiting_on_a_full_console_is_not_rescanned_per_event() {
+    let dir = util::tempdir();
+    let mut sim = guest(dir.path());
+    let (_, code, _) = run(&mut sim, "printf '%2147483647d' 1", DAY);
+    assert_eq!(code, 0);
+    sim.spawn(
+        "h1",
+        "ip link set eth0 up; arping -i eth0 -S 10.0.0.1 10.0.0.9",
+    )
+    .expect("background arping");
+    let t0 = Instant::now();
+    let seen = sim
+        .wait_console("h1", "never printed", DAY)
+        .expect("wait_console");
+    assert!(!seen);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+/// The `uml` backend's console reader, with a stand-in for linux.uml: busybox
+/// `sh` printing 20 MB of boot noise, the harness shell's readiness line,
+/// then running the protocol's commands as the guest's ash does. The
+/// transcript keeps 16 MiB, the markers still end each command, and the
+/// command's 30 MB of output come back as the truncation line.
+#[test]
+fn uml_console_reader_keeps_16_mib_and_still_ends_commands() {
+    use umltest::uml::machine::{Machine, MachineConfig};
+    let Some(busybox) = util::tool("busybox", "busybox-static") else {
+        return;
+    };
+    let dir = util::tempdir();
+    let script = format!(
+        "head -c 20000000 /dev/zero | tr '\\0' b; echo; echo {}; exec sh",
+        umltest::uml::image::SHELL_READY
+    );
+    let config = MachineConfig {
+        name: "h1".into(),
+        linux: busybox,
+        cwd: dir.path().to_path_buf(),
+        argv: vec!["sh".into(), "-c".into(), script],
+    };
+    let t0 = Instant::now();
+    let mut m = Machine::start(&config).expect("start the stand-in");
+    m.wait_ready(Duration::from_secs(60))
+        .expect("ready line past the cap");
+    let out = m
+        .run(
+            "head -c 30000000 /dev/zero | tr '\\0' x; echo done",
+            Duration::from_secs(60),
+        )
+        .expect("the command ends past the cap");
+    assert_eq!(out.exit_code, 0);
+    assert!(!out.interrupted);
+    // 30000000 x, "done\n", and the end marker's own newline.
+    assert_eq!(
+        out.output,
+        "[umltest: console truncated: 30000006 more bytes]\n"
+    );
+    let after = m
+        .run("echo after", Duration::from_secs(60))
+        .expect("next command");
+    assert_eq!(after.exit_code, 0);
+    let transcript = m.console_bytes();
+    assert!(
+        transcript.len() <= CONSOLE_CAP + 4096,
+        "{} bytes kept",
+        transcript.len()
+    );
+    m.kill();
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t0.elapsed()
+    );
+}

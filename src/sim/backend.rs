@@ -454,7 +454,10 @@ impl Backend for SimBackend {
     }
 
     fn file_time(&self) -> Option<std::time::SystemTime> {
-        Some(std::time::UNIX_EPOCH + Duration::from_secs(FILE_TIME_EPOCH) + self.world.now)
+        // Saturating: a virtual clock past SystemTime's range has no file time.
+        std::time::UNIX_EPOCH
+            .checked_add(Duration::from_secs(FILE_TIME_EPOCH))?
+            .checked_add(self.world.now)
     }
 
     fn finish(&mut self) -> Result<BackendArtifacts, BackendError> {

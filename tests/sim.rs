@@ -778,7 +778,7 @@ fn sim_sh(sim: &mut SimBackend, line: &str) -> (Vec<u8>, String, i32) {
         .iter()
         .find(|m| m.core.name == "h1")
         .expect("h1");
-    let file = |p: &str| m.core.files.get(p).cloned().unwrap_or_default();
+    let file = |p: &str| m.core.files.contents(p, 1 << 24).unwrap_or_default();
     (
         file("/tmp/o"),
         String::from_utf8_lossy(&file("/tmp/e")).into_owned(),

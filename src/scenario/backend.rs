@@ -77,6 +77,16 @@ pub enum Fault {
 // the scenario is resolved, so never NaN.
 impl Eq for Fault {}
 
+/// Most bytes of a console transcript (and of one command's output) either
+/// backend keeps: a guest can print without end (`yes`, `tcpdump`, `printf
+/// '%2147483647d'`), the artifact and the memory used while it runs stay bounded.
+pub const CONSOLE_CAP: usize = 16 << 20;
+
+/// The line that ends a transcript cut at [`CONSOLE_CAP`]: what was dropped.
+pub fn truncation_line(dropped: u64) -> String {
+    format!("[umltest: console truncated: {dropped} more bytes]\n")
+}
+
 /// Identifies a background command started with [`Backend::spawn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JobId(pub u32);

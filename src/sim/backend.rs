@@ -153,6 +153,24 @@ impl SimBackend {
         }
     }
 
+    /// The error once the lab used up its events ([`crate::sim::world::MAX_EVENTS`]).
+    fn check_events(&self, machine: &str) -> Result<(), BackendError> {
+        if !self.world.out_of_events() {
+            return Ok(());
+        }
+        let m = self.machines.get(machine).copied();
+        Err(BackendError::Machine {
+            machine: machine.to_string(),
+            message: format!(
+                "the sim stopped at {:.6} s of virtual time: the lab used up its {} events \
+                 (a flood of frames or timers, e.g. `arping -W 0.000001`)",
+                self.world.now.as_secs_f64(),
+                crate::sim::world::MAX_EVENTS
+            ),
+            last_lines: m.map(|m| self.last_lines(m)).unwrap_or_default(),
+        })
+    }
+
     /// Runs the world until job `r` ends or `timeout` passes, then SIGINT.
     fn finish_job(&mut self, r: JobRef, timeout: Duration) -> CommandOutcome {
         let deadline = self.world.now.saturating_add(timeout);
@@ -162,7 +180,7 @@ impl SimBackend {
         }
         match self.world.take_job(r) {
             Some(job) => CommandOutcome {
-                output: job.output,
+                output: job.output.artifact(),
                 exit_code: job.done.unwrap_or(130),
                 interrupted: job.interrupted,
             },
@@ -277,7 +295,19 @@ impl Backend for SimBackend {
         let Some(r) = self.world.spawn(m, command) else {
             return Err(BackendError::UnknownMachine(machine.to_string()));
         };
-        Ok(self.finish_job(r, timeout))
+        let out = self.finish_job(r, timeout);
+        self.check_events(machine)?;
+        // A panic during the command is the machine's failure, as on real UML.
+        if let Some(Power::Down(why)) = self.world.machines.get(m).map(|mm| &mm.power) {
+            if why.starts_with("Kernel panic") {
+                return Err(BackendError::Machine {
+                    machine: machine.to_string(),
+                    message: format!("the kernel panicked while running {command:?}: {why}"),
+                    last_lines: self.last_lines(m),
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn spawn(&mut self, machine: &str, command: &str) -> Result<JobId, BackendError> {
@@ -299,7 +329,11 @@ impl Backend for SimBackend {
     ) -> Result<CommandOutcome, BackendError> {
         let m = self.machine(machine)?;
         match self.jobs.remove(&job) {
-            Some(r) if r.machine == m => Ok(self.finish_job(r, timeout)),
+            Some(r) if r.machine == m => {
+                let out = self.finish_job(r, timeout);
+                self.check_events(machine)?;
+                Ok(out)
+            }
             _ => Err(BackendError::Machine {
                 machine: machine.to_string(),
                 message: format!("has no background job {}", job.0),
@@ -333,17 +367,30 @@ impl Backend for SimBackend {
     ) -> Result<bool, BackendError> {
         let m = self.machine(machine)?;
         let deadline = self.world.now.saturating_add(timeout);
+        // Only text the last look did not cover is searched: a full 16 MiB
+        // console is not scanned again on each of a day's events.
+        let mut scanned = 0usize;
         let seen = |w: &World| {
-            w.machines
-                .get(m)
-                .is_some_and(|mm| mm.core.console.contains(pattern))
+            let Some(mm) = w.machines.get(m) else {
+                return false;
+            };
+            let text = mm.core.console.as_str();
+            let mut from = scanned.saturating_sub(pattern.len()).min(text.len());
+            while !text.is_char_boundary(from) {
+                from -= 1;
+            }
+            scanned = text.len();
+            text[from..].contains(pattern)
         };
-        Ok(self.world.run_until(deadline, seen))
+        let found = self.world.run_until(deadline, seen);
+        self.check_events(machine)?;
+        Ok(found)
     }
 
     fn sleep(&mut self, duration: Duration) -> Result<(), BackendError> {
         let until = self.world.now.saturating_add(duration);
         self.world.run_until(until, |_| false);
+        self.check_events("(any)")?;
         Ok(())
     }
 
@@ -418,7 +465,10 @@ impl Backend for SimBackend {
     }
 
     fn file_time(&self) -> Option<std::time::SystemTime> {
-        Some(std::time::UNIX_EPOCH + Duration::from_secs(FILE_TIME_EPOCH) + self.world.now)
+        // Saturating: a virtual clock past SystemTime's range has no file time.
+        std::time::UNIX_EPOCH
+            .checked_add(Duration::from_secs(FILE_TIME_EPOCH))?
+            .checked_add(self.world.now)
     }
 
     fn finish(&mut self) -> Result<BackendArtifacts, BackendError> {
@@ -435,7 +485,7 @@ impl Backend for SimBackend {
                 .machines
                 .get(&spec.name)
                 .and_then(|&i| self.world.machines.get(i))
-                .map(|m| m.core.console.clone())
+                .map(|m| m.core.console.artifact())
                 .unwrap_or_default();
             out.consoles.insert(spec.name.clone(), console);
         }

@@ -119,7 +119,8 @@ pub enum HaltedBy {
 
 #[derive(Default)]
 struct ConsoleState {
-    bytes: Vec<u8>,
+    /// Capped at [`crate::scenario::backend::CONSOLE_CAP`] (see [`console::Transcript`]).
+    bytes: console::Transcript,
     /// Reader threads still running (stdout, stderr).
     open: u8,
 }
@@ -134,7 +135,7 @@ struct ConsoleBuf {
 impl ConsoleBuf {
     fn append(&self, data: &[u8]) {
         if let Ok(mut s) = self.state.lock() {
-            s.bytes.extend_from_slice(data);
+            s.bytes.append(data);
         }
         self.cond.notify_all();
     }
@@ -147,7 +148,7 @@ impl ConsoleBuf {
     fn snapshot(&self) -> Vec<u8> {
         self.state
             .lock()
-            .map(|s| s.bytes.clone())
+            .map(|s| s.bytes.finish())
             .unwrap_or_default()
     }
 }
@@ -311,15 +312,20 @@ impl Machine {
     }
 
     /// Waits until `check` finds something in the transcript, the process exits,
-    /// or the deadline passes.
-    fn wait_for<T>(&mut self, deadline: Instant, check: impl Fn(&[u8]) -> Option<T>) -> Wait<T> {
+    /// or the deadline passes. `check` runs with the console locked, on every
+    /// append: it should look only at what it has not seen (see [`Scan`]).
+    fn wait_for<T>(
+        &mut self,
+        deadline: Instant,
+        mut check: impl FnMut(&[u8]) -> Option<T>,
+    ) -> Wait<T> {
         let console = Arc::clone(&self.console);
         loop {
             let closed = {
                 let Ok(state) = console.state.lock() else {
                     return Wait::Exited;
                 };
-                if let Some(found) = check(&state.bytes) {
+                if let Some(found) = check(state.bytes.bytes()) {
                     return Wait::Found(found);
                 }
                 let now = Instant::now();
@@ -329,7 +335,7 @@ impl Machine {
                 let wait = POLL.min(deadline - now);
                 match console.cond.wait_timeout(state, wait) {
                     Ok((state, _)) => {
-                        if let Some(found) = check(&state.bytes) {
+                        if let Some(found) = check(state.bytes.bytes()) {
                             return Wait::Found(found);
                         }
                         state.open == 0
@@ -411,7 +417,8 @@ impl Machine {
         timeout: Duration,
     ) -> Result<bool, MachineError> {
         let needle = pattern.as_bytes().to_vec();
-        match self.wait_for(Instant::now() + timeout, |b| find(b, &needle)) {
+        let mut scan = Scan::default();
+        match self.wait_for(Instant::now() + timeout, |b| scan.find(b, 0, &needle)) {
             Wait::Found(_) => Ok(true),
             Wait::Timeout => Ok(false),
             Wait::Exited => {
@@ -425,14 +432,20 @@ impl Machine {
     /// timeout or when the machine exits first.
     pub fn wait_console_count(&mut self, pattern: &str, count: usize, timeout: Duration) -> bool {
         let needle = pattern.as_bytes().to_vec();
+        // Counted incrementally: a match starting within a needle's length
+        // of the old end was not complete before.
+        let (mut scanned, mut n) = (0usize, 0usize);
         let check = |b: &[u8]| {
-            let n = if needle.is_empty() {
-                0
-            } else {
-                b.windows(needle.len())
+            if !needle.is_empty() {
+                let start = scanned.saturating_sub(needle.len() - 1).min(b.len());
+                n += b
+                    .get(start..)
+                    .unwrap_or_default()
+                    .windows(needle.len())
                     .filter(|w| *w == needle.as_slice())
-                    .count()
-            };
+                    .count();
+                scanned = b.len();
+            }
             (n >= count).then_some(())
         };
         matches!(
@@ -500,18 +513,29 @@ impl Machine {
         // begin marker), not from the write: a loaded host can take a while to
         // schedule the guest, and a step's timeout is about the command.
         let begin = console::begin_marker(seq);
+        let mut scan = Scan::default();
         let begun = self.wait_for(Instant::now() + timeout + START_GRACE, |b| {
-            b.get(from..)
-                .and_then(|hay| find(hay, begin.as_bytes()))
-                .map(|_| ())
+            scan.find(b, from, begin.as_bytes()).map(|_| ())
         });
         if let Wait::Exited = begun {
             let why = self.exit_text();
             return Err(self.failure(format!("{why} while running {command:?}")));
         }
         let mut deadline = Instant::now() + timeout;
+        // The whole exchange is parsed only once its end marker is there.
+        let end = console::end_marker(seq);
+        let mut scan = Scan::default();
+        let mut ended = false;
         loop {
-            match self.wait_for(deadline, |b| console::find_exchange(b, from, seq)) {
+            let check = |b: &[u8]| {
+                ended = ended || scan.find(b, from, end.as_bytes()).is_some();
+                if ended {
+                    console::find_exchange(b, from, seq)
+                } else {
+                    None
+                }
+            };
+            match self.wait_for(deadline, check) {
                 Wait::Found(ex) => {
                     self.read_from = ex.end;
                     return Ok(CommandOutcome {
@@ -632,6 +656,27 @@ fn start_watchdog(pgid: i32) -> Option<Child> {
         .process_group(pgid)
         .spawn()
         .ok()
+}
+
+/// An incremental search of a growing transcript: each call looks only at
+/// bytes the last one did not (plus a needle's length of overlap), so a
+/// command printing megabytes costs linear time, not a rescan per read.
+#[derive(Default)]
+struct Scan {
+    scanned: usize,
+}
+
+impl Scan {
+    /// The position of `needle` in `hay[from..]`, searching only new bytes.
+    fn find(&mut self, hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+        let start = self
+            .scanned
+            .saturating_sub(needle.len())
+            .max(from)
+            .min(hay.len());
+        self.scanned = hay.len();
+        find(hay.get(start..)?, needle).map(|i| start + i)
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -308,7 +308,11 @@ enum Entry {
         data: Vec<u8>,
         mode: u32,
     },
-    /// `size` bytes of [`PLACEHOLDER`] standing in for a host binary (the sim's image).
+    /// A file of `size` bytes standing in for a host binary (the sim's image):
+    /// staged empty, then given its blocks as unwritten extents (`debugfs
+    /// fallocate`), so the filesystem counts them as for the real program (`df`
+    /// agrees), they read as zeros, and the image file stays sparse: a run's
+    /// copy of it costs what an empty filesystem's does.
     Placeholder {
         size: u64,
         mode: u32,
@@ -316,19 +320,16 @@ enum Entry {
     Symlink(String),
 }
 
-/// The bytes repeated in a placeholder binary: not all zero, so mkfs allocates its
-/// blocks as for the real program (`df` agrees), and with a NUL, so it reads as
-/// a binary, not a text file.
-pub const PLACEHOLDER: &[u8] = b"umltest placeholder: this program exists only on real images\0";
-
-/// `mkfs.ext4` and `debugfs` on the host, and mkfs's version line.
+/// `mkfs.ext4` and `debugfs` on the host, and what identifies their version.
 struct E2fsTools {
     mkfs: PathBuf,
     debugfs: PathBuf,
     version: String,
 }
 
-fn e2fs_tools() -> Result<E2fsTools, ImageError> {
+/// `run_version`: ask mkfs for its version (the report shows it); else the
+/// binaries' path, size, mtime and inode stand for it.
+fn e2fs_tools(run_version: bool) -> Result<E2fsTools, ImageError> {
     let mkfs = find_program("mkfs.ext4").ok_or(MissingTool {
         program: "mkfs.ext4",
         package: "e2fsprogs",
@@ -337,12 +338,22 @@ fn e2fs_tools() -> Result<E2fsTools, ImageError> {
         program: "debugfs",
         package: "e2fsprogs",
     })?;
-    let version = tool_output(&mkfs, &["-V"])
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    let version = if run_version {
+        tool_output(&mkfs, &["-V"])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    } else {
+        // The binaries' identity: as good a cache key, without a process per run.
+        use std::os::unix::fs::MetadataExt;
+        let id = |p: &Path| match std::fs::metadata(p) {
+            Ok(m) => format!("{} {} {} {}", p.display(), m.len(), m.mtime(), m.ino()),
+            Err(_) => p.display().to_string(),
+        };
+        format!("{}; {}", id(&mkfs), id(&debugfs))
+    };
     Ok(E2fsTools {
         mkfs,
         debugfs,
@@ -353,7 +364,7 @@ fn e2fs_tools() -> Result<E2fsTools, ImageError> {
 /// Builds (or takes from the cache) the image described by `spec` and writes it to `out`.
 pub fn build(spec: &ImageSpec, out: &Path) -> Result<ImageReport, ImageError> {
     let (tree, programs) = staging_tree(spec)?;
-    let tools = e2fs_tools()?;
+    let tools = e2fs_tools(true)?;
     build_tree(
         &tree,
         spec.size,
@@ -413,7 +424,7 @@ fn file_kind(data: &[u8]) -> Kind {
 }
 
 /// Builds (or takes from the cache) an image holding what `manifest` describes,
-/// with [`PLACEHOLDER`] bytes for its binaries, the same way as [`build`]
+/// with placeholders (unwritten extents, read as zeros) for its binaries, the same way as [`build`]
 /// (staging tree, `mkfs.ext4 -d`, pinned times and owners): the sim's
 /// `image = "default"` disk. Needs no guest program, only e2fsprogs.
 pub fn build_from_manifest(
@@ -468,7 +479,7 @@ pub fn build_from_manifest(
     if bytes >= size {
         return Err(ImageError::TooSmall { size, files: bytes });
     }
-    let tools = e2fs_tools()?;
+    let tools = e2fs_tools(false)?;
     build_tree(&tree, size, cache_dir, &tools, Vec::new(), out)
 }
 
@@ -810,7 +821,7 @@ fn content_key(
                 hasher.update(&data);
             }
             Entry::Placeholder { size, mode } => {
-                hasher.update(format!("P {path} {mode:o} {size}\n"));
+                hasher.update(format!("P {path} {mode:o} {size} fallocate\n"));
             }
         }
     }
@@ -844,8 +855,8 @@ fn make_image(
                 std::fs::create_dir_all(&host).map_err(io_err("create", &host))?;
                 set_mode(&host, 0o755)?;
             }
-            Entry::Placeholder { size, mode } => {
-                write_placeholder(&host, *size)?;
+            Entry::Placeholder { mode, .. } => {
+                File::create(&host).map_err(io_err("create", &host))?;
                 set_mode(&host, *mode)?;
             }
             Entry::Symlink(target) => {
@@ -876,6 +887,16 @@ fn make_image(
         .map_err(io_err("run", mkfs))?;
     check_tool("mkfs.ext4", &out)?;
     let mut script = String::new();
+    // Before the times are pinned: fallocate stamps them.
+    for (path, entry) in tree {
+        if let Entry::Placeholder { size, .. } = entry {
+            if *size > 0 {
+                // MKE2FS_CONF's 4 KiB blocks.
+                let _ = writeln!(script, "fallocate \"{path}\" 0 {}", size.div_ceil(4096) - 1);
+                let _ = writeln!(script, "sif \"{path}\" size {size}");
+            }
+        }
+    }
     for path in std::iter::once("/").chain(tree.keys().map(String::as_str)) {
         for (field, value) in [
             ("uid", 0),
@@ -914,21 +935,6 @@ fn make_image(
         });
     }
     Ok(())
-}
-
-/// Writes `size` bytes of [`PLACEHOLDER`] to `path`.
-fn write_placeholder(path: &Path, size: u64) -> Result<(), ImageError> {
-    let mut file = std::io::BufWriter::new(File::create(path).map_err(io_err("create", path))?);
-    let mut left = size;
-    while left > 0 {
-        let n = PLACEHOLDER
-            .len()
-            .min(usize::try_from(left).unwrap_or(usize::MAX));
-        file.write_all(PLACEHOLDER.get(..n).unwrap_or_default())
-            .map_err(io_err("write", path))?;
-        left -= n as u64;
-    }
-    file.flush().map_err(io_err("write", path))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {

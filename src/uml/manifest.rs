@@ -17,7 +17,8 @@
 //! `bin` is a regular file holding a program or library copied from the host:
 //! its size is the one on the host that wrote the manifest (informative: it
 //! changes with every Debian point release, so comparisons leave it out) and its
-//! bytes are not recorded; the sim writes placeholder bytes of that size. `text`
+//! bytes are not recorded; the sim's image has a placeholder of that size (its
+//! blocks allocated, reading as zeros). `text`
 //! is any other regular file (no NUL byte, UTF-8, at most [`TEXT_MAX`] bytes),
 //! with its contents quoted: `\\`, `\"`, `\n`, `\t`, `\xNN` for other control bytes.
 

@@ -1001,6 +1001,36 @@ fn the_committed_manifest_matches_the_real_default_image() {
         diff.join("\n")
     );
 
+    // The sim's way of building (placeholders) from this host's manifest gives
+    // what `ls -l /` and `df` read on the real image: the same listing (inode
+    // numbers, modes, owners, sizes, times) and the same free block and inode counts.
+    let dir = util::tempdir();
+    let sim = dir.path().join("sim.ext4");
+    let size = std::fs::metadata(&real).map(|m| m.len()).unwrap_or(0);
+    image::build_from_manifest(&staged, size, None, &sim).unwrap_or_else(|e| panic!("{e}"));
+    let listing = debugfs_ls(&real, "/");
+    assert!(
+        listing.contains(" init") && listing.contains(" lost+found"),
+        "{listing}"
+    );
+    assert_eq!(debugfs_ls(&sim, "/"), listing);
+    let counts = |img: &Path| -> Vec<String> {
+        let dumpe2fs = util::tool("dumpe2fs", "e2fsprogs").unwrap_or_default();
+        let out = std::process::Command::new(dumpe2fs)
+            .arg("-h")
+            .arg(img)
+            .output()
+            .unwrap_or_else(|e| panic!("dumpe2fs: {e}"));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("Free blocks:") || l.starts_with("Free inodes:"))
+            .map(str::to_string)
+            .collect()
+    };
+    let real_counts = counts(&real);
+    assert_eq!(real_counts.len(), 2, "{real_counts:?}");
+    assert_eq!(counts(&sim), real_counts);
+
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let file = root.join(DEFAULT_MANIFEST_PATH);
     let file = file.to_string_lossy();
@@ -1011,7 +1041,6 @@ fn the_committed_manifest_matches_the_real_default_image() {
         "{}",
         ok.dump()
     );
-    let dir = util::tempdir();
     let changed = dir.path().join("m");
     let text =
         umltest::uml::manifest::DEFAULT_MANIFEST.replace(r#"7 "(none)\n""#, r#"8 "umlhost\n""#);

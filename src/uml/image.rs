@@ -9,6 +9,11 @@
 //! copies each source file's ctime (which no user can set) and stamps crtime with
 //! the wall clock, so a `debugfs -w` pass then sets every inode's times and owner
 //! to fixed values. Two builds of the same inputs are byte-identical (tested).
+//!
+//! [`manifest`] describes the default image from the same staging tree (the
+//! committed `default-image.manifest`, see [`super::manifest`]);
+//! [`build_from_manifest`] packs a manifest the same way with placeholder
+//! binaries: the sim's `image = "default"` disk.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -161,9 +161,10 @@ pub trait Backend {
     fn start(&mut self, lab: &Lab) -> Result<(), BackendError>;
     /// Fills `path`, a disk of the scenario with `image = "<image>"` (only
     /// `"default"` so far), with a guest image of `size` bytes. Called before
-    /// [`Backend::start`]. The default, right for the sim (which needs no guest
-    /// programs), makes the harness's reproducible ext4 filesystem of that size;
-    /// the `uml` backend builds its root image with the guest programs instead.
+    /// [`Backend::start`]. The default makes the harness's reproducible, empty
+    /// ext4 filesystem of that size; the sim builds the default image from its
+    /// committed manifest (placeholder program bytes), the `uml` backend with the
+    /// guest programs.
     fn prepare_image(&mut self, image: &str, path: &Path, size: u64) -> Result<(), BackendError> {
         super::disk::mkfs_ext4(path, size, image).map_err(|e| match e {
             super::disk::DiskError::NoMkfs => BackendError::Unavailable {

@@ -5,7 +5,7 @@
 //! once in wall-clock terms.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::scenario::backend::{
@@ -15,6 +15,8 @@ use crate::sim::boot;
 use crate::sim::disk::DiskFaults;
 use crate::sim::programs;
 use crate::sim::world::{JobRef, MachineCore, PortFaults, Power, Switch, World};
+use crate::uml::image::{self, default_cache_dir};
+use crate::uml::manifest::Manifest;
 
 /// The deterministic sim backend.
 pub struct SimBackend {
@@ -196,6 +198,48 @@ impl SimBackend {
 impl Backend for SimBackend {
     fn name(&self) -> &'static str {
         "sim"
+    }
+
+    /// The default image's names, modes, owners, sizes, link targets and text
+    /// files, from the committed manifest, with placeholder bytes for its
+    /// programs: no guest program is needed, only e2fsprogs. Built once per
+    /// size and cached like the real image.
+    fn prepare_image(&mut self, image: &str, path: &Path, size: u64) -> Result<(), BackendError> {
+        let io = |context: String| {
+            move |e: &dyn std::fmt::Display| BackendError::Io {
+                context,
+                source: std::io::Error::other(e.to_string()),
+            }
+        };
+        if image != "default" {
+            return Err(io(format!("disk image {image:?}"))(
+                &"only image = \"default\" is known",
+            ));
+        }
+        let manifest = Manifest::default_image().map_err(|e| io("default image".into())(&e))?;
+        image::build_from_manifest(&manifest, size, default_cache_dir().as_deref(), path).map_err(
+            |e| match e {
+                image::ImageError::MissingTool(m) => BackendError::Unavailable {
+                    what: format!("{} not found", m.program),
+                    package: m.package.to_string(),
+                },
+                other => io(format!("root image {}", path.display()))(&other),
+            },
+        )?;
+        // mkfs works in whole KiB; a size like 300M+1 keeps its last byte.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| io(format!("open {}", path.display()))(&e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io(format!("stat {}", path.display()))(&e))?
+            .len();
+        if len < size {
+            file.set_len(size)
+                .map_err(|e| io(format!("extend {}", path.display()))(&e))?;
+        }
+        Ok(())
     }
 
     fn start(&mut self, lab: &Lab) -> Result<(), BackendError> {

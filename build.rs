@@ -9,6 +9,7 @@ const PINNED: &str = "1.47.0";
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/ext4_shim.c");
+    println!("cargo:rerun-if-changed=csrc/ext2fs_lgpl_only.c");
     println!("cargo:rerun-if-changed=build.rs");
     let out = std::process::Command::new("pkg-config")
         .args(["--modversion", "ext2fs"])
@@ -26,6 +27,8 @@ fn main() {
     }
     cc::Build::new()
         .file("csrc/ext4_shim.c")
+        // Listed before libext2fs.a: keeps its GPL-2 members out of the link.
+        .file("csrc/ext2fs_lgpl_only.c")
         .warnings(true)
         .flag_if_supported("-Wno-unused-parameter")
         .compile("umt_ext4_shim");

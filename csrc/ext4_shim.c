@@ -194,6 +194,13 @@ errcode_t umt_open(void *ctx, umt_read_fn r, umt_write_fn w, umt_flush_fn f,
 		return err;
 	}
 	u->fs->umask = 0;
+	/* Case-folding tables are not linked (GPL-2 source, see
+	 * ext2fs_lgpl_only.c): refuse rather than hash names wrongly. */
+	if (ext2fs_has_feature_casefold(u->fs->super)) {
+		ext2fs_free(u->fs);
+		free(u);
+		return EXT2_ET_UNSUPP_FEATURE;
+	}
 	*out = u;
 	return 0;
 }

@@ -20,6 +20,11 @@ const T0: i64 = 1_767_225_600;
 
 /// A Debian-default ext4 image of `mib` MiB with `block` byte blocks in `d`.
 fn mkfs(d: &Path, name: &str, block: u32, mib: u32) -> Option<PathBuf> {
+    mkfs_with(d, name, block, mib, &[])
+}
+
+/// [`mkfs`] with more `mkfs.ext4` options.
+fn mkfs_with(d: &Path, name: &str, block: u32, mib: u32, extra: &[&str]) -> Option<PathBuf> {
     let mkfs = util::tool("mkfs.ext4", "e2fsprogs")?;
     let b = block.to_string();
     let size = format!("{mib}M");
@@ -37,9 +42,9 @@ fn mkfs(d: &Path, name: &str, block: u32, mib: u32) -> Option<PathBuf> {
             "6f2f4c9e-5f1a-4f0e-9a51-3c1b2e7d8a90",
             "-E",
             "hash_seed=0b6b0d2e-8a4f-4b1e-a0a5-6a4f5d3c2b10,root_owner=0:0",
-            name,
-            &size,
         ])
+        .args(extra)
+        .args([name, &size])
         .output()
         .expect("run mkfs.ext4");
     assert!(out.status.success(), "mkfs.ext4: {out:?}");
@@ -162,12 +167,16 @@ fn exercise<D: BlockDevice>(fs: &mut Ext4<D>) {
 }
 
 #[rstest]
-#[case::blocks_1k(1024)]
-#[case::blocks_4k(4096)]
-fn ext4_writes_land_in_the_cow_and_e2fsck_is_clean(#[case] block: u32) {
+#[case::blocks_1k(1024, &[])]
+#[case::blocks_4k(4096, &[])]
+// Group checksums by CRC-16 instead of metadata_csum's CRC-32C.
+#[case::uninit_bg_without_metadata_csum(4096, &["-O", "^metadata_csum,uninit_bg"])]
+// ext2: no extents, no journal (block maps).
+#[case::ext2(1024, &["-t", "ext2"])]
+fn ext4_writes_land_in_the_cow_and_e2fsck_is_clean(#[case] block: u32, #[case] extra: &[&str]) {
     let dir = util::tempdir();
     let d = dir.path();
-    let Some(base) = mkfs(d, "base.ext4", block, 32) else {
+    let Some(base) = mkfs_with(d, "base.ext4", block, 32, extra) else {
         return;
     };
     let before = sha(&base);
@@ -588,4 +597,58 @@ fn ext4_same_operations_give_byte_identical_images() {
     let (b, _, _) = run_ops(&base, &ops);
     assert!(a != base, "the operations changed nothing");
     assert!(a == b, "two runs differ");
+}
+
+/// libext2fs falls back to the host clock when its time is 0: a mount whose
+/// clock was never set (or set to 0) must still write fixed times.
+#[test]
+fn ext4_without_a_clock_never_writes_the_host_time() {
+    let Some((_dir, base)) = base_image(4096) else {
+        return;
+    };
+    let dev = Counting {
+        data: base,
+        writes: 0,
+    };
+    let mut fs = Ext4::mount(dev, MountMode::ReadWrite).expect("mount");
+    fs.write_file("/a", b"a", 0o644, 0, 0).unwrap();
+    fs.set_clock(0);
+    fs.mkdir("/d", 0o755, 0, 0).unwrap();
+    for p in ["/a", "/d"] {
+        let st = fs.stat(p).unwrap();
+        for t in [st.atime, st.mtime, st.ctime, st.crtime] {
+            assert_eq!(t, Timespec { sec: 1, nsec: 0 }, "{p}: {st:?}");
+        }
+    }
+}
+
+/// e2fsprogs' crc32c.c, crc16.c, nls_utf8.c and (via kernel-jbd.h)
+/// mkjournal.c are GPL-2: csrc/ext2fs_lgpl_only.c replaces the symbols they
+/// would be linked for, so none of their functions may be in the binary.
+#[test]
+fn ext4_links_no_gpl_member_of_libext2fs() {
+    let Some(nm) = util::tool("nm", "binutils") else {
+        return;
+    };
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new(nm)
+        .arg(&exe)
+        .output()
+        .expect("run nm");
+    let syms = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        syms.contains(" T ext2fs_open2"),
+        "libext2fs is not linked statically"
+    );
+    for gpl_only in [
+        "ext2fs_crc32_be",
+        "ext2fs_casefold_cmp",
+        "ext2fs_add_journal_inode3",
+        "ext2fs_create_journal_superblock2",
+    ] {
+        assert!(
+            !syms.lines().any(|l| l.ends_with(&format!(" {gpl_only}"))),
+            "{gpl_only} (a GPL-2 member of libext2fs.a) is linked"
+        );
+    }
 }

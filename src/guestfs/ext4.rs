@@ -552,12 +552,14 @@ impl<D: BlockDevice> Ext4<D> {
             let ctx = unsafe { Box::from_raw(ctx) };
             return Err(error_from(err, ctx.error, "mount", "/"));
         }
-        let fs = Ext4 {
+        let mut fs = Ext4 {
             raw,
             ctx,
             mode,
             clock: 0,
         };
+        // Until the caller's clock is set, times are fixed, never the host's.
+        fs.set_clock(0);
         let info = fs.info();
         if mode == MountMode::ReadWrite && info.feature_incompat & INCOMPAT_RECOVER != 0 {
             return Err(FsError {
@@ -577,10 +579,12 @@ impl<D: BlockDevice> Ext4<D> {
 
     /// Sets the time (seconds since the epoch) that every following change
     /// writes into inodes and the superblock.
+    /// libext2fs reads the host clock when its time is 0, so 0 is written
+    /// as 1 (one second past the epoch).
     pub fn set_clock(&mut self, secs: i64) {
-        self.clock = secs;
+        self.clock = if secs == 0 { 1 } else { secs };
         // SAFETY: raw is open for self's lifetime.
-        unsafe { umt_set_now(self.raw, secs) };
+        unsafe { umt_set_now(self.raw, self.clock) };
     }
 
     /// Superblock facts (counts are those of the last flush or of libext2fs'

@@ -652,3 +652,96 @@ fn ext4_links_no_gpl_member_of_libext2fs() {
         );
     }
 }
+
+/// Hashed (htree) directories: a directory indexed by `e2fsck -fD` (as the
+/// kernel indexes large ones) takes new names, loses old ones, and stays
+/// indexed and e2fsck-clean; every name is found through the index.
+#[test]
+fn ext4_htree_directory_stays_indexed_and_clean() {
+    let dir = util::tempdir();
+    let d = dir.path();
+    let Some(img) = mkfs(d, "base.ext4", 1024, 32) else {
+        return;
+    };
+    let Some(e2fsck) = util::tool("e2fsck", "e2fsprogs") else {
+        return;
+    };
+    let load = |p: &Path| Counting {
+        data: std::fs::read(p).expect("read image"),
+        writes: 0,
+    };
+    let mut fs = Ext4::mount(load(&img), MountMode::ReadWrite).unwrap();
+    fs.set_clock(T0);
+    fs.mkdir("/big", 0o755, 0, 0).unwrap();
+    for i in 0..400 {
+        fs.write_file(&format!("/big/entry-{i:05}"), b"", 0o644, 0, 0)
+            .unwrap();
+    }
+    std::fs::write(&img, fs.unmount().unwrap().data).unwrap();
+    // -D indexes every directory of more than one block.
+    let out = std::process::Command::new(&e2fsck)
+        .args(["-fyD"])
+        .arg(&img)
+        .output()
+        .expect("e2fsck -fyD");
+    assert!(out.status.code().unwrap_or(-1) <= 1, "e2fsck -fyD: {out:?}");
+    let stat = debugfs(&img, "stat /big").unwrap();
+    assert!(stat.contains("Flags: 0x81000"), "not indexed: {stat}");
+
+    let mut fs = Ext4::mount(load(&img), MountMode::ReadWrite).unwrap();
+    fs.set_clock(T0 + 1);
+    for i in 400..900 {
+        fs.write_file(&format!("/big/entry-{i:05}"), b"n", 0o644, 0, 0)
+            .unwrap();
+    }
+    for i in (0..900).step_by(2) {
+        fs.unlink(&format!("/big/entry-{i:05}")).unwrap();
+    }
+    for i in 0..900 {
+        let found = fs.lstat(&format!("/big/entry-{i:05}")).is_ok();
+        assert_eq!(found, i % 2 == 1, "entry {i}");
+    }
+    std::fs::write(&img, fs.unmount().unwrap().data).unwrap();
+    assert_fsck_clean(&img);
+    let stat = debugfs(&img, "stat /big").unwrap();
+    assert!(stat.contains("Flags: 0x81000"), "index dropped: {stat}");
+    let htree = debugfs(&img, "htree /big").unwrap();
+    assert!(htree.contains("entry-00899"), "{htree}");
+}
+
+/// A journal with unreplayed changes (`needs_recovery`): read-write is
+/// refused with EUCLEAN (no replay yet), read-only works.
+#[test]
+fn ext4_needs_recovery_is_refused_read_write() {
+    let dir = util::tempdir();
+    let d = dir.path();
+    let Some(img) = mkfs(d, "base.ext4", 4096, 16) else {
+        return;
+    };
+    let Some(debugfs_bin) = util::tool("debugfs", "e2fsprogs") else {
+        return;
+    };
+    util::run_in(
+        d,
+        &debugfs_bin,
+        &["-w", "-R", "feature needs_recovery", "base.ext4"],
+    )
+    .expect_code(0);
+    let data = std::fs::read(&img).unwrap();
+    let e = Ext4::mount(
+        Counting {
+            data: data.clone(),
+            writes: 0,
+        },
+        MountMode::ReadWrite,
+    )
+    .unwrap_err();
+    assert_eq!(e.errno, Errno::Euclean, "{e}");
+    assert!(e.to_string().contains("journal needs recovery"), "{e}");
+    let ro = Ext4::mount(Counting { data, writes: 0 }, MountMode::ReadOnly).unwrap();
+    assert!(ro
+        .readdir("/")
+        .unwrap()
+        .iter()
+        .any(|e| e.name == "lost+found"));
+}

@@ -811,6 +811,9 @@ impl<D: BlockDevice> Ext4<D> {
         if st.kind == FileKind::Dir {
             return Err(errno(Errno::Eisdir, "read", path));
         }
+        if offset >= st.size {
+            return Ok(0);
+        }
         let mut done = 0;
         while done < buf.len() {
             let want = (buf.len() - done).min(CHUNK);
@@ -820,7 +823,8 @@ impl<D: BlockDevice> Ext4<D> {
                 umt_read(
                     self.raw,
                     ino,
-                    offset + done as u64,
+                    // No overflow: offset < size, and reads stop at size.
+                    offset.saturating_add(done as u64),
                     buf[done..].as_mut_ptr() as *mut c_void,
                     want as u32,
                     &mut got,

@@ -263,6 +263,29 @@ fn ext4_refusals_carry_the_kernels_errno() {
         e(fs.mkdir(&"n".repeat(256), 0o755, 0, 0).map(drop)),
         Errno::Enametoolong
     );
+    // rename(2)'s rules for what it replaces.
+    fs.mkdir("/empty", 0o755, 0, 0).unwrap();
+    fs.mkdir("/full", 0o755, 0, 0).unwrap();
+    fs.write_file("/full/x", b"x", 0o644, 0, 0).unwrap();
+    assert_eq!(e(fs.rename("/d/f", "/empty")), Errno::Eisdir);
+    assert_eq!(e(fs.rename("/empty", "/d/f")), Errno::Enotdir);
+    assert_eq!(e(fs.rename("/d", "/full")), Errno::Enotempty);
+    fs.rename("/d", "/empty")
+        .expect("a directory replaces an empty one");
+    assert_eq!(fs.read_file("/empty/f").unwrap(), b"x");
+    assert_eq!(
+        fs.stat("/").unwrap().nlink,
+        3 + 2,
+        "/, lost+found, empty, full"
+    );
+    assert_eq!(e(fs.stat("/d").map(drop)), Errno::Enoent);
+    fs.rename("/empty", "/full/sub")
+        .expect("move into another directory");
+    assert_eq!(
+        fs.lookup("/full/sub/..").unwrap(),
+        fs.lookup("/full").unwrap()
+    );
+    assert_eq!(fs.stat("/full").unwrap().nlink, 3);
     let msg = fs.unlink("/nope").unwrap_err().to_string();
     assert!(
         msg.contains("\"/nope\": No such file or directory"),
@@ -271,12 +294,18 @@ fn ext4_refusals_carry_the_kernels_errno() {
     fs.unmount().unwrap();
 
     // Read-only: every change is EROFS, reads work, nothing is written.
+    let cow_before = sha(&d.join("h1.cow"));
     let mut ro = Ext4::mount(cow_device(d, "base.ext4"), MountMode::ReadOnly).expect("mount ro");
-    assert_eq!(ro.read_file("/d/f").unwrap(), b"x");
+    assert_eq!(ro.read_file("/full/sub/f").unwrap(), b"x");
     assert_eq!(e(ro.write_file("/b", b"", 0o644, 0, 0)), Errno::Erofs);
     assert_eq!(e(ro.mkdir("/e", 0o755, 0, 0).map(drop)), Errno::Erofs);
-    assert_eq!(e(ro.unlink("/d/f")), Errno::Erofs);
+    assert_eq!(e(ro.unlink("/full/x")), Errno::Erofs);
     ro.unmount().unwrap();
+    assert_eq!(
+        sha(&d.join("h1.cow")),
+        cow_before,
+        "a read-only mount wrote"
+    );
     assert_fsck_clean(&merged(d));
 }
 

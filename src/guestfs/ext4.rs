@@ -1308,6 +1308,12 @@ impl<D: BlockDevice> Ext4<D> {
     }
 }
 
+// SAFETY: libext2fs keeps all state of a filesystem in its ext2_filsys (and
+// the device in DevCtx), both owned by this value alone; its only global,
+// the error-message table, is initialized under pthread_once. So moving an
+// Ext4 to another thread is as safe as moving D. (Not Sync: calls mutate.)
+unsafe impl<D: BlockDevice + Send> Send for Ext4<D> {}
+
 impl<D: BlockDevice> Drop for Ext4<D> {
     /// Dropping without [`Ext4::unmount`] is a crash: nothing more is written.
     fn drop(&mut self) {
@@ -1416,6 +1422,12 @@ mod tests {
         fn is_read_only(&self) -> bool {
             self.read_only
         }
+    }
+
+    #[test]
+    fn a_mounted_filesystem_can_move_to_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Ext4<crate::block::Ubd>>();
     }
 
     #[test]

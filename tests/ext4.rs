@@ -801,3 +801,52 @@ fn ext4_killed_after_sync_keeps_what_was_synced() {
     };
     assert!(stat.contains("Size: 10000"), "{stat}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A disk image is untrusted input: with metadata bytes overwritten, every
+    /// call returns (an error or a value); nothing panics, crashes or hangs.
+    #[test]
+    fn ext4_corrupted_images_give_errors_not_crashes(
+        block in prop_oneof![Just(1024u32), Just(4096u32)],
+        // Past the primary superblock (whose checksum refuses the mount):
+        // group descriptors, bitmaps, inode tables, directory and extent blocks.
+        hits in proptest::collection::vec((2048usize..400_000, any::<u8>()), 1..40),
+    ) {
+        let Some((_dir, mut data)) = base_image(block) else {
+            return Ok(());
+        };
+        {
+            // Some content first, so there are extents and entries to break.
+            let mut fs = Ext4::mount(Counting { data, writes: 0 }, MountMode::ReadWrite).unwrap();
+            fs.set_clock(T0);
+            fs.mkdir("/d", 0o755, 0, 0).unwrap();
+            for i in 0..40 {
+                fs.write_file(&format!("/d/f{i}"), &vec![i as u8; 3000], 0o644, 0, 0).unwrap();
+            }
+            data = fs.unmount().unwrap().data;
+        }
+        for (off, byte) in hits {
+            if let Some(b) = data.get_mut(off) {
+                *b = byte;
+            }
+        }
+        let Ok(mut fs) = Ext4::mount(Counting { data, writes: 0 }, MountMode::ReadWrite) else {
+            return Ok(());
+        };
+        fs.set_clock(T0 + 1);
+        let _ = fs.readdir("/d");
+        for i in 0..40 {
+            let p = format!("/d/f{i}");
+            let _ = fs.read_file(&p);
+            let _ = fs.append_file(&p, b"more", 0o644, 0, 0);
+            if i % 3 == 0 {
+                let _ = fs.unlink(&p);
+            }
+        }
+        let _ = fs.rename("/d", "/e");
+        let _ = fs.mkdir("/n", 0o755, 0, 0);
+        let _ = fs.sync();
+    }
+}

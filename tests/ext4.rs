@@ -850,3 +850,52 @@ proptest! {
         let _ = fs.sync();
     }
 }
+
+/// The inode-level calls a VFS walks with: lookups per component, then I/O
+/// on the inode (as an open file descriptor would).
+#[test]
+fn ext4_inode_level_calls_for_a_vfs() {
+    let Some((_dir, base)) = base_image(4096) else {
+        return;
+    };
+    let mut fs = Ext4::mount(
+        Counting {
+            data: base,
+            writes: 0,
+        },
+        MountMode::ReadWrite,
+    )
+    .unwrap();
+    fs.set_clock(T0);
+    fs.mkdir("/etc", 0o755, 0, 0).unwrap();
+    let created = fs.create("/etc/hostname", 0o644, 0, 0).unwrap();
+    fs.symlink("hostname", "/etc/name", 0, 0).unwrap();
+    let etc = fs.lookup_at(2, "etc").unwrap();
+    let ino = fs.lookup_at(etc, "hostname").unwrap();
+    assert_eq!(ino, created);
+    assert_eq!(fs.lookup_at(etc, "..").unwrap(), 2);
+    assert_eq!(fs.lookup_at(ino, "x").unwrap_err().errno, Errno::Enotdir);
+    assert_eq!(fs.lookup_at(etc, "nope").unwrap_err().errno, Errno::Enoent);
+    fs.write_inode(ino, 0, b"h1\n").unwrap();
+    fs.write_inode(ino, 3, b"more").unwrap();
+    fs.truncate_inode(ino, 2).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(fs.read_inode(ino, 0, &mut buf).unwrap(), 2);
+    assert_eq!(&buf[..2], b"h1");
+    assert_eq!(fs.stat_inode(ino).unwrap().size, 2);
+    let link = fs.lookup_at(etc, "name").unwrap();
+    assert_eq!(fs.readlink_inode(link).unwrap(), "hostname");
+    assert_eq!(fs.readlink_inode(ino).unwrap_err().errno, Errno::Einval);
+    let names: Vec<String> = fs
+        .readdir_inode(etc)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, [".", "..", "hostname", "name"]);
+    assert_eq!(fs.readdir_inode(ino).unwrap_err().errno, Errno::Enotdir);
+    assert_eq!(
+        fs.write_inode(etc, 0, b"x").unwrap_err().errno,
+        Errno::Eisdir
+    );
+}

@@ -786,6 +786,64 @@ impl<D: BlockDevice> Ext4<D> {
         }
     }
 
+    // The inode-level calls below are for a VFS that walks paths itself
+    // (mount points, a working directory): `path` in their errors is
+    // `#<ino>` or the name looked up.
+
+    /// The inode of `name` in directory `dir` (no symbolic link followed;
+    /// `.` and `..` are entries like any other).
+    pub fn lookup_at(&self, dir: u32, name: &str) -> Result<u32, FsError> {
+        if name.len() > NAME_MAX {
+            return Err(errno(Errno::Enametoolong, "lookup", name));
+        }
+        if self.stat_ino(dir, "lookup", name)?.kind != FileKind::Dir {
+            return Err(errno(Errno::Enotdir, "lookup", name));
+        }
+        self.lookup_in(dir, name, "lookup", name)
+    }
+
+    /// `stat` of an inode.
+    pub fn stat_inode(&self, ino: u32) -> Result<Stat, FsError> {
+        self.stat_ino(ino, "stat", &format!("#{ino}"))
+    }
+
+    /// [`Ext4::read`] of an inode.
+    pub fn read_inode(&self, ino: u32, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+        self.read_ino(ino, offset, buf, &format!("#{ino}"))
+    }
+
+    /// [`Ext4::write`] to an inode (a regular file).
+    pub fn write_inode(&mut self, ino: u32, offset: u64, data: &[u8]) -> Result<(), FsError> {
+        let path = format!("#{ino}");
+        self.writable("write", &path)?;
+        self.write_ino(ino, offset, data, &path)
+    }
+
+    /// [`Ext4::truncate`] of an inode.
+    pub fn truncate_inode(&mut self, ino: u32, size: u64) -> Result<(), FsError> {
+        let path = format!("#{ino}");
+        self.writable("truncate", &path)?;
+        self.truncate_ino(ino, size, &path)
+    }
+
+    /// [`Ext4::readdir`] of a directory inode.
+    pub fn readdir_inode(&self, ino: u32) -> Result<Vec<DirEntry>, FsError> {
+        let path = format!("#{ino}");
+        if self.stat_ino(ino, "readdir", &path)?.kind != FileKind::Dir {
+            return Err(errno(Errno::Enotdir, "readdir", &path));
+        }
+        self.readdir_ino(ino, &path)
+    }
+
+    /// [`Ext4::readlink`] of an inode.
+    pub fn readlink_inode(&self, ino: u32) -> Result<String, FsError> {
+        let path = format!("#{ino}");
+        if self.stat_ino(ino, "readlink", &path)?.kind != FileKind::Symlink {
+            return Err(errno(Errno::Einval, "readlink", &path));
+        }
+        self.readlink_ino(ino, "readlink", &path)
+    }
+
     /// The inode number of `path` (symbolic links followed).
     pub fn lookup(&self, path: &str) -> Result<u32, FsError> {
         self.walk(path, true, "lookup")
@@ -807,6 +865,16 @@ impl<D: BlockDevice> Ext4<D> {
     /// past the end).
     pub fn read(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
         let ino = self.walk(path, true, "read")?;
+        self.read_ino(ino, offset, buf, path)
+    }
+
+    fn read_ino(
+        &self,
+        ino: u32,
+        offset: u64,
+        buf: &mut [u8],
+        path: &str,
+    ) -> Result<usize, FsError> {
         let st = self.stat_ino(ino, "read", path)?;
         if st.kind == FileKind::Dir {
             return Err(errno(Errno::Eisdir, "read", path));

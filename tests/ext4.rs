@@ -898,4 +898,41 @@ fn ext4_inode_level_calls_for_a_vfs() {
         fs.write_inode(etc, 0, b"x").unwrap_err().errno,
         Errno::Eisdir
     );
+
+    // Directory changes by (directory inode, name).
+    let d = fs.mkdir_at(etc, "init.d", 0o755, 0, 0).unwrap();
+    let f = fs.create_at(d, "rcS", 0o755, 0, 0).unwrap();
+    assert_eq!(
+        fs.create_at(d, "rcS", 0o755, 0, 0).unwrap_err().errno,
+        Errno::Eexist
+    );
+    assert_eq!(
+        fs.create_at(d, "a/b", 0o755, 0, 0).unwrap_err().errno,
+        Errno::Einval
+    );
+    assert_eq!(
+        fs.create_at(f, "x", 0o755, 0, 0).unwrap_err().errno,
+        Errno::Enotdir
+    );
+    fs.link_at(f, etc, "rc").unwrap();
+    assert_eq!(fs.stat_inode(f).unwrap().nlink, 2);
+    fs.symlink_at("init.d/rcS", etc, "rcS", 0, 0).unwrap();
+    fs.rename_at(etc, "rc", d, "rc.old").unwrap();
+    assert_eq!(fs.lookup_at(d, "rc.old").unwrap(), f);
+    fs.unlink_at(d, "rc.old").unwrap();
+    fs.unlink_at(etc, "rcS").unwrap();
+    assert_eq!(
+        fs.rmdir_at(etc, "init.d").unwrap_err().errno,
+        Errno::Enotempty
+    );
+    fs.unlink_at(d, "rcS").unwrap();
+    fs.rmdir_at(etc, "init.d").unwrap();
+    assert_eq!(
+        fs.lookup_at(etc, "init.d").unwrap_err().errno,
+        Errno::Enoent
+    );
+    let dir = util::tempdir();
+    let img = dir.path().join("after.ext4");
+    std::fs::write(&img, fs.unmount().unwrap().data).unwrap();
+    assert_fsck_clean(&img);
 }

@@ -778,6 +778,27 @@ impl<D: BlockDevice> Ext4<D> {
         })
     }
 
+    /// [`Parent`] for a name in a directory inode: the name must be one
+    /// path component.
+    fn parent_at(&self, dir: u32, name: &str, op: &'static str) -> Result<Parent, FsError> {
+        if name.is_empty() {
+            return Err(errno(Errno::Enoent, op, name));
+        }
+        if name.contains('/') || name.contains('\0') {
+            return Err(errno(Errno::Einval, op, name));
+        }
+        if name.len() > NAME_MAX {
+            return Err(errno(Errno::Enametoolong, op, name));
+        }
+        if self.stat_ino(dir, op, name)?.kind != FileKind::Dir {
+            return Err(errno(Errno::Enotdir, op, name));
+        }
+        Ok(Parent {
+            dir,
+            name: name.to_string(),
+        })
+    }
+
     fn lookup_opt(&self, p: &Parent, op: &'static str, path: &str) -> Result<Option<u32>, FsError> {
         match self.lookup_in(p.dir, &p.name, op, path) {
             Ok(ino) => Ok(Some(ino)),
@@ -925,7 +946,32 @@ impl<D: BlockDevice> Ext4<D> {
     pub fn create(&mut self, path: &str, perm: u16, uid: u32, gid: u32) -> Result<u32, FsError> {
         self.writable("create", path)?;
         let p = self.parent(path, "create")?;
-        if self.lookup_opt(&p, "create", path)?.is_some() {
+        self.create_in(&p, perm, uid, gid, path)
+    }
+
+    /// [`Ext4::create`] of `name` in directory `dir`.
+    pub fn create_at(
+        &mut self,
+        dir: u32,
+        name: &str,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+    ) -> Result<u32, FsError> {
+        self.writable("create", name)?;
+        let p = self.parent_at(dir, name, "create")?;
+        self.create_in(&p, perm, uid, gid, name)
+    }
+
+    fn create_in(
+        &mut self,
+        p: &Parent,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        path: &str,
+    ) -> Result<u32, FsError> {
+        if self.lookup_opt(p, "create", path)?.is_some() {
             return Err(errno(Errno::Eexist, "create", path));
         }
         let name = cstring(&p.name, "create", path)?;
@@ -1071,7 +1117,32 @@ impl<D: BlockDevice> Ext4<D> {
             return Err(errno(Errno::Eexist, "mkdir", path));
         }
         let p = self.parent(path, "mkdir")?;
-        if self.lookup_opt(&p, "mkdir", path)?.is_some() {
+        self.mkdir_in(&p, perm, uid, gid, path)
+    }
+
+    /// [`Ext4::mkdir`] of `name` in directory `dir`.
+    pub fn mkdir_at(
+        &mut self,
+        dir: u32,
+        name: &str,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+    ) -> Result<u32, FsError> {
+        self.writable("mkdir", name)?;
+        let p = self.parent_at(dir, name, "mkdir")?;
+        self.mkdir_in(&p, perm, uid, gid, name)
+    }
+
+    fn mkdir_in(
+        &mut self,
+        p: &Parent,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        path: &str,
+    ) -> Result<u32, FsError> {
+        if self.lookup_opt(p, "mkdir", path)?.is_some() {
             return Err(errno(Errno::Eexist, "mkdir", path));
         }
         let name = cstring(&p.name, "mkdir", path)?;
@@ -1094,6 +1165,17 @@ impl<D: BlockDevice> Ext4<D> {
     pub fn rmdir(&mut self, path: &str) -> Result<(), FsError> {
         self.writable("rmdir", path)?;
         let p = self.parent(path, "rmdir")?;
+        self.rmdir_in(&p, path)
+    }
+
+    /// [`Ext4::rmdir`] of `name` in directory `dir`.
+    pub fn rmdir_at(&mut self, dir: u32, name: &str) -> Result<(), FsError> {
+        self.writable("rmdir", name)?;
+        let p = self.parent_at(dir, name, "rmdir")?;
+        self.rmdir_in(&p, name)
+    }
+
+    fn rmdir_in(&mut self, p: &Parent, path: &str) -> Result<(), FsError> {
         match p.name.as_str() {
             "." => return Err(errno(Errno::Einval, "rmdir", path)),
             ".." => return Err(errno(Errno::Enotempty, "rmdir", path)),
@@ -1119,6 +1201,17 @@ impl<D: BlockDevice> Ext4<D> {
     pub fn unlink(&mut self, path: &str) -> Result<(), FsError> {
         self.writable("unlink", path)?;
         let p = self.parent(path, "unlink")?;
+        self.unlink_in(&p, path)
+    }
+
+    /// [`Ext4::unlink`] of `name` in directory `dir`.
+    pub fn unlink_at(&mut self, dir: u32, name: &str) -> Result<(), FsError> {
+        self.writable("unlink", name)?;
+        let p = self.parent_at(dir, name, "unlink")?;
+        self.unlink_in(&p, name)
+    }
+
+    fn unlink_in(&mut self, p: &Parent, path: &str) -> Result<(), FsError> {
         let ino = self.lookup_in(p.dir, &p.name, "unlink", path)?;
         if self.stat_ino(ino, "unlink", path)?.kind == FileKind::Dir {
             return Err(errno(Errno::Eisdir, "unlink", path));
@@ -1133,6 +1226,18 @@ impl<D: BlockDevice> Ext4<D> {
     pub fn link(&mut self, existing: &str, new: &str) -> Result<(), FsError> {
         self.writable("link", new)?;
         let ino = self.walk(existing, false, "link")?;
+        let p = self.parent(new, "link")?;
+        self.link_in(ino, existing, &p, new)
+    }
+
+    /// [`Ext4::link`]: inode `ino` gets the name `name` in directory `dir`.
+    pub fn link_at(&mut self, ino: u32, dir: u32, name: &str) -> Result<(), FsError> {
+        self.writable("link", name)?;
+        let p = self.parent_at(dir, name, "link")?;
+        self.link_in(ino, &format!("#{ino}"), &p, name)
+    }
+
+    fn link_in(&mut self, ino: u32, existing: &str, p: &Parent, new: &str) -> Result<(), FsError> {
         let st = self.stat_ino(ino, "link", existing)?;
         if st.kind == FileKind::Dir {
             return Err(errno(Errno::Eperm, "link", existing));
@@ -1140,8 +1245,7 @@ impl<D: BlockDevice> Ext4<D> {
         if st.nlink == u16::MAX {
             return Err(errno(Errno::Emlink, "link", existing));
         }
-        let p = self.parent(new, "link")?;
-        if self.lookup_opt(&p, "link", new)?.is_some() {
+        if self.lookup_opt(p, "link", new)?.is_some() {
             return Err(errno(Errno::Eexist, "link", new));
         }
         let name = cstring(&p.name, "link", new)?;
@@ -1159,14 +1263,39 @@ impl<D: BlockDevice> Ext4<D> {
         gid: u32,
     ) -> Result<u32, FsError> {
         self.writable("symlink", path)?;
+        let p = self.parent(path, "symlink")?;
+        self.symlink_in(target, &p, uid, gid, path)
+    }
+
+    /// [`Ext4::symlink`] named `name` in directory `dir`.
+    pub fn symlink_at(
+        &mut self,
+        target: &str,
+        dir: u32,
+        name: &str,
+        uid: u32,
+        gid: u32,
+    ) -> Result<u32, FsError> {
+        self.writable("symlink", name)?;
+        let p = self.parent_at(dir, name, "symlink")?;
+        self.symlink_in(target, &p, uid, gid, name)
+    }
+
+    fn symlink_in(
+        &mut self,
+        target: &str,
+        p: &Parent,
+        uid: u32,
+        gid: u32,
+        path: &str,
+    ) -> Result<u32, FsError> {
         if target.is_empty() {
             return Err(errno(Errno::Enoent, "symlink", path));
         }
         if target.len() >= 4096 {
             return Err(errno(Errno::Enametoolong, "symlink", path));
         }
-        let p = self.parent(path, "symlink")?;
-        if self.lookup_opt(&p, "symlink", path)?.is_some() {
+        if self.lookup_opt(p, "symlink", path)?.is_some() {
             return Err(errno(Errno::Eexist, "symlink", path));
         }
         let name = cstring(&p.name, "symlink", path)?;
@@ -1203,20 +1332,44 @@ impl<D: BlockDevice> Ext4<D> {
     pub fn rename(&mut self, from: &str, to: &str) -> Result<(), FsError> {
         self.writable("rename", from)?;
         let src = self.parent(from, "rename")?;
+        let dst = self.parent(to, "rename")?;
+        self.rename_in(&src, from, &dst, to)
+    }
+
+    /// [`Ext4::rename`] of `name` in `dir` to `new_name` in `new_dir`.
+    pub fn rename_at(
+        &mut self,
+        dir: u32,
+        name: &str,
+        new_dir: u32,
+        new_name: &str,
+    ) -> Result<(), FsError> {
+        self.writable("rename", name)?;
+        let src = self.parent_at(dir, name, "rename")?;
+        let dst = self.parent_at(new_dir, new_name, "rename")?;
+        self.rename_in(&src, name, &dst, new_name)
+    }
+
+    fn rename_in(
+        &mut self,
+        src: &Parent,
+        from: &str,
+        dst: &Parent,
+        to: &str,
+    ) -> Result<(), FsError> {
         if src.name == "." || src.name == ".." {
             return Err(errno(Errno::Einval, "rename", from));
         }
         let ino = self.lookup_in(src.dir, &src.name, "rename", from)?;
         let st = self.stat_ino(ino, "rename", from)?;
         let is_dir = st.kind == FileKind::Dir;
-        let dst = self.parent(to, "rename")?;
         if dst.name == "." || dst.name == ".." {
             return Err(errno(Errno::Einval, "rename", to));
         }
         if is_dir && self.is_ancestor(ino, dst.dir, to)? {
             return Err(errno(Errno::Einval, "rename", to));
         }
-        let existing = self.lookup_opt(&dst, "rename", to)?;
+        let existing = self.lookup_opt(dst, "rename", to)?;
         if existing == Some(ino) {
             return Ok(());
         }

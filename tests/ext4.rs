@@ -257,6 +257,12 @@ fn ext4_refusals_carry_the_kernels_errno() {
     assert_eq!(e(fs.write_file("/d/f/g", b"", 0o644, 0, 0)), Errno::Enotdir);
     assert_eq!(e(fs.read_file("/d").map(drop)), Errno::Eisdir);
     assert_eq!(e(fs.stat("/loop").map(drop)), Errno::Eloop);
+    // A deliberate gap (module doc): Linux would create /missing.
+    fs.symlink("/missing", "/dangling", 0, 0).unwrap();
+    assert_eq!(
+        e(fs.write_file("/dangling", b"x", 0o644, 0, 0)),
+        Errno::Eexist
+    );
     assert_eq!(e(fs.rename("/d", "/d/sub")), Errno::Einval);
     assert_eq!(e(fs.link("/d", "/d2")), Errno::Eperm);
     assert_eq!(
@@ -898,6 +904,14 @@ fn ext4_inode_level_calls_for_a_vfs() {
         fs.write_inode(etc, 0, b"x").unwrap_err().errno,
         Errno::Eisdir
     );
+
+    fs.chmod_inode(ino, 0o600).unwrap();
+    fs.chown_inode(ino, None, Some(42)).unwrap();
+    fs.utimens_inode(ino, None, Some(Timespec { sec: 5, nsec: 6 }))
+        .unwrap();
+    let st = fs.stat_inode(ino).unwrap();
+    assert_eq!((st.mode & 0o7777, st.uid, st.gid), (0o600, 0, 42));
+    assert_eq!(st.mtime, Timespec { sec: 5, nsec: 6 });
 
     // Directory changes by (directory inode, name).
     let d = fs.mkdir_at(etc, "init.d", 0o755, 0, 0).unwrap();

@@ -31,6 +31,11 @@
 //!   optional); intermediate symbolic links are followed (at most 40, then
 //!   `ELOOP`), the last one as each call says (POSIX: `stat` follows, `lstat`,
 //!   `unlink`, `rename`, `readlink` do not).
+//! - Every call exists by path and, for a VFS that walks paths itself
+//!   (mount points, a working directory), by inode: `lookup_at`,
+//!   `stat_inode`, `read_inode`, `write_inode`, `readdir_inode`, ...; and
+//!   directory changes by (directory inode, name): `create_at`, `mkdir_at`,
+//!   `unlink_at`, `rename_at`, ...
 //! - Errors are errno values ([`Errno`]) with the operation and path, so the
 //!   shell can print busybox's messages.
 //!
@@ -38,8 +43,9 @@
 //! fuse2fs does; a filesystem that needs recovery is refused read-write with
 //! `EUCLEAN`, mounted read-only as `noload` would); no permission checks (the
 //! caller, the VFS, does them); no xattrs/ACLs, device nodes, inline data
-//! creation, `O_APPEND` atomicity; names are returned lossily as UTF-8; the
-//! timestamp granularity is one second (libext2fs' `fs->now`).
+//! creation, `O_APPEND` atomicity; writing through a dangling symbolic link
+//! does not create its target (`EEXIST`); names are returned lossily as
+//! UTF-8; the timestamp granularity is one second (libext2fs' `fs->now`).
 
 use std::ffi::{c_char, c_int, c_long, c_void, CStr, CString};
 use std::fmt;
@@ -1432,6 +1438,17 @@ impl<D: BlockDevice> Ext4<D> {
     fn setattr(&mut self, path: &str, op: &'static str, a: SetAttr) -> Result<(), FsError> {
         self.writable(op, path)?;
         let ino = self.walk(path, true, op)?;
+        self.setattr_ino(ino, path, op, a)
+    }
+
+    fn setattr_ino(
+        &mut self,
+        ino: u32,
+        path: &str,
+        op: &'static str,
+        a: SetAttr,
+    ) -> Result<(), FsError> {
+        self.writable(op, path)?;
         // SAFETY: raw is open.
         let code = unsafe {
             umt_setattr(
@@ -1487,6 +1504,50 @@ impl<D: BlockDevice> Ext4<D> {
             ..SetAttr::default()
         };
         self.setattr(path, "utimens", a)
+    }
+
+    /// [`Ext4::chmod`] of an inode.
+    pub fn chmod_inode(&mut self, ino: u32, perm: u16) -> Result<(), FsError> {
+        let a = SetAttr {
+            which: SET_MODE,
+            mode: perm,
+            ..SetAttr::default()
+        };
+        self.setattr_ino(ino, &format!("#{ino}"), "chmod", a)
+    }
+
+    /// [`Ext4::chown`] of an inode.
+    pub fn chown_inode(
+        &mut self,
+        ino: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), FsError> {
+        let a = SetAttr {
+            which: if uid.is_some() { SET_UID } else { 0 }
+                | if gid.is_some() { SET_GID } else { 0 },
+            uid: uid.unwrap_or(0),
+            gid: gid.unwrap_or(0),
+            ..SetAttr::default()
+        };
+        self.setattr_ino(ino, &format!("#{ino}"), "chown", a)
+    }
+
+    /// [`Ext4::utimens`] of an inode.
+    pub fn utimens_inode(
+        &mut self,
+        ino: u32,
+        atime: Option<Timespec>,
+        mtime: Option<Timespec>,
+    ) -> Result<(), FsError> {
+        let a = SetAttr {
+            which: if atime.is_some() { SET_ATIME } else { 0 }
+                | if mtime.is_some() { SET_MTIME } else { 0 },
+            atime: atime.unwrap_or_default(),
+            mtime: mtime.unwrap_or_default(),
+            ..SetAttr::default()
+        };
+        self.setattr_ino(ino, &format!("#{ino}"), "utimens", a)
     }
 
     /// `sync(2)`: writes bitmaps, group descriptors and the superblock (if

@@ -102,6 +102,8 @@ fn main() {
             flags: UbdFlags::default(),
             cwd: d.to_path_buf(),
             owner_pid: 1,
+            confined: true,
+            readable: vec![],
         };
         let ubd = Ubd::open(&spec).result.expect("ubd");
         let (secs, ubd) = workload(ubd);

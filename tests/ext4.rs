@@ -97,6 +97,8 @@ fn cow_device(d: &Path, backing: &str) -> Ubd {
         flags: UbdFlags::default(),
         cwd: d.to_path_buf(),
         owner_pid: 1001,
+        confined: true,
+        readable: vec![],
     };
     Ubd::open(&spec).result.expect("open the COW device")
 }

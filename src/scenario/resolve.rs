@@ -362,17 +362,7 @@ impl Resolver<'_> {
             (Some(m), None) if m.get_ref() == "ext4" => {
                 // mkfs writes every inode table (lazy_itable_init=0), so its
                 // cost grows with the size: the image disk's bound.
-                if size > crate::uml::image::MAX_SIZE {
-                    self.err(
-                        d.size.as_ref().map(|s| s.span()),
-                        format!(
-                            "an ext4 disk is at most {} GiB (mkfs writes its metadata in full; this one is {} GiB)",
-                            crate::uml::image::MAX_SIZE >> 30,
-                            size >> 30
-                        ),
-                    );
-                    return None;
-                }
+                self.formatted_size(d, size, "an ext4 disk", "mkfs writes its metadata in full")?;
                 DiskContent::Ext4 { size }
             }
             (Some(m), None) => {
@@ -383,17 +373,7 @@ impl Resolver<'_> {
                 return None;
             }
             (None, Some(i)) if i.get_ref() == "default" => {
-                if size > crate::uml::image::MAX_SIZE {
-                    self.err(
-                        d.size.as_ref().map(|s| s.span()),
-                        format!(
-                            "an image disk is at most {} GiB (the root image of a lab; this one is {} GiB)",
-                            crate::uml::image::MAX_SIZE >> 30,
-                            size >> 30
-                        ),
-                    );
-                    return None;
-                }
+                self.formatted_size(d, size, "an image disk", "the root image of a lab")?;
                 DiskContent::Image {
                     image: "default".into(),
                     size,
@@ -409,6 +389,24 @@ impl Resolver<'_> {
             (None, None) => DiskContent::Raw { size },
         };
         Some(DiskPlan { name, content })
+    }
+
+    /// A disk umltest formats (`mkfs`, `image`) is at most
+    /// [`crate::uml::image::MAX_SIZE`]: its cost grows with its size.
+    fn formatted_size(&mut self, d: &RawDisk, size: u64, what: &str, why: &str) -> Option<()> {
+        let max = crate::uml::image::MAX_SIZE;
+        if size <= max {
+            return Some(());
+        }
+        self.err(
+            d.size.as_ref().map(|s| s.span()),
+            format!(
+                "{what} is at most {} GiB ({why}; this one is {} GiB)",
+                max >> 30,
+                size >> 30
+            ),
+        );
+        None
     }
 
     fn cmdline(&mut self, cmdline: &Spanned<String>) -> Vec<String> {

@@ -15,6 +15,7 @@ pub mod block;
 pub mod cli;
 pub mod cmdline;
 pub mod cow;
+pub mod guestfs;
 pub mod net;
 pub mod scenario;
 pub mod sim;

@@ -983,7 +983,7 @@ seed = 3
 
 [[disk]]
 name = "fs.ext4"
-size = "16M"
+size = "32M"
 image = "default"
 
 [[machine]]

@@ -778,7 +778,7 @@ fn sim_sh(sim: &mut SimBackend, line: &str) -> (Vec<u8>, String, i32) {
         .iter()
         .find(|m| m.core.name == "h1")
         .expect("h1");
-    let file = |p: &str| m.core.files.get(p).cloned().unwrap_or_default();
+    let file = |p: &str| m.core.files.contents(p, 1 << 24).unwrap_or_default();
     (
         file("/tmp/o"),
         String::from_utf8_lossy(&file("/tmp/e")).into_owned(),
@@ -1023,7 +1023,7 @@ fn host_on_port_5(dir: &Path) -> SimBackend {
 }
 
 fn console(sim: &SimBackend) -> String {
-    sim.world().machines[0].core.console.clone()
+    sim.world().machines[0].core.console.as_str().to_string()
 }
 
 #[test]
@@ -1216,4 +1216,109 @@ fn a_background_reboot_f_restarts_the_kernel_when_it_runs() {
         text[restart..].find("Run /init") < text[restart..].find("# echo up"),
         "{text}"
     );
+}
+
+/// The sim's `image = "default"` disk holds what the committed manifest of the
+/// real default image says (names, types, modes, owners, sizes of the placeholder
+/// binaries, link targets, text contents), read back from the ext4 with
+/// `ext4-view`; it is reproducible, cached, `e2fsck`-clean, and needs no guest
+/// program.
+#[test]
+fn the_sim_default_image_holds_what_the_manifest_says() {
+    use umltest::uml::image;
+    use umltest::uml::manifest::{Kind, Manifest};
+    let (Some(_), Some(e2fsck)) = (
+        util::tool("mkfs.ext4", "e2fsprogs"),
+        util::tool("e2fsck", "e2fsprogs"),
+    ) else {
+        return;
+    };
+    let dir = util::tempdir();
+    let cache = dir.path().join("cache");
+    let manifest = Manifest::default_image().unwrap_or_else(|e| panic!("{e}"));
+    let (a, b) = (dir.path().join("a.ext4"), dir.path().join("b.ext4"));
+    let first = image::build_from_manifest(&manifest, 64 << 20, Some(&cache), &a)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!first.cache_hit);
+    let second = image::build_from_manifest(&manifest, 64 << 20, Some(&cache), &b)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(second.cache_hit, "the second build is not a cache hit");
+    let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{e}"));
+    assert!(read(&a) == read(&b), "two builds differ");
+
+    let got = Manifest::of_ext4(&a).unwrap_or_else(|e| panic!("{e}"));
+    let diff = manifest.differences(&got, true);
+    assert!(
+        diff.is_empty(),
+        "the sim image differs from the manifest:\n{}",
+        diff.join("\n")
+    );
+    // Not vacuous: the manifest has the busybox links, binaries and text files.
+    let count = |f: fn(&Kind) -> bool| got.items.values().filter(|i| f(&i.kind)).count();
+    assert!(count(|k| matches!(k, Kind::Symlink(_))) > 200);
+    assert!(count(|k| matches!(k, Kind::Binary { size } if *size > 40_000)) >= 20);
+    assert!(count(|k| matches!(k, Kind::Text(_))) >= 5);
+
+    // Placeholders take blocks as the real binaries do (`df` agrees), yet the
+    // image file stays sparse (a run's copy is cheap).
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(&a).map(|m| m.blocks() * 512).unwrap_or(0);
+    assert!(
+        allocated < 8 << 20,
+        "{allocated} bytes allocated on the host"
+    );
+    let busybox = match manifest.items.get("/bin/busybox").map(|i| &i.kind) {
+        Some(Kind::Binary { size }) => *size,
+        other => panic!("/bin/busybox: {other:?}"),
+    };
+    let stat = std::process::Command::new(util::tool("debugfs", "e2fsprogs").unwrap_or_default())
+        .args(["-R", "stat /bin/busybox"])
+        .arg(&a)
+        .output()
+        .unwrap_or_else(|e| panic!("debugfs: {e}"));
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    let blockcount: u64 = stat
+        .split("Blockcount: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no Blockcount in {stat}"));
+    assert_eq!(blockcount * 512, busybox.div_ceil(4096) * 4096, "{stat}");
+    let fsck = std::process::Command::new(e2fsck)
+        .arg("-fn")
+        .arg(&a)
+        .output()
+        .unwrap_or_else(|e| panic!("e2fsck: {e}"));
+    assert!(fsck.status.success(), "e2fsck -fn: {fsck:?}");
+
+    // Too small for its files: refused by name, before mkfs runs.
+    let err = image::build_from_manifest(&manifest, 16 << 20, None, &dir.path().join("c.ext4"))
+        .expect_err("16 MiB holds no 17 MB of files");
+    assert!(err.to_string().contains("too small"), "{err}");
+}
+
+/// `image = "default"` on the sim goes through that build: the disk a lab gets
+/// holds the manifest's tree, has exactly the scenario's size (mkfs works in
+/// KiB), and another image name is refused by name.
+#[test]
+fn the_sim_backend_prepares_the_default_image_from_the_manifest() {
+    use umltest::uml::manifest::Manifest;
+    if util::tool("mkfs.ext4", "e2fsprogs").is_none() {
+        return;
+    }
+    let dir = util::tempdir();
+    let disk = dir.path().join("fs.ext4");
+    let mut sim = SimBackend::new();
+    let size = (32 << 20) + 1;
+    sim.prepare_image("default", &disk, size)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(std::fs::metadata(&disk).map(|m| m.len()).ok(), Some(size));
+    let manifest = Manifest::default_image().unwrap_or_else(|e| panic!("{e}"));
+    let got = Manifest::of_ext4(&disk).unwrap_or_else(|e| panic!("{e}"));
+    let diff = manifest.differences(&got, true);
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let err = sim
+        .prepare_image("alpine", &dir.path().join("b.ext4"), 32 << 20)
+        .expect_err("only the default image is known");
+    assert!(err.to_string().contains("\"alpine\""), "{err}");
 }

@@ -4,6 +4,7 @@ mod util;
 
 mod cmdline;
 mod cow;
+mod ext4;
 mod guest;
 mod hostile;
 mod scenario;

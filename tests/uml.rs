@@ -1040,3 +1040,97 @@ fn uml_backend_refuses_to_boot_a_running_machine_again() {
         .unwrap_or_else(|e| panic!("{e}\n{}", run.dump()));
     assert_eq!(console.matches("$ linux").count(), 1, "{console}");
 }
+
+/// The committed manifest describes the real default image: the image built
+/// from the host's guest programs, read back from its ext4, equals it except for
+/// the sizes of binaries (which change with every Debian point release); the
+/// manifest `umltest image manifest` writes equals the real image exactly; and
+/// `--check` passes on the committed file and fails on a changed one.
+#[test]
+fn the_committed_manifest_matches_the_real_default_image() {
+    use umltest::uml::image::{self, ImageSpec};
+    use umltest::uml::manifest::{Manifest, DEFAULT_MANIFEST_PATH};
+    let Some(real) = machine::default_image() else {
+        return;
+    };
+    let got = Manifest::of_ext4(&real).unwrap_or_else(|e| panic!("{e}"));
+    let committed = Manifest::default_image().unwrap_or_else(|e| panic!("{e}"));
+    let diff = committed.differences(&got, false);
+    assert!(
+        diff.is_empty(),
+        "{DEFAULT_MANIFEST_PATH} differs from the real image (regenerate: umltest image manifest {DEFAULT_MANIFEST_PATH}):\n{}",
+        diff.join("\n")
+    );
+    let staged = image::manifest(&ImageSpec::default_with(&[])).unwrap_or_else(|e| panic!("{e}"));
+    let diff = staged.differences(&got, true);
+    assert!(
+        diff.is_empty(),
+        "the staging tree's manifest differs from the image:\n{}",
+        diff.join("\n")
+    );
+
+    // The sim's way of building (placeholders) from this host's manifest gives
+    // what `ls -l /` and `df` read on the real image: the same listing (inode
+    // numbers, modes, owners, sizes, times) and the same free block and inode counts.
+    let dir = util::tempdir();
+    let sim = dir.path().join("sim.ext4");
+    let size = std::fs::metadata(&real).map(|m| m.len()).unwrap_or(0);
+    image::build_from_manifest(&staged, size, None, &sim).unwrap_or_else(|e| panic!("{e}"));
+    let listing = debugfs_ls(&real, "/");
+    assert!(
+        listing.contains(" init") && listing.contains(" lost+found"),
+        "{listing}"
+    );
+    assert_eq!(debugfs_ls(&sim, "/"), listing);
+    let counts = |img: &Path| -> Vec<String> {
+        let dumpe2fs = util::tool("dumpe2fs", "e2fsprogs").unwrap_or_default();
+        let out = std::process::Command::new(dumpe2fs)
+            .arg("-h")
+            .arg(img)
+            .output()
+            .unwrap_or_else(|e| panic!("dumpe2fs: {e}"));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("Free blocks:") || l.starts_with("Free inodes:"))
+            .map(str::to_string)
+            .collect()
+    };
+    let real_counts = counts(&real);
+    assert_eq!(real_counts.len(), 2, "{real_counts:?}");
+    assert_eq!(counts(&sim), real_counts);
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = root.join(DEFAULT_MANIFEST_PATH);
+    let file = file.to_string_lossy();
+    let ok = util::umltest(root, &["image", "manifest", "--check", &file]);
+    ok.expect_code(0);
+    assert!(
+        ok.stdout().contains("matches the default image"),
+        "{}",
+        ok.dump()
+    );
+    let changed = dir.path().join("m");
+    let text =
+        umltest::uml::manifest::DEFAULT_MANIFEST.replace(r#"7 "(none)\n""#, r#"8 "umlhost\n""#);
+    std::fs::write(&changed, text).unwrap_or_else(|e| panic!("{e}"));
+    let bad = util::umltest(
+        root,
+        &["image", "manifest", "--check", &changed.to_string_lossy()],
+    );
+    bad.expect_code(1);
+    assert!(
+        bad.stdout()
+            .contains("-/etc/hostname text 0644 0:0 8 \"umlhost\\n\"")
+            && bad
+                .stdout()
+                .contains("+/etc/hostname text 0644 0:0 7 \"(none)\\n\""),
+        "{}",
+        bad.dump()
+    );
+    assert!(
+        bad.stderr()
+            .contains("regenerate it with: umltest image manifest"),
+        "{}",
+        bad.dump()
+    );
+}

@@ -1,11 +1,14 @@
-//! `umltest image build`: the root image of the `uml` backend.
+//! `umltest image build`: the root image of the `uml` backend; `umltest image
+//! manifest`: its committed manifest (see [`crate::uml::manifest`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use crate::uml::image::{self, ImageSpec};
+use crate::uml::manifest::Manifest;
 
 #[derive(Debug, Args)]
 pub struct ImageArgs {
@@ -33,6 +36,18 @@ pub enum ImageCommand {
         /// The image file to write.
         out: PathBuf,
     },
+    /// Write the manifest of the default image (names, types, modes, owners, sizes,
+    /// link targets, text file contents) from the tree `image build` stages, or
+    /// check one: the committed one is src/uml/default-image.manifest.
+    Manifest {
+        /// Compare FILE with the default image of this host instead of writing it
+        /// (sizes of binaries, which differ between hosts, are not compared); exit 1
+        /// on a difference.
+        #[arg(long)]
+        check: bool,
+        /// The manifest file.
+        file: PathBuf,
+    },
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -57,6 +72,41 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 pub fn run(args: ImageArgs) -> anyhow::Result<ExitCode> {
     match args.command {
+        ImageCommand::Manifest { check, file } => {
+            let actual = image::manifest(&ImageSpec::default_with(&[]))?;
+            if !check {
+                std::fs::write(&file, actual.render())
+                    .with_context(|| format!("write {}", file.display()))?;
+                println!("wrote {} ({} paths)", file.display(), actual.items.len());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("read {}", file.display()))?;
+            let expected = Manifest::parse(&text, &file)?;
+            let diff = expected.differences(&actual, false);
+            if diff.is_empty() {
+                println!(
+                    "{}: matches the default image of this host ({} paths)",
+                    file.display(),
+                    actual.items.len()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "--- {} (expected)\n+++ default image of this host",
+                file.display()
+            );
+            for line in &diff {
+                println!("{line}");
+            }
+            eprintln!(
+                "umltest: {} differs from the default image of this host in {} lines (sizes of binaries not compared); regenerate it with: umltest image manifest {}",
+                file.display(),
+                diff.len(),
+                file.display()
+            );
+            Ok(ExitCode::from(1))
+        }
         ImageCommand::Build {
             with,
             size,

@@ -519,17 +519,19 @@ impl TempOut {
     fn persist(mut self, dir: &File, name: &OsString, out: &Path) -> Result<(), CowError> {
         use nix::fcntl::{renameat, AT_FDCWD};
         use std::os::fd::AsRawFd;
-        let rename_err =
-            |e: nix::errno::Errno| CowError::io("rename temporary file to", out, e.into());
-        if let Some((_, tmp)) = self.named.take() {
-            return renameat(dir, tmp.as_os_str(), dir, name.as_os_str()).map_err(|e| {
+        // Renames `tmp` over `name`; a failed rename leaves no temporary name.
+        let rename_into = |tmp: &OsString| {
+            renameat(dir, tmp.as_os_str(), dir, name.as_os_str()).map_err(|e| {
                 let _ = nix::unistd::unlinkat(
                     dir,
                     tmp.as_os_str(),
                     nix::unistd::UnlinkatFlags::NoRemoveDir,
                 );
-                rename_err(e)
-            });
+                CowError::io("rename temporary file to", out, e.into())
+            })
+        };
+        if let Some((_, tmp)) = self.named.take() {
+            return rename_into(&tmp);
         }
         // linkat cannot replace: link to a fresh name, then rename over `out`.
         let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
@@ -542,16 +544,7 @@ impl TempOut {
                 tmp.as_os_str(),
                 nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
             ) {
-                Ok(()) => {
-                    return renameat(dir, tmp.as_os_str(), dir, name.as_os_str()).map_err(|e| {
-                        let _ = nix::unistd::unlinkat(
-                            dir,
-                            tmp.as_os_str(),
-                            nix::unistd::UnlinkatFlags::NoRemoveDir,
-                        );
-                        rename_err(e)
-                    })
-                }
+                Ok(()) => return rename_into(&tmp),
                 Err(nix::errno::Errno::EEXIST) => continue,
                 Err(e) => return Err(CowError::io("link temporary file to", out, e.into())),
             }

@@ -199,7 +199,7 @@ pub fn render_trace(records: &[TraceRecord]) -> String {
 pub fn write_pcaps(lab: &Lab, recorded: &BackendArtifacts, dir: &Path) -> std::io::Result<()> {
     for switch in &lab.switches {
         let path = dir.join(format!("{}.pcap", switch.name));
-        let file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let file = std::io::BufWriter::new(super::run_folder::create_fresh(&path)?);
         let mut pcap = PcapWriter::new(file)?;
         for r in recorded
             .traces

@@ -77,6 +77,16 @@ pub enum Fault {
 // the scenario is resolved, so never NaN.
 impl Eq for Fault {}
 
+/// Most bytes of a console transcript (and of one command's output) either
+/// backend keeps: a guest can print without end (`yes`, `tcpdump`, `printf
+/// '%2147483647d'`), the artifact and the memory used while it runs stay bounded.
+pub const CONSOLE_CAP: usize = 16 << 20;
+
+/// The line that ends a transcript cut at [`CONSOLE_CAP`]: what was dropped.
+pub fn truncation_line(dropped: u64) -> String {
+    format!("[umltest: console truncated: {dropped} more bytes]\n")
+}
+
 /// Identifies a background command started with [`Backend::spawn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JobId(pub u32);
@@ -151,9 +161,10 @@ pub trait Backend {
     fn start(&mut self, lab: &Lab) -> Result<(), BackendError>;
     /// Fills `path`, a disk of the scenario with `image = "<image>"` (only
     /// `"default"` so far), with a guest image of `size` bytes. Called before
-    /// [`Backend::start`]. The default, right for the sim (which needs no guest
-    /// programs), makes the harness's reproducible ext4 filesystem of that size;
-    /// the `uml` backend builds its root image with the guest programs instead.
+    /// [`Backend::start`]. The default makes the harness's reproducible, empty
+    /// ext4 filesystem of that size; the sim builds the default image from its
+    /// committed manifest (placeholder program bytes), the `uml` backend with the
+    /// guest programs.
     fn prepare_image(&mut self, image: &str, path: &Path, size: u64) -> Result<(), BackendError> {
         super::disk::mkfs_ext4(path, size, image).map_err(|e| match e {
             super::disk::DiskError::NoMkfs => BackendError::Unavailable {

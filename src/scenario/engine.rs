@@ -301,7 +301,9 @@ pub fn run(
     }
     for (name, text) in &artifacts {
         let path = run_dir.join(name);
-        if let Err(e) = std::fs::write(&path, text) {
+        let written = super::run_folder::create_fresh(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+        if let Err(e) = written {
             result.failures.push(Failure {
                 step: None,
                 message: format!("cannot write artifact {}: {e}", path.display()),

@@ -21,6 +21,9 @@ use super::units::{parse_duration, parse_size};
 /// about 400 MB; a real lab is a few kilobytes.
 pub const MAX_SCENARIO_BYTES: u64 = 4 << 20;
 
+/// The most RAM a lab machine may have (`mem=`).
+pub const MAX_MEM: u64 = 4 << 30;
+
 /// Reads and resolves a scenario file.
 pub fn load(file: &Path) -> Result<Plan, Diagnostics> {
     let fail = |message: String| Err(Diagnostics(vec![Diagnostic::new(file, "", None, message)]));
@@ -206,6 +209,7 @@ impl Resolver<'_> {
             let argv = self.cmdline(&m.cmdline);
             self.cmdline_names(&m.cmdline, &argv, &files, &external, &switch_names);
             self.unique_macs(&m.cmdline, &argv, &name, index, &mut macs);
+            self.bounded_mem(&m.cmdline, &argv);
             for dev in crate::cmdline::parse(&argv).ubd {
                 if let Some(b) = dev.backing.filter(|b| external.contains(b)) {
                     over_external.insert(dev.file, b);
@@ -355,7 +359,12 @@ impl Resolver<'_> {
                 );
                 return None;
             }
-            (Some(m), None) if m.get_ref() == "ext4" => DiskContent::Ext4 { size },
+            (Some(m), None) if m.get_ref() == "ext4" => {
+                // mkfs writes every inode table (lazy_itable_init=0), so its
+                // cost grows with the size: the image disk's bound.
+                self.formatted_size(d, size, "an ext4 disk", "mkfs writes its metadata in full")?;
+                DiskContent::Ext4 { size }
+            }
             (Some(m), None) => {
                 self.err(
                     Some(m.span()),
@@ -364,17 +373,7 @@ impl Resolver<'_> {
                 return None;
             }
             (None, Some(i)) if i.get_ref() == "default" => {
-                if size > crate::uml::image::MAX_SIZE {
-                    self.err(
-                        d.size.as_ref().map(|s| s.span()),
-                        format!(
-                            "an image disk is at most {} GiB (the root image of a lab; this one is {} GiB)",
-                            crate::uml::image::MAX_SIZE >> 30,
-                            size >> 30
-                        ),
-                    );
-                    return None;
-                }
+                self.formatted_size(d, size, "an image disk", "the root image of a lab")?;
                 DiskContent::Image {
                     image: "default".into(),
                     size,
@@ -390,6 +389,24 @@ impl Resolver<'_> {
             (None, None) => DiskContent::Raw { size },
         };
         Some(DiskPlan { name, content })
+    }
+
+    /// A disk umltest formats (`mkfs`, `image`) is at most
+    /// [`crate::uml::image::MAX_SIZE`]: its cost grows with its size.
+    fn formatted_size(&mut self, d: &RawDisk, size: u64, what: &str, why: &str) -> Option<()> {
+        let max = crate::uml::image::MAX_SIZE;
+        if size <= max {
+            return Some(());
+        }
+        self.err(
+            d.size.as_ref().map(|s| s.span()),
+            format!(
+                "{what} is at most {} GiB ({why}; this one is {} GiB)",
+                max >> 30,
+                size >> 30
+            ),
+        );
+        None
     }
 
     fn cmdline(&mut self, cmdline: &Spanned<String>) -> Vec<String> {
@@ -506,6 +523,39 @@ impl Resolver<'_> {
     /// machines really get (the harness fills in defaults: [`effective_argv`]).
     ///
     /// [`effective_argv`]: crate::uml::args::effective_argv
+    /// A machine's RAM is a file the real kernel maps (in `/dev/shm` under the
+    /// sandbox): a lab may not ask the host for more than [`MAX_MEM`].
+    fn bounded_mem(&mut self, cmdline: &Spanned<String>, argv: &[String]) {
+        let mem = crate::cmdline::parse(argv).mem_bytes;
+        if mem <= MAX_MEM {
+            return;
+        }
+        let text = cmdline.get_ref();
+        let word = text
+            .match_indices("mem=")
+            .filter(|(at, _)| *at == 0 || text.as_bytes()[at - 1].is_ascii_whitespace())
+            .last()
+            .map(|(at, _)| {
+                let len = text[at..]
+                    .find(char::is_whitespace)
+                    .unwrap_or(text.len() - at);
+                let inner = self.inner_span(cmdline, at);
+                if inner.len() <= 1 {
+                    inner.start..inner.start + len
+                } else {
+                    inner
+                }
+            });
+        self.err(
+            word.or(Some(cmdline.span())),
+            format!(
+                "a machine has at most {} GiB of memory (umltest's bound on what a lab may take from the host); this one asks for {} MiB",
+                MAX_MEM >> 30,
+                mem >> 20
+            ),
+        );
+    }
+
     fn unique_macs(
         &mut self,
         cmdline: &Spanned<String>,

@@ -18,6 +18,25 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Creates `path` (in a run folder) afresh for umltest's own output: whatever
+/// is there is removed, never followed. A real guest may plant links in its run
+/// folder (hostfs reaches it inside the sandbox), and artifacts are written
+/// after the guests ran.
+pub fn create_fresh(path: &Path) -> std::io::Result<File> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path)?,
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // A link made again in between makes this fail (EEXIST), not follow it.
+    File::options()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// The file that marks a folder as a run folder umltest made.
 pub const MARKER: &str = ".umltest-run";
 

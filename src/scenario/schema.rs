@@ -254,7 +254,7 @@ pub const TABLES: &[TableDoc] = &[
             f("name", "string", "File name in the run folder (no `..`, not absolute), or the host path of an `external` image."),
             f("size", "size", "Exact apparent size, created sparse: bytes, or `300M` (binary suffixes K/M/G/T), `300M+1` for 300 MiB and one byte."),
             f("mkfs", "string", "`\"ext4\"`: make an ext4 filesystem, reproducibly (fixed UUID, hash seed, time, options; the host's mke2fs.conf is not read)."),
-            f("image", "string", "`\"default\"`: the guest image: on `uml` the built root image with the guest programs, on `sim` an ext4 filesystem of `size` (at most 64 GiB)."),
+            f("image", "string", "`\"default\"`: the guest image: on `uml` the built root image with the guest programs, on `sim` the same tree from the committed manifest, with placeholder programs (`size` at least 32M, at most 64 GiB)."),
             f("external", "bool", "The file lives outside the run folder (`name` may be absolute); it is opened read-only and never written."),
             f("backing", "string", "Make this disk a COW file over the named disk (as `uml_mkcow`); `size` is then the backing file's."),
         ],

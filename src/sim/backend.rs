@@ -13,7 +13,7 @@
 //! virtual clock goes on; the console keeps what came before.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::scenario::backend::{
@@ -23,6 +23,8 @@ use crate::sim::boot;
 use crate::sim::disk::DiskFaults;
 use crate::sim::programs;
 use crate::sim::world::{JobRef, MachineCore, PortFaults, Power, Switch, World};
+use crate::uml::image::{self, default_cache_dir};
+use crate::uml::manifest::Manifest;
 
 /// The deterministic sim backend.
 pub struct SimBackend {
@@ -244,16 +246,20 @@ impl SimBackend {
 
     /// Runs the world until `stop` holds (true) or `deadline` (false); a
     /// kernel restarted meanwhile (`reboot -f`, in the foreground or in a
-    /// background job) boots again at once, and the world goes on.
+    /// background job) boots again at once, and the world goes on. A lab that
+    /// used up its events is an error ([`SimBackend::check_events`], naming
+    /// `machine`).
     fn run_until(
         &mut self,
+        machine: &str,
         deadline: Duration,
-        stop: impl Fn(&World) -> bool,
+        mut stop: impl FnMut(&World) -> bool,
     ) -> Result<bool, BackendError> {
         loop {
             let hit = self
                 .world
                 .run_until(deadline, |w| stop(w) || !w.restarts.is_empty());
+            self.check_events(machine)?;
             if self.world.restarts.is_empty() {
                 return Ok(hit);
             }
@@ -279,18 +285,43 @@ impl SimBackend {
         Ok(())
     }
 
+    /// The error once the lab used up its events ([`crate::sim::world::MAX_EVENTS`]).
+    fn check_events(&self, machine: &str) -> Result<(), BackendError> {
+        if !self.world.out_of_events() {
+            return Ok(());
+        }
+        let m = self.machines.get(machine).copied();
+        Err(BackendError::Machine {
+            machine: machine.to_string(),
+            message: format!(
+                "the sim stopped at {:.6} s of virtual time: the lab used up its {} events \
+                 (a flood of frames or timers, e.g. `arping -W 0.000001`)",
+                self.world.now.as_secs_f64(),
+                crate::sim::world::MAX_EVENTS
+            ),
+            last_lines: m.map(|m| self.last_lines(m)).unwrap_or_default(),
+        })
+    }
+
     /// Runs the world until job `r` ends or `timeout` passes, then SIGINT.
-    fn finish_job(&mut self, r: JobRef, timeout: Duration) -> Result<CommandOutcome, BackendError> {
+    /// A lab out of events is an error for `machine`, once the job is taken.
+    fn finish_job(
+        &mut self,
+        machine: &str,
+        r: JobRef,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, BackendError> {
         let deadline = self.world.now.saturating_add(timeout);
         let done = |w: &World| w.job(r).is_none_or(|j| j.done.is_some());
         // A command line that restarted the kernel ends with it (the shell
         // never reports a status; the job's is what it had then).
-        if !self.run_until(deadline, done)? {
+        let hit = self.run_until(machine, deadline, done);
+        if !matches!(hit, Ok(true)) {
             self.world.interrupt(r);
         }
-        Ok(match self.world.take_job(r) {
+        let out = match self.world.take_job(r) {
             Some(job) => CommandOutcome {
-                output: job.output,
+                output: job.output.artifact(),
                 exit_code: job.done.unwrap_or(130),
                 interrupted: job.interrupted,
             },
@@ -299,13 +330,57 @@ impl SimBackend {
                 exit_code: 1,
                 interrupted: false,
             },
-        })
+        };
+        hit?;
+        Ok(out)
     }
 }
 
 impl Backend for SimBackend {
     fn name(&self) -> &'static str {
         "sim"
+    }
+
+    /// The default image's names, modes, owners, sizes, link targets and text
+    /// files, from the committed manifest, with placeholder bytes for its
+    /// programs: no guest program is needed, only e2fsprogs. Built once per
+    /// size and cached like the real image.
+    fn prepare_image(&mut self, image: &str, path: &Path, size: u64) -> Result<(), BackendError> {
+        let io = |context: String| {
+            move |e: &dyn std::fmt::Display| BackendError::Io {
+                context,
+                source: std::io::Error::other(e.to_string()),
+            }
+        };
+        if image != "default" {
+            return Err(io(format!("disk image {image:?}"))(
+                &"only image = \"default\" is known",
+            ));
+        }
+        let manifest = Manifest::default_image().map_err(|e| io("default image".into())(&e))?;
+        image::build_from_manifest(&manifest, size, default_cache_dir().as_deref(), path).map_err(
+            |e| match e {
+                image::ImageError::MissingTool(m) => BackendError::Unavailable {
+                    what: format!("{} not found", m.program),
+                    package: m.package.to_string(),
+                },
+                other => io(format!("root image {}", path.display()))(&other),
+            },
+        )?;
+        // mkfs works in whole KiB; a size like 300M+1 keeps its last byte.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| io(format!("open {}", path.display()))(&e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io(format!("stat {}", path.display()))(&e))?
+            .len();
+        if len < size {
+            file.set_len(size)
+                .map_err(|e| io(format!("extend {}", path.display()))(&e))?;
+        }
+        Ok(())
     }
 
     fn start(&mut self, lab: &Lab) -> Result<(), BackendError> {
@@ -374,7 +449,18 @@ impl Backend for SimBackend {
         let Some(r) = self.world.spawn(m, command) else {
             return Err(BackendError::UnknownMachine(machine.to_string()));
         };
-        self.finish_job(r, timeout)
+        let out = self.finish_job(machine, r, timeout)?;
+        // A panic during the command is the machine's failure, as on real UML.
+        if let Some(Power::Down(why)) = self.world.machines.get(m).map(|mm| &mm.power) {
+            if why.starts_with("Kernel panic") {
+                return Err(BackendError::Machine {
+                    machine: machine.to_string(),
+                    message: format!("the kernel panicked while running {command:?}: {why}"),
+                    last_lines: self.last_lines(m),
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn spawn(&mut self, machine: &str, command: &str) -> Result<JobId, BackendError> {
@@ -396,7 +482,7 @@ impl Backend for SimBackend {
     ) -> Result<CommandOutcome, BackendError> {
         let m = self.machine(machine)?;
         match self.jobs.remove(&job) {
-            Some(r) if r.machine == m => self.finish_job(r, timeout),
+            Some(r) if r.machine == m => self.finish_job(machine, r, timeout),
             _ => Err(BackendError::Machine {
                 machine: machine.to_string(),
                 message: format!("has no background job {}", job.0),
@@ -430,21 +516,34 @@ impl Backend for SimBackend {
     ) -> Result<bool, BackendError> {
         let m = self.machine(machine)?;
         let deadline = self.world.now.saturating_add(timeout);
-        let from = self.console_from.get(&m).copied().unwrap_or(0);
+        // Only the current boot's console counts (a `boot` of a halted
+        // machine starts a new process, whose transcript starts after the
+        // `$ linux <argv>` line), and only text the last look did not cover
+        // is searched: a full 16 MiB console is not scanned again on each of
+        // a day's events.
+        let boot_from = self.console_from.get(&m).copied().unwrap_or(0);
+        let mut scanned = 0usize;
         let seen = |w: &World| {
-            w.machines.get(m).is_some_and(|mm| {
-                mm.core
-                    .console
-                    .get(from..)
-                    .is_some_and(|c| c.contains(pattern))
-            })
+            let Some(mm) = w.machines.get(m) else {
+                return false;
+            };
+            let text = mm.core.console.as_str();
+            let mut from = scanned
+                .saturating_sub(pattern.len())
+                .max(boot_from)
+                .min(text.len());
+            while !text.is_char_boundary(from) {
+                from -= 1;
+            }
+            scanned = text.len();
+            text[from..].contains(pattern)
         };
-        self.run_until(deadline, seen)
+        self.run_until(machine, deadline, seen)
     }
 
     fn sleep(&mut self, duration: Duration) -> Result<(), BackendError> {
         let until = self.world.now.saturating_add(duration);
-        self.run_until(until, |_| false)?;
+        self.run_until("(any)", until, |_| false)?;
         Ok(())
     }
 
@@ -519,7 +618,10 @@ impl Backend for SimBackend {
     }
 
     fn file_time(&self) -> Option<std::time::SystemTime> {
-        Some(std::time::UNIX_EPOCH + Duration::from_secs(FILE_TIME_EPOCH) + self.world.now)
+        // Saturating: a virtual clock past SystemTime's range has no file time.
+        std::time::UNIX_EPOCH
+            .checked_add(Duration::from_secs(FILE_TIME_EPOCH))?
+            .checked_add(self.world.now)
     }
 
     fn finish(&mut self) -> Result<BackendArtifacts, BackendError> {
@@ -536,7 +638,7 @@ impl Backend for SimBackend {
                 .machines
                 .get(&spec.name)
                 .and_then(|&i| self.world.machines.get(i))
-                .map(|m| m.core.console.clone())
+                .map(|m| m.core.console.artifact())
                 .unwrap_or_default();
             out.consoles.insert(spec.name.clone(), console);
         }

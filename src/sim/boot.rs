@@ -139,8 +139,12 @@ pub fn boot(
     let mut core = MachineCore::empty(name, rng.clone());
     core.proc_cmdline = parsed.proc_cmdline.clone();
     core.mem = parsed.mem_bytes;
+    // The guest's /tmp: tmpfs of half the memory the kernel reports.
+    core.files = crate::sim::tmpfs::Tmpfs::new(
+        crate::sim::programs::mem_total_kb(parsed.mem_bytes) / 2 * 1024,
+    );
     if !parsed.boots {
-        core.console = log;
+        core.console = log.into();
         return Booted {
             core,
             plugs: Vec::new(),
@@ -373,7 +377,7 @@ pub fn boot(
         let init = parsed.init.clone().unwrap_or_else(|| "/sbin/init".into());
         line(&mut log, &format!("Run {init} as init process"));
     }
-    core.console = log;
+    core.console = log.into();
     core.rng = rng;
     Booted {
         core,

@@ -9,18 +9,25 @@
 //! - [`programs`]: the guest image's programs (busybox, arping, tcpdump, ...).
 //! - [`shell`]: the guest shell's grammar.
 //! - [`disk`]: ubd disks as the programs see them.
+//! - [`tmpfs`]: the guest's files (sparse, sized as its `/tmp`).
+//! - [`console`]: a console or command output capped at 16 MiB.
 //! - [`rng`]: one seed, derived per-component streams.
 //!
-//! Nothing in here reads the wall clock or iterates a hash map.
+//! Nothing in here reads the wall clock or iterates a hash map. Nothing a lab
+//! can write makes it panic, hang or grow without bound: guest programs answer
+//! as the real ones do at their limits (tests/hostile/bombs.rs), virtual time
+//! saturates, and a lab has at most [`world::MAX_EVENTS`] events.
 
 pub mod backend;
 pub mod boot;
+pub mod console;
 pub mod disk;
 pub mod programs;
 pub mod rng;
 pub mod shell;
 pub mod stack;
 pub mod sysctl;
+pub mod tmpfs;
 pub mod world;
 
 pub use backend::SimBackend;

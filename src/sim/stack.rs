@@ -256,15 +256,17 @@ const JIFFY: Duration = Duration::from_millis(10);
 pub fn timer_expiry(now: Duration, delay: Duration) -> Duration {
     let jiffy = JIFFY.as_nanos() as u64;
     let now_j = now.as_nanos() as u64 / jiffy;
-    let delta = (delay.as_nanos() as u64).div_ceil(jiffy);
-    let expires = now_j + delta;
+    let delta = u64::try_from(delay.as_nanos())
+        .unwrap_or(u64::MAX)
+        .div_ceil(jiffy);
+    let expires = now_j.saturating_add(delta);
     // LVL_START(n) = 63 << 3(n-1); level n has granularity 8^n jiffies.
     let mut lvl = 0u32;
     while lvl < 7 && delta >= 63u64 << (3 * lvl) {
         lvl += 1;
     }
     let shift = 3 * lvl;
-    let bucket = ((expires >> shift) + 1) << shift;
+    let bucket = ((expires >> shift).saturating_add(1)).saturating_mul(1 << shift);
     Duration::from_nanos(bucket.saturating_mul(jiffy))
 }
 
@@ -564,7 +566,7 @@ impl Stack {
                 .neigh
                 .entry(key)
                 .or_insert_with(|| Neighbour::new(NudState::Failed, now));
-            let override_ = is_garp || now > entry.updated + locktime;
+            let override_ = is_garp || now > entry.updated.saturating_add(locktime);
             flushed = self.neigh_update(
                 iface,
                 sip,
@@ -673,7 +675,7 @@ impl Stack {
             retrans_time: Duration::from_millis(get("retrans_time_ms", 1000)),
             delay_first_probe_time: Duration::from_secs(get("delay_first_probe_time", 5)),
             base_reachable_time: Duration::from_millis(get("base_reachable_time_ms", 30_000)),
-            locktime: Duration::from_millis(get("locktime", 100) * 10),
+            locktime: Duration::from_millis(get("locktime", 100).saturating_mul(10)),
         }
     }
 
@@ -683,7 +685,7 @@ impl Stack {
         if base == 0 {
             return Duration::ZERO;
         }
-        Duration::from_millis(self.rng.below(base) + base / 2)
+        Duration::from_millis(self.rng.below(base).saturating_add(base / 2))
     }
 
     /// The interface's `reachable_time` at `now` (`neigh->parms->reachable_time`):
@@ -707,9 +709,9 @@ impl Stack {
                 let r = if base == 0 {
                     0
                 } else {
-                    self.rng.below(base) + base / 2
+                    self.rng.below(base).saturating_add(base / 2)
                 };
-                Duration::from_millis(r * 20)
+                Duration::from_millis(r.saturating_mul(20))
             }
         };
         self.last_rand = Some(last_rand);
@@ -717,7 +719,7 @@ impl Stack {
         while self.next_work <= now {
             if self
                 .last_rand
-                .is_some_and(|l| self.next_work > l + REDRAW_AFTER)
+                .is_some_and(|l| self.next_work > l.saturating_add(REDRAW_AFTER))
             {
                 self.last_rand = Some(self.next_work);
                 for i in 0..self.reachable.len() {
@@ -727,7 +729,10 @@ impl Stack {
                     }
                 }
             }
-            self.next_work += period;
+            self.next_work = self.next_work.saturating_add(period);
+            if self.next_work == Duration::MAX {
+                break;
+            }
         }
         while self.reachable.len() <= iface {
             let i = self.reachable.len();
@@ -999,15 +1004,16 @@ impl Stack {
         let entry = self.neigh.get_mut(&key)?;
         entry.timer = None;
         let retrans = parms.retrans_time.max(JIFFY);
-        let confirmed_within = |d: Duration| entry.confirmed.is_some_and(|c| now <= c + d);
+        let confirmed_within =
+            |d: Duration| entry.confirmed.is_some_and(|c| now <= c.saturating_add(d));
         let next = match entry.state {
             NudState::Reachable => {
                 if confirmed_within(reachable) {
                     entry.confirmed.map(|c| c + reachable)
-                } else if now <= entry.used + parms.delay_first_probe_time {
+                } else if now <= entry.used.saturating_add(parms.delay_first_probe_time) {
                     entry.state = NudState::Delay;
                     entry.updated = now;
-                    Some(now + parms.delay_first_probe_time)
+                    Some(now.saturating_add(parms.delay_first_probe_time))
                 } else {
                     entry.state = NudState::Stale;
                     entry.updated = now;
@@ -1023,10 +1029,10 @@ impl Stack {
                     entry.state = NudState::Probe;
                     entry.updated = now;
                     entry.probes = 0;
-                    Some(now + retrans)
+                    Some(now.saturating_add(retrans))
                 }
             }
-            NudState::Incomplete | NudState::Probe => Some(now + retrans),
+            NudState::Incomplete | NudState::Probe => Some(now.saturating_add(retrans)),
             NudState::Stale | NudState::Failed | NudState::Permanent => None,
         };
         // neigh_max_probes: ucast + app + mcast while INCOMPLETE, ucast +

@@ -119,7 +119,12 @@ pub fn run(table: &mut BTreeMap<String, String>, args: &[String]) -> (String, St
         };
         match (value, table.get_mut(&name)) {
             (Some(v), Some(slot)) => {
-                *slot = v.clone();
+                let Some(stored) = kernel_value(&name, &v) else {
+                    // xwrite dies: the keys after it are not looked at.
+                    err.push_str("sysctl: write error: Invalid argument\n");
+                    return (out, err, 1);
+                };
+                *slot = stored;
                 out.push_str(&show(&name, &v));
             }
             (None, Some(v)) if !write => out.push_str(&show(&name, v)),
@@ -141,6 +146,57 @@ pub fn run(table: &mut BTreeMap<String, String>, args: &[String]) -> (String, St
     (out, err, code)
 }
 
+/// What the 6.1 kernel keeps when `value` is written to `name`, or `None`
+/// for EINVAL. The `net.ipv4` keys are C ints (`proc_dointvec` and its
+/// jiffies variants, HZ=100); each rule below was recorded in a UML 6.1 guest
+/// (`sysctl -w KEY=VALUE; sysctl KEY`):
+/// - not a number (`abc`), or past INT_MAX (`arp_ignore=99999999999`,
+///   `mcast_solicit=99999999999`): EINVAL;
+/// - seconds in jiffies past INT_MAX/HZ (`delay_first_probe_time=2147483647`)
+///   and negative milliseconds (`base_reachable_time_ms=-5`): EINVAL;
+/// - milliseconds in jiffies: the value as a 32-bit int, rounded up to a
+///   jiffy (`retrans_time_ms=99999999999` reads back `1215752200`);
+/// - `locktime` (USER_HZ) takes anything numeric.
+fn kernel_value(name: &str, value: &str) -> Option<String> {
+    const HZ: i64 = 100;
+    if !name.starts_with("net.ipv4.conf.") && !name.starts_with("net.ipv4.neigh.") {
+        return Some(value.to_string());
+    }
+    let v = value.trim();
+    let (neg, digits) = match v.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, v),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // proc_get_long: an unsigned long; more is EINVAL.
+    let magnitude: u64 = digits.parse().ok()?;
+    let key = name.rsplit('.').next().unwrap_or("");
+    match key {
+        "locktime" => Some(v.to_string()),
+        "retrans_time_ms" | "base_reachable_time_ms" => {
+            if neg {
+                return None;
+            }
+            let ms = i64::from(magnitude as u32 as i32);
+            let jiffies = (ms + 9).div_euclid(10);
+            Some((jiffies * 10).to_string())
+        }
+        "delay_first_probe_time" | "gc_stale_time" => {
+            let secs = i64::try_from(magnitude).ok()?;
+            (secs <= i64::from(i32::MAX) / HZ).then(|| if neg { -secs } else { secs }.to_string())
+        }
+        _ => {
+            let n = i64::try_from(magnitude).ok()?;
+            let n = if neg { -n } else { n };
+            let minmax = matches!(key, "mcast_solicit" | "ucast_solicit");
+            let ok = i32::try_from(n).is_ok() && !(minmax && n < 0);
+            ok.then(|| n.to_string())
+        }
+    }
+}
+
 const USAGE: &str = "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary.\n\n\
 Usage: sysctl [-enq] { -a | -p [FILE]... | [-w] [KEY[=VALUE]]... }\n\n\
 Show/set kernel parameters\n\n\
@@ -157,6 +213,53 @@ mod tests {
 
     fn t() -> BTreeMap<String, String> {
         defaults(&["lo".into(), "eth0".into()])
+    }
+
+    /// Recorded in a UML 6.1 guest: `sysctl -w KEY=VALUE; echo rc=$?; sysctl KEY`.
+    #[test]
+    fn out_of_range_writes_fail_as_the_kernel_refuses_them() {
+        let mut table = t();
+        let einval = (
+            String::new(),
+            "sysctl: write error: Invalid argument\n".to_string(),
+            1,
+        );
+        for kv in [
+            "net.ipv4.neigh.eth0.delay_first_probe_time=2147483647",
+            "net.ipv4.neigh.eth0.delay_first_probe_time=99999999999",
+            "net.ipv4.neigh.eth0.base_reachable_time_ms=-5",
+            "net.ipv4.neigh.eth0.mcast_solicit=99999999999",
+            "net.ipv4.neigh.eth0.mcast_solicit=abc",
+            "net.ipv4.conf.eth0.arp_ignore=99999999999",
+        ] {
+            assert_eq!(run(&mut table, &["-w".into(), kv.into()]), einval, "{kv}");
+        }
+        assert_eq!(table["net.ipv4.neigh.eth0.delay_first_probe_time"], "5");
+        assert_eq!(table["net.ipv4.neigh.eth0.mcast_solicit"], "3");
+        let w =
+            |table: &mut BTreeMap<String, String>, kv: &str| run(table, &["-w".into(), kv.into()]);
+        assert_eq!(
+            w(&mut table, "net.ipv4.neigh.eth0.retrans_time_ms=2147483647").2,
+            0
+        );
+        assert_eq!(table["net.ipv4.neigh.eth0.retrans_time_ms"], "2147483650");
+        assert_eq!(
+            w(
+                &mut table,
+                "net.ipv4.neigh.eth0.retrans_time_ms=99999999999"
+            )
+            .2,
+            0
+        );
+        assert_eq!(table["net.ipv4.neigh.eth0.retrans_time_ms"], "1215752200");
+        assert_eq!(
+            w(&mut table, "net.ipv4.neigh.eth0.locktime=99999999999"),
+            (
+                "net.ipv4.neigh.eth0.locktime = 99999999999\n".into(),
+                String::new(),
+                0
+            )
+        );
     }
 
     /// Outputs captured from busybox 1.35 in a UML 6.1 guest.

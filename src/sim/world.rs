@@ -14,10 +14,12 @@ use std::time::Duration;
 
 use crate::net::switch::{PortRequest, Switch as CoreSwitch, SwitchConfig};
 use crate::scenario::backend::TraceRecord;
+use crate::sim::console::Console;
 use crate::sim::disk::Disk;
 use crate::sim::rng::{self, Rng};
 use crate::sim::shell::{self, Join, Simple, Target};
 use crate::sim::stack::Stack;
+use crate::sim::tmpfs::{FsError, Tmpfs};
 
 /// Time a frame takes from a NIC into the switch, and from the switch to a NIC.
 pub const WIRE_DELAY: Duration = Duration::from_micros(40);
@@ -101,6 +103,8 @@ pub enum Effect {
     /// Restart the kernel (`reboot -f`): UML's `machine_restart` ends the
     /// kernel and its process re-execs itself with the same argv.
     Restart,
+    /// The kernel panics with this line (`Kernel panic - not syncing: ...`).
+    Panic(String),
     /// A kernel message for the console.
     Kernel(String),
 }
@@ -134,45 +138,97 @@ pub struct Sys<'a> {
     pub m: &'a mut MachineCore,
     fx: &'a mut Vec<Effect>,
     out: &'a Output,
-    job_out: &'a mut String,
+    job_out: &'a mut Console,
 }
 
 impl Sys<'_> {
-    fn write(&mut self, target: &Target0, s: &str) {
-        self.write_bytes(target, s.as_bytes());
-    }
-    fn write_bytes(&mut self, target: &Target0, s: &[u8]) {
+    fn write_bytes(&mut self, target: &Target0, s: &[u8]) -> Result<(), FsError> {
         match target {
             Target0::Console => {
+                if self.m.console.is_full() && self.job_out.is_full() {
+                    // Both are past the cap: count, do not convert.
+                    self.m.console.drop_bytes(s.len() as u64);
+                    self.job_out.drop_bytes(s.len() as u64);
+                    return Ok(());
+                }
                 // The console is text: bytes that are not UTF-8 show as U+FFFD.
                 let s = String::from_utf8_lossy(s);
                 self.job_out.push_str(&s);
                 self.m.console.push_str(&s);
+                Ok(())
             }
-            Target0::Null => {}
+            Target0::Null => Ok(()),
             Target0::File(path) => {
-                self.m
-                    .files
-                    .entry(path.clone())
-                    .or_default()
-                    .extend_from_slice(s);
+                let n = self.m.files.append(path, s)?;
+                if n < s.len() {
+                    return Err(FsError::NoSpace);
+                }
+                Ok(())
+            }
+        }
+    }
+    fn write_fill(&mut self, target: &Target0, b: u8, n: u64) -> Result<(), FsError> {
+        match target {
+            Target0::Console => {
+                self.job_out.push_fill(b, n);
+                self.m.console.push_fill(b, n);
+                Ok(())
+            }
+            Target0::Null => Ok(()),
+            Target0::File(_) => {
+                // A full tmpfs stops this within its (bounded) size.
+                let chunk = [b; 4096];
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(chunk.len() as u64) as usize;
+                    self.write_bytes(target, &chunk[..k])?;
+                    left -= k as u64;
+                }
+                Ok(())
             }
         }
     }
     /// Writes to the program's stdout.
     pub fn out(&mut self, s: &str) {
-        let t = self.out.stdout.clone();
-        self.write(&t, s);
+        let _ = self.out_bytes(s.as_bytes());
     }
-    /// Writes bytes to the program's stdout (a file gets them as they are).
-    pub fn out_bytes(&mut self, s: &[u8]) {
+    /// Writes bytes to the program's stdout (a file gets them as they are);
+    /// a full tmpfs fails the write.
+    pub fn out_bytes(&mut self, s: &[u8]) -> Result<(), FsError> {
         let t = self.out.stdout.clone();
-        self.write_bytes(&t, s);
+        self.write_bytes(&t, s)
+    }
+    /// Writes `n` copies of byte `b` to stdout without building them (padding
+    /// of `printf '%2147483647d'`).
+    pub fn out_fill(&mut self, b: u8, n: u64) -> Result<(), FsError> {
+        let t = self.out.stdout.clone();
+        self.write_fill(&t, b, n)
+    }
+    /// True when bytes written to stdout now are lost anyway (`/dev/null`, or
+    /// a console past its cap): a program may count them instead of making them.
+    pub fn stdout_discards(&self) -> bool {
+        match &self.out.stdout {
+            Target0::Null => true,
+            Target0::Console => self.m.console.is_full() && self.job_out.is_full(),
+            Target0::File(_) => false,
+        }
+    }
+    /// Counts `n` bytes written to a discarding stdout ([`Sys::stdout_discards`]).
+    pub fn out_discarded(&mut self, n: u64) {
+        if self.out.stdout == Target0::Console {
+            self.m.console.drop_bytes(n);
+            self.job_out.drop_bytes(n);
+        }
     }
     /// Writes to the program's stderr.
     pub fn err(&mut self, s: &str) {
         let t = self.out.stderr.clone();
-        self.write(&t, s);
+        let _ = self.write_bytes(&t, s.as_bytes());
+    }
+    /// What the shell itself prints on the console (`Killed`), whatever the
+    /// command's redirections.
+    pub fn shell_msg(&mut self, s: &str) {
+        let _ = self.write_bytes(&Target0::Console, s.as_bytes());
     }
     pub fn send(&mut self, iface: usize, frame: Vec<u8>) {
         self.fx.push(Effect::Send { iface, frame });
@@ -188,6 +244,11 @@ impl Sys<'_> {
     }
     pub fn restart(&mut self) {
         self.fx.push(Effect::Restart);
+    }
+    /// The kernel panics (`why` after `Kernel panic - not syncing: `).
+    pub fn panic(&mut self, why: &str) {
+        self.fx
+            .push(Effect::Panic(format!("Kernel panic - not syncing: {why}")));
     }
     pub fn kernel(&mut self, line: String) {
         self.fx.push(Effect::Kernel(line));
@@ -228,13 +289,13 @@ pub struct BrokenDisk {
 /// A machine's state apart from its jobs (what programs may touch).
 pub struct MachineCore {
     pub name: String,
-    pub console: String,
+    pub console: Console,
     pub stack: Stack,
     pub disks: BTreeMap<u32, Disk>,
     /// Devices that exist (their size stage passed) but fail to open.
     pub broken_disks: BTreeMap<u32, BrokenDisk>,
-    /// Files written by redirections (`> /tmp/x`), and readable by `cat`.
-    pub files: BTreeMap<String, Vec<u8>>,
+    /// Files written by redirections (`> /tmp/x`) and `dd`, readable by `cat`.
+    pub files: Tmpfs,
     pub proc_cmdline: String,
     /// Memory in bytes (`mem=`), for /proc/meminfo.
     pub mem: u64,
@@ -261,11 +322,11 @@ impl MachineCore {
     pub fn empty(name: &str, rng: Rng) -> Self {
         Self {
             name: name.to_string(),
-            console: String::new(),
+            console: Console::new(),
             stack: Stack::new(Vec::new()),
             disks: BTreeMap::new(),
             broken_disks: BTreeMap::new(),
-            files: BTreeMap::new(),
+            files: Tmpfs::default(),
             proc_cmdline: String::new(),
             mem: 0,
             mounts: String::new(),
@@ -281,7 +342,7 @@ pub struct Job {
     pc: usize,
     status: i32,
     running: Option<(Box<dyn Program>, Output)>,
-    pub output: String,
+    pub output: Console,
     pub done: Option<i32>,
     pub interrupted: bool,
     wake_at: Option<Duration>,
@@ -376,7 +437,14 @@ pub struct World {
     /// Machines whose kernel restarted (`reboot -f`) and that wait to boot
     /// again: the backend boots them (it holds their argv and disks' folder).
     pub restarts: Vec<usize>,
+    /// Events dispatched so far, against [`MAX_EVENTS`].
+    events: u64,
 }
+
+/// Most events one lab may dispatch. A 24 h `arping` at one request a second
+/// is about 350 000; `arping -W 0.000001` would be 10^11 in a day (hours of
+/// wall time and gigabytes of trace): the run stops with an error instead.
+pub const MAX_EVENTS: u64 = 1_000_000;
 
 /// Which job to act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,7 +465,13 @@ impl World {
             programs,
             fx: Vec::new(),
             restarts: Vec::new(),
+            events: 0,
         }
+    }
+
+    /// True once the lab used up [`MAX_EVENTS`]: nothing more happens.
+    pub fn out_of_events(&self) -> bool {
+        self.events >= MAX_EVENTS
     }
 
     pub fn rng(&self, name: &str) -> Rng {
@@ -512,7 +586,7 @@ impl World {
             pc: 0,
             status: 0,
             running: None,
-            output: String::new(),
+            output: Console::new(),
             done: None,
             interrupted: false,
             wake_at: None,
@@ -597,13 +671,16 @@ impl World {
                 Target::Stdout => stdout.clone(),
                 ref t => resolve(t),
             };
+            // The shell opens each file before the program runs: `>`
+            // empties it, `>>` creates it.
             for t in [&simple.stdout, &simple.stderr] {
-                if let Target::File {
-                    path,
-                    append: false,
-                } = t
-                {
-                    m.core.files.insert(path.clone(), Vec::new());
+                match t {
+                    Target::File {
+                        path,
+                        append: false,
+                    } => m.core.files.create_empty(path),
+                    Target::File { path, append: true } => m.core.files.create(path),
+                    _ => {}
                 }
             }
             let output = Output { stdout, stderr };
@@ -619,7 +696,7 @@ impl World {
                 }
                 None => {
                     let msg = format!("sh: {name}: not found\n");
-                    let mut sys_out = String::new();
+                    let mut sys_out = Console::new();
                     let mut fx = Vec::new();
                     let mut sys = Sys {
                         now: self.now,
@@ -711,6 +788,9 @@ impl World {
                 Effect::Restart => {
                     self.power_down(r.machine, RESTART_LINE.into(), None);
                     self.restarts.push(r.machine);
+                }
+                Effect::Panic(line) => {
+                    self.power_down(r.machine, format!("{line}\n"), None);
                 }
                 Effect::Kernel(line) => {
                     if let Some(m) = self.machines.get_mut(r.machine) {
@@ -869,6 +949,9 @@ impl World {
             if stop(self) {
                 return true;
             }
+            if self.out_of_events() {
+                return false;
+            }
             match self.queue.peek() {
                 Some(e) if e.time <= until => {}
                 _ => {
@@ -876,6 +959,7 @@ impl World {
                     return stop(self);
                 }
             }
+            self.events += 1;
             let Some(ev) = self.queue.pop() else {
                 continue;
             };

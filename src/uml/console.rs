@@ -24,6 +24,11 @@
 //!   reports 130.
 //!
 //! Console output uses `\r\n`; [`normalize_newlines`] turns it into `\n`.
+//!
+//! The transcript is a [`Transcript`]: its first 16 MiB as printed, then only
+//! the protocol's marker lines and a `[umltest: console truncated: N more
+//! bytes]` line for what was dropped, so a guest printing without end costs
+//! bounded memory and still ends its exchange.
 
 /// Longest command accepted: the encoded line must fit the tty's 4095-byte line
 /// buffer (canonical mode), and each byte takes 4 characters once escaped.
@@ -169,10 +174,197 @@ pub fn panic_text(transcript: &[u8]) -> Option<String> {
     Some(lines.get(start..=at).unwrap_or_default().join("\n"))
 }
 
+/// What every protocol line the guest prints starts with (begin and end
+/// markers, the shell's readiness line).
+const MARKER_PREFIX: &[u8] = b"UMLTEST-";
+/// Longest marker line kept once the transcript is past its cap.
+const MARKER_LINE_MAX: usize = 64;
+/// Most bytes of marker lines kept past the cap: a guest printing forged
+/// markers in a loop cannot grow the transcript without end.
+const MARKER_BUDGET: usize = 1 << 20;
+
+/// A console transcript bounded in memory: the first `cap` bytes as they
+/// came; after that, output is counted and dropped, and only the protocol's
+/// marker lines are kept so exchanges still end. Where bytes were dropped,
+/// [`crate::scenario::backend::truncation_line`] (with `\r\n`) says how many,
+/// just before the next marker line or at the end.
+#[derive(Debug, Clone)]
+pub struct Transcript {
+    bytes: Vec<u8>,
+    cap: usize,
+    /// Dropped since the last truncation line.
+    dropped: u64,
+    /// The last bytes of dropped output (a marker may straddle two reads).
+    carry: Vec<u8>,
+    /// Bytes of a marker line still to keep.
+    keeping: usize,
+    marker_bytes: usize,
+}
+
+impl Default for Transcript {
+    fn default() -> Self {
+        Self::with_cap(crate::scenario::backend::CONSOLE_CAP)
+    }
+}
+
+impl Transcript {
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            cap,
+            dropped: 0,
+            carry: Vec::new(),
+            keeping: 0,
+            marker_bytes: 0,
+        }
+    }
+
+    /// Appends what the console printed.
+    pub fn append(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.keeping > 0 {
+                let line = data
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(data.len(), |i| i + 1);
+                let n = line.min(self.keeping);
+                self.bytes.extend_from_slice(&data[..n]);
+                self.marker_bytes += n;
+                self.keeping = if data[n - 1] == b'\n' {
+                    0
+                } else {
+                    self.keeping - n
+                };
+                data = &data[n..];
+                continue;
+            }
+            if self.bytes.len() < self.cap && self.dropped == 0 && self.carry.is_empty() {
+                let n = (self.cap - self.bytes.len()).min(data.len());
+                self.bytes.extend_from_slice(&data[..n]);
+                data = &data[n..];
+                if !data.is_empty() {
+                    // The cap may cut a marker line: its start goes back to
+                    // be scanned with what follows.
+                    let start = self
+                        .bytes
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(0, |i| i + 1);
+                    let line = &self.bytes[start..];
+                    let marker = line.starts_with(MARKER_PREFIX) || MARKER_PREFIX.starts_with(line);
+                    if marker && line.len() <= MARKER_LINE_MAX {
+                        self.carry = self.bytes.split_off(start);
+                    }
+                }
+                continue;
+            }
+            let mut combined = std::mem::take(&mut self.carry);
+            combined.extend_from_slice(data);
+            let marker = (self.marker_bytes < MARKER_BUDGET)
+                .then(|| find(&combined, MARKER_PREFIX))
+                .flatten();
+            match marker {
+                Some(at) => {
+                    self.dropped += at as u64;
+                    // A newline of the marker's own goes with the dropped
+                    // bytes: the reader takes one off the output.
+                    self.flush_dropped(b"\r\n\r\n");
+                    self.keeping = MARKER_LINE_MAX;
+                    // The marker line is kept by the loop above.
+                    let rest = combined.split_off(at);
+                    self.append(&rest);
+                    return;
+                }
+                None => {
+                    let keep = combined.len().min(MARKER_PREFIX.len() - 1);
+                    self.dropped += (combined.len() - keep) as u64;
+                    self.carry = combined.split_off(combined.len() - keep);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes the truncation line for what was dropped so far.
+    fn flush_dropped(&mut self, end: &[u8]) {
+        if self.dropped == 0 {
+            return;
+        }
+        if !self.bytes.ends_with(b"\n") {
+            self.bytes.extend_from_slice(b"\r\n");
+        }
+        let line = crate::scenario::backend::truncation_line(self.dropped);
+        self.bytes.extend_from_slice(line.trim_end().as_bytes());
+        self.bytes.extend_from_slice(end);
+        self.dropped = 0;
+    }
+
+    /// The transcript so far (marker searches run on this).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The whole transcript, with the truncation line for output dropped
+    /// since the last marker.
+    pub fn finish(&self) -> Vec<u8> {
+        let mut t = self.clone();
+        t.dropped += t.carry.len() as u64;
+        t.carry.clear();
+        t.flush_dropped(b"\r\n");
+        t.bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn transcript_past_its_cap_keeps_markers_and_counts_the_rest() {
+        let mut t = Transcript::with_cap(20);
+        t.append(b"UMLTEST-BEGIN-1\r\n");
+        t.append(b"0123456789");
+        // The end marker split across reads, after 1000 bytes of output.
+        t.append(&[b'x'; 1000]);
+        t.append(b"\r\nUMLTEST-E");
+        t.append(b"ND-1:0\r\nmore");
+        let bytes = t.finish();
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(
+            text,
+            "UMLTEST-BEGIN-1\r\n012\r\n[umltest: console truncated: 1009 more bytes]\r\n\r\n\
+             UMLTEST-END-1:0\r\n[umltest: console truncated: 4 more bytes]\r\n"
+        );
+        let ex = find_exchange(t.bytes(), 0, 1).unwrap_or_else(|| panic!("no exchange"));
+        assert_eq!(
+            ex.output,
+            "012\n[umltest: console truncated: 1009 more bytes]\n"
+        );
+        assert_eq!(ex.exit_code, 0);
+    }
+
+    #[test]
+    fn a_cap_inside_a_marker_line_keeps_the_marker() {
+        let mut t = Transcript::with_cap(10);
+        t.append(b"boot\r\nUMLTEST-BEGIN-1\r\nout\r\nUMLTEST-END-1:3\r\n");
+        let ex = find_exchange(t.bytes(), 0, 1).unwrap_or_else(|| panic!("{:?}", t.bytes()));
+        assert_eq!(ex.output, "[umltest: console truncated: 5 more bytes]\n");
+        assert_eq!(ex.exit_code, 3);
+    }
+
+    #[test]
+    fn forged_markers_cannot_grow_a_full_transcript_without_end() {
+        let mut t = Transcript::with_cap(8);
+        for _ in 0..100_000 {
+            t.append(b"UMLTEST-forged line that goes on and on and on and on and on\n");
+        }
+        assert!(
+            t.bytes().len() <= 8 + MARKER_BUDGET + 200,
+            "{}",
+            t.bytes().len()
+        );
+    }
 
     #[test]
     fn encoded_line_hides_markers_and_escapes_everything() {

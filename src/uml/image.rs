@@ -9,6 +9,11 @@
 //! copies each source file's ctime (which no user can set) and stamps crtime with
 //! the wall clock, so a `debugfs -w` pass then sets every inode's times and owner
 //! to fixed values. Two builds of the same inputs are byte-identical (tested).
+//!
+//! [`manifest`] describes the default image from the same staging tree (the
+//! committed `default-image.manifest`, see [`super::manifest`]);
+//! [`build_from_manifest`] packs a manifest the same way with placeholder
+//! binaries: the sim's `image = "default"` disk.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,6 +26,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use super::guest::{find_program, MissingTool};
+use super::manifest::{is_text, Item, Kind, Manifest};
 
 /// The marker the harness init prints when its console shell is ready for commands.
 pub const SHELL_READY: &str = "UMLTEST-SHELL-READY";
@@ -34,7 +40,7 @@ const FIXED_TIME: u64 = 1_000_000_000;
 /// Filesystem UUID and directory hash seed ("umltes" in the last bytes).
 const FIXED_UUID: &str = "5b3c2d1e-0000-4000-8000-756d6c746573";
 /// Bumped whenever the image layout changes, so cached images are rebuilt.
-const LAYOUT_VERSION: &str = "umltest-image-v1";
+const LAYOUT_VERSION: &str = "umltest-image-v2";
 /// Default image size: the default programs and their libraries take about 20 MB.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// The largest root image: labs use hundreds of MB; at 64 GiB the sparse image
@@ -215,6 +221,9 @@ pub enum ImageError {
         free: u64,
         copies: u64,
     },
+    /// The files alone would not fit in the image.
+    #[error("image size {size} bytes is too small for its {files} bytes of files (the default image needs 32M or more)")]
+    TooSmall { size: u64, files: u64 },
     /// Another build held the cache lock for too long.
     #[error("image cache {path} stayed locked by another build for {} s", LOCK_WAIT.as_secs())]
     Locked { path: PathBuf },
@@ -296,21 +305,36 @@ pub struct ImageReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Entry {
     Dir,
-    File { source: PathBuf, mode: u32 },
-    Bytes { data: Vec<u8>, mode: u32 },
+    File {
+        source: PathBuf,
+        mode: u32,
+    },
+    Bytes {
+        data: Vec<u8>,
+        mode: u32,
+    },
+    /// A file of `size` bytes standing in for a host binary (the sim's image):
+    /// staged empty, then given its blocks as unwritten extents (`debugfs
+    /// fallocate`), so the filesystem counts them as for the real program (`df`
+    /// agrees), they read as zeros, and the image file stays sparse: a run's
+    /// copy of it costs what an empty filesystem's does.
+    Placeholder {
+        size: u64,
+        mode: u32,
+    },
     Symlink(String),
 }
 
-/// Builds (or takes from the cache) the image described by `spec` and writes it to `out`.
-pub fn build(spec: &ImageSpec, out: &Path) -> Result<ImageReport, ImageError> {
-    let busybox = find_program("busybox").ok_or(MissingTool {
-        program: "busybox",
-        package: "busybox-static",
-    })?;
-    let busybox_bytes = std::fs::read(&busybox).map_err(io_err("read", &busybox))?;
-    if !super::guest::is_static_elf(&busybox_bytes) {
-        return Err(ImageError::BusyboxNotStatic(busybox));
-    }
+/// `mkfs.ext4` and `debugfs` on the host, and what identifies their version.
+struct E2fsTools {
+    mkfs: PathBuf,
+    debugfs: PathBuf,
+    version: String,
+}
+
+/// `run_version`: ask mkfs for its version (the report shows it); else the
+/// binaries' path, size, mtime and inode stand for it.
+fn e2fs_tools(run_version: bool) -> Result<E2fsTools, ImageError> {
     let mkfs = find_program("mkfs.ext4").ok_or(MissingTool {
         program: "mkfs.ext4",
         package: "e2fsprogs",
@@ -319,13 +343,163 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<ImageReport, ImageError> {
         program: "debugfs",
         package: "e2fsprogs",
     })?;
-    let mkfs_version = tool_output(&mkfs, &["-V"])
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    let version = if run_version {
+        tool_output(&mkfs, &["-V"])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    } else {
+        // The binaries' identity: as good a cache key, without a process per run.
+        use std::os::unix::fs::MetadataExt;
+        let id = |p: &Path| match std::fs::metadata(p) {
+            Ok(m) => format!("{} {} {} {}", p.display(), m.len(), m.mtime(), m.ino()),
+            Err(_) => p.display().to_string(),
+        };
+        format!("{}; {}", id(&mkfs), id(&debugfs))
+    };
+    Ok(E2fsTools {
+        mkfs,
+        debugfs,
+        version,
+    })
+}
 
+/// Builds (or takes from the cache) the image described by `spec` and writes it to `out`.
+pub fn build(spec: &ImageSpec, out: &Path) -> Result<ImageReport, ImageError> {
+    let (tree, programs) = staging_tree(spec)?;
+    let tools = e2fs_tools(true)?;
+    build_tree(
+        &tree,
+        spec.size,
+        spec.cache_dir.as_deref(),
+        &tools,
+        programs,
+        out,
+    )
+}
+
+/// The manifest of the image `spec` describes, from the tree [`build`] stages
+/// (plus `/` and `/lost+found`, which mkfs makes): see [`super::manifest`].
+pub fn manifest(spec: &ImageSpec) -> Result<Manifest, ImageError> {
+    let (tree, _) = staging_tree(spec)?;
+    let dir = |mode| Item {
+        kind: Kind::Dir,
+        mode,
+        uid: 0,
+        gid: 0,
+    };
+    let mut items = BTreeMap::from([
+        ("/".to_string(), dir(0o755)),
+        ("/lost+found".to_string(), dir(0o700)),
+    ]);
+    for (path, entry) in &tree {
+        let (kind, mode) = match entry {
+            Entry::Dir => (Kind::Dir, 0o755),
+            Entry::Symlink(target) => (Kind::Symlink(target.clone()), 0o777),
+            Entry::Bytes { data, mode } => (file_kind(data), *mode),
+            Entry::Placeholder { size, mode } => (Kind::Binary { size: *size }, *mode),
+            Entry::File { source, mode } => {
+                let data = std::fs::read(source).map_err(io_err("read", source))?;
+                (file_kind(&data), *mode)
+            }
+        };
+        items.insert(
+            path.clone(),
+            Item {
+                kind,
+                mode,
+                uid: 0,
+                gid: 0,
+            },
+        );
+    }
+    Ok(Manifest { items })
+}
+
+fn file_kind(data: &[u8]) -> Kind {
+    if is_text(data) {
+        Kind::Text(data.to_vec())
+    } else {
+        Kind::Binary {
+            size: data.len() as u64,
+        }
+    }
+}
+
+/// Builds (or takes from the cache) an image holding what `manifest` describes,
+/// with placeholders (unwritten extents, read as zeros) for its binaries, the same way as [`build`]
+/// (staging tree, `mkfs.ext4 -d`, pinned times and owners): the sim's
+/// `image = "default"` disk. Needs no guest program, only e2fsprogs.
+pub fn build_from_manifest(
+    manifest: &Manifest,
+    size: u64,
+    cache_dir: Option<&Path>,
+    out: &Path,
+) -> Result<ImageReport, ImageError> {
+    let mut tree = BTreeMap::new();
+    let mut bytes = 0u64;
+    for (path, item) in &manifest.items {
+        let bad = |why: String| ImageError::BadInput {
+            path: PathBuf::from(path),
+            why,
+        };
+        if (item.uid, item.gid) != (0, 0) {
+            return Err(bad(format!(
+                "owner {}:{}: images hold root's files only",
+                item.uid, item.gid
+            )));
+        }
+        // mkfs makes these two itself.
+        if path == "/" || path == "/lost+found" {
+            continue;
+        }
+        let entry = match &item.kind {
+            Kind::Dir if item.mode == 0o755 => Entry::Dir,
+            Kind::Dir => {
+                return Err(bad(format!(
+                    "directory mode {:04o}: images hold 0755 directories only",
+                    item.mode
+                )))
+            }
+            Kind::Symlink(target) => Entry::Symlink(target.clone()),
+            Kind::Text(data) => {
+                bytes += data.len() as u64;
+                Entry::Bytes {
+                    data: data.clone(),
+                    mode: item.mode,
+                }
+            }
+            Kind::Binary { size } => {
+                bytes += size;
+                Entry::Placeholder {
+                    size: *size,
+                    mode: item.mode,
+                }
+            }
+        };
+        tree.insert(path.clone(), entry);
+    }
+    if bytes >= size {
+        return Err(ImageError::TooSmall { size, files: bytes });
+    }
+    let tools = e2fs_tools(false)?;
+    build_tree(&tree, size, cache_dir, &tools, Vec::new(), out)
+}
+
+/// The tree [`build`] stages for `spec`, and the programs found on the host.
+fn staging_tree(
+    spec: &ImageSpec,
+) -> Result<(BTreeMap<String, Entry>, Vec<ProgramReport>), ImageError> {
+    let busybox = find_program("busybox").ok_or(MissingTool {
+        program: "busybox",
+        package: "busybox-static",
+    })?;
+    let busybox_bytes = std::fs::read(&busybox).map_err(io_err("read", &busybox))?;
+    if !super::guest::is_static_elf(&busybox_bytes) {
+        return Err(ImageError::BusyboxNotStatic(busybox));
+    }
     let mut tree: BTreeMap<String, Entry> = BTreeMap::new();
     for dir in [
         "/bin",
@@ -419,24 +593,36 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<ImageReport, ImageError> {
     for (path, data) in files {
         tree.insert(path.into(), Entry::Bytes { data, mode: 0o644 });
     }
+    Ok((tree, programs))
+}
 
-    let content_key = content_key(&tree, spec.size, &mkfs_version)?;
+/// Packs `tree` into an image of `size` bytes at `out`, through the cache when given.
+fn build_tree(
+    tree: &BTreeMap<String, Entry>,
+    size: u64,
+    cache_dir: Option<&Path>,
+    tools: &E2fsTools,
+    programs: Vec<ProgramReport>,
+    out: &Path,
+) -> Result<ImageReport, ImageError> {
+    let (mkfs, debugfs) = (&tools.mkfs, &tools.debugfs);
+    let content_key = content_key(tree, size, &tools.version)?;
     let mut report = ImageReport {
         out: out.to_path_buf(),
         content_key: content_key.clone(),
         cache_hit: false,
         cached_at: None,
         programs,
-        mkfs_version,
+        mkfs_version: tools.version.clone(),
     };
-    check_space(spec.size, spec.cache_dir.as_deref(), out)?;
-    let Some(cache_dir) = &spec.cache_dir else {
+    check_space(size, cache_dir, out)?;
+    let Some(cache_dir) = cache_dir else {
         let work = tempfile::Builder::new()
             .prefix("umltest-image")
             .tempdir()
             .map_err(io_err("create temp dir", Path::new("/tmp")))?;
         let tmp_image = work.path().join("image.ext4");
-        make_image(&tree, spec.size, &mkfs, &debugfs, work.path(), &tmp_image)?;
+        make_image(tree, size, mkfs, debugfs, work.path(), &tmp_image)?;
         sparse_copy_atomic(&tmp_image, out)?;
         return Ok(report);
     };
@@ -462,7 +648,7 @@ pub fn build(spec: &ImageSpec, out: &Path) -> Result<ImageReport, ImageError> {
             .tempdir_in(cache_dir)
             .map_err(io_err("create temp dir in", cache_dir))?;
         let tmp_image = work.path().join("image.ext4");
-        make_image(&tree, spec.size, &mkfs, &debugfs, work.path(), &tmp_image)?;
+        make_image(tree, size, mkfs, debugfs, work.path(), &tmp_image)?;
         std::fs::rename(&tmp_image, &cached).map_err(io_err("rename into", &cached))?;
     }
     drop(lock);
@@ -639,6 +825,9 @@ fn content_key(
                 hasher.update(format!("F {path} {mode:o} {}\n", data.len()));
                 hasher.update(&data);
             }
+            Entry::Placeholder { size, mode } => {
+                hasher.update(format!("P {path} {mode:o} {size} fallocate\n"));
+            }
         }
     }
     Ok(hex(&hasher.finalize()))
@@ -662,10 +851,19 @@ fn make_image(
 ) -> Result<(), ImageError> {
     let root = work.join("root");
     std::fs::create_dir_all(&root).map_err(io_err("create", &root))?;
+    // Explicit modes: mkfs copies the staging tree's, which the umask would decide.
+    set_mode(&root, 0o755)?;
     for (path, entry) in tree {
         let host = root.join(path.trim_start_matches('/'));
         match entry {
-            Entry::Dir => std::fs::create_dir_all(&host).map_err(io_err("create", &host))?,
+            Entry::Dir => {
+                std::fs::create_dir_all(&host).map_err(io_err("create", &host))?;
+                set_mode(&host, 0o755)?;
+            }
+            Entry::Placeholder { mode, .. } => {
+                File::create(&host).map_err(io_err("create", &host))?;
+                set_mode(&host, *mode)?;
+            }
             Entry::Symlink(target) => {
                 std::os::unix::fs::symlink(target, &host).map_err(io_err("symlink", &host))?
             }
@@ -694,6 +892,16 @@ fn make_image(
         .map_err(io_err("run", mkfs))?;
     check_tool("mkfs.ext4", &out)?;
     let mut script = String::new();
+    // Before the times are pinned: fallocate stamps them.
+    for (path, entry) in tree {
+        if let Entry::Placeholder { size, .. } = entry {
+            if *size > 0 {
+                // MKE2FS_CONF's 4 KiB blocks.
+                let _ = writeln!(script, "fallocate \"{path}\" 0 {}", size.div_ceil(4096) - 1);
+                let _ = writeln!(script, "sif \"{path}\" size {size}");
+            }
+        }
+    }
     for path in std::iter::once("/").chain(tree.keys().map(String::as_str)) {
         for (field, value) in [
             ("uid", 0),

@@ -36,8 +36,6 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
 const START_GRACE: Duration = Duration::from_secs(10);
 /// Lines of console shown in error messages.
 const LAST_LINES: usize = 25;
-/// Polling period for process exit while waiting on the console (the console
-/// itself wakes waiters immediately).
 /// How long a kernel restarted by `reboot -f` may take to bring up its shell.
 const RESTART_BOOT: Duration = Duration::from_secs(60);
 
@@ -78,6 +76,8 @@ fn after_begin(console: &[u8], from: usize, begin: &str, line: &str) -> Option<(
     ))
 }
 
+/// Polling period for process exit while waiting on the console (the console
+/// itself wakes waiters immediately).
 const POLL: Duration = Duration::from_millis(50);
 
 /// Machine driver failures; each carries the console's last lines.
@@ -159,7 +159,8 @@ pub enum HaltedBy {
 
 #[derive(Default)]
 struct ConsoleState {
-    bytes: Vec<u8>,
+    /// Capped at [`crate::scenario::backend::CONSOLE_CAP`] (see [`console::Transcript`]).
+    bytes: console::Transcript,
     /// Reader threads still running (stdout, stderr).
     open: u8,
 }
@@ -174,7 +175,7 @@ struct ConsoleBuf {
 impl ConsoleBuf {
     fn append(&self, data: &[u8]) {
         if let Ok(mut s) = self.state.lock() {
-            s.bytes.extend_from_slice(data);
+            s.bytes.append(data);
         }
         self.cond.notify_all();
     }
@@ -187,7 +188,7 @@ impl ConsoleBuf {
     fn snapshot(&self) -> Vec<u8> {
         self.state
             .lock()
-            .map(|s| s.bytes.clone())
+            .map(|s| s.bytes.finish())
             .unwrap_or_default()
     }
 }
@@ -351,15 +352,20 @@ impl Machine {
     }
 
     /// Waits until `check` finds something in the transcript, the process exits,
-    /// or the deadline passes.
-    fn wait_for<T>(&mut self, deadline: Instant, check: impl Fn(&[u8]) -> Option<T>) -> Wait<T> {
+    /// or the deadline passes. `check` runs with the console locked, on every
+    /// append: it should look only at what it has not seen (see [`Scan`]).
+    fn wait_for<T>(
+        &mut self,
+        deadline: Instant,
+        mut check: impl FnMut(&[u8]) -> Option<T>,
+    ) -> Wait<T> {
         let console = Arc::clone(&self.console);
         loop {
             let closed = {
                 let Ok(state) = console.state.lock() else {
                     return Wait::Exited;
                 };
-                if let Some(found) = check(&state.bytes) {
+                if let Some(found) = check(state.bytes.bytes()) {
                     return Wait::Found(found);
                 }
                 let now = Instant::now();
@@ -369,7 +375,7 @@ impl Machine {
                 let wait = POLL.min(deadline - now);
                 match console.cond.wait_timeout(state, wait) {
                     Ok((state, _)) => {
-                        if let Some(found) = check(&state.bytes) {
+                        if let Some(found) = check(state.bytes.bytes()) {
                             return Wait::Found(found);
                         }
                         state.open == 0
@@ -451,7 +457,8 @@ impl Machine {
         timeout: Duration,
     ) -> Result<bool, MachineError> {
         let needle = pattern.as_bytes().to_vec();
-        match self.wait_for(Instant::now() + timeout, |b| find(b, &needle)) {
+        let mut scan = Scan::default();
+        match self.wait_for(Instant::now() + timeout, |b| scan.find(b, 0, &needle)) {
             Wait::Found(_) => Ok(true),
             Wait::Timeout => Ok(false),
             Wait::Exited => {
@@ -465,14 +472,20 @@ impl Machine {
     /// timeout or when the machine exits first.
     pub fn wait_console_count(&mut self, pattern: &str, count: usize, timeout: Duration) -> bool {
         let needle = pattern.as_bytes().to_vec();
+        // Counted incrementally: a match starting within a needle's length
+        // of the old end was not complete before.
+        let (mut scanned, mut n) = (0usize, 0usize);
         let check = |b: &[u8]| {
-            let n = if needle.is_empty() {
-                0
-            } else {
-                b.windows(needle.len())
+            if !needle.is_empty() {
+                let start = scanned.saturating_sub(needle.len() - 1).min(b.len());
+                n += b
+                    .get(start..)
+                    .unwrap_or_default()
+                    .windows(needle.len())
                     .filter(|w| *w == needle.as_slice())
-                    .count()
-            };
+                    .count();
+                scanned = b.len();
+            }
             (n >= count).then_some(())
         };
         matches!(
@@ -540,23 +553,42 @@ impl Machine {
         // begin marker), not from the write: a loaded host can take a while to
         // schedule the guest, and a step's timeout is about the command.
         let begin = console::begin_marker(seq);
+        let mut scan = Scan::default();
         let begun = self.wait_for(Instant::now() + timeout + START_GRACE, |b| {
-            b.get(from..)
-                .and_then(|hay| find(hay, begin.as_bytes()))
-                .map(|_| ())
+            scan.find(b, from, begin.as_bytes()).map(|_| ())
         });
         if let Wait::Exited = begun {
             let why = self.exit_text();
             return Err(self.failure(format!("{why} while running {command:?}")));
         }
         let mut deadline = Instant::now() + timeout;
-        let ended = |b: &[u8]| {
-            console::find_exchange(b, from, seq)
-                .map(Ended::Done)
-                .or_else(|| restarted(b, from, &begin).map(|(out, at)| Ended::Restarted(out, at)))
-        };
+        // The whole exchange is parsed only once its end marker is there, and
+        // a restart only once the kernel's restart line is: each read scans
+        // only new bytes, not a 16 MiB console again.
+        let end = console::end_marker(seq);
+        let restart_line = crate::sim::world::RESTART_LINE.trim_end();
+        let mut end_scan = Scan::default();
+        let mut restart_scan = Scan::default();
+        let (mut ended, mut restart_seen) = (false, false);
         loop {
-            match self.wait_for(deadline, ended) {
+            let check = |b: &[u8]| {
+                ended = ended || end_scan.find(b, from, end.as_bytes()).is_some();
+                if ended {
+                    if let Some(ex) = console::find_exchange(b, from, seq) {
+                        return Some(Ended::Done(ex));
+                    }
+                }
+                restart_seen = restart_seen
+                    || restart_scan
+                        .find(b, from, restart_line.as_bytes())
+                        .is_some();
+                if restart_seen {
+                    restarted(b, from, &begin).map(|(out, at)| Ended::Restarted(out, at))
+                } else {
+                    None
+                }
+            };
+            match self.wait_for(deadline, check) {
                 Wait::Found(Ended::Done(ex)) => {
                     self.read_from = ex.end;
                     return Ok(CommandOutcome {
@@ -569,10 +601,9 @@ impl Machine {
                     // `reboot -f`: the kernel re-execs in this process and the
                     // harness init starts a new shell; the command line never
                     // reports a status.
+                    let mut scan = Scan::default();
                     return match self.wait_for(Instant::now() + RESTART_BOOT, |b| {
-                        b.get(at..)
-                            .and_then(|h| find(h, super::image::SHELL_READY.as_bytes()))
-                            .map(|r| at + r)
+                        scan.find(b, at, super::image::SHELL_READY.as_bytes())
                     }) {
                         Wait::Found(ready) => {
                             self.read_from = ready;
@@ -715,6 +746,27 @@ fn start_watchdog(pgid: i32) -> Option<Child> {
         .process_group(pgid)
         .spawn()
         .ok()
+}
+
+/// An incremental search of a growing transcript: each call looks only at
+/// bytes the last one did not (plus a needle's length of overlap), so a
+/// command printing megabytes costs linear time, not a rescan per read.
+#[derive(Default)]
+struct Scan {
+    scanned: usize,
+}
+
+impl Scan {
+    /// The position of `needle` in `hay[from..]`, searching only new bytes.
+    fn find(&mut self, hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+        let start = self
+            .scanned
+            .saturating_sub(needle.len())
+            .max(from)
+            .min(hay.len());
+        self.scanned = hay.len();
+        find(hay.get(start..)?, needle).map(|i| start + i)
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

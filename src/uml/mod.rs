@@ -1,6 +1,7 @@
 //! The real backend: `linux.uml` processes, root images, consoles, mconsole.
 //!
 //! - [`image`]: the reproducible root image (`umltest image build`).
+//! - [`manifest`]: the committed manifest of the default image; the sim builds its disk from it.
 //! - [`args`]: what the harness appends to a machine's command line (both backends).
 //! - [`backend`]: `impl Backend` on real machines and the in-process switch daemon.
 //! - [`console`]: the console protocol (pure): command lines, markers, transcripts.
@@ -18,6 +19,7 @@ pub mod differential;
 pub mod guest;
 pub mod image;
 pub mod machine;
+pub mod manifest;
 pub mod mconsole;
 pub mod sandbox;
 pub mod snapshots;

@@ -282,6 +282,12 @@ boot = ["h1"]
 on  = "h1"
 run = "mkdir -p /tmp/m; mount -t hostfs none /tmp/m -o VICTIM; cat /tmp/m/secret; echo pwned > /tmp/m/new; ls /tmp/m; echo HOSTFS-DONE"
 
+# The run folder is within reach (the sandbox lets the kernel write it): a link
+# planted where umltest writes an artifact after the run must not be followed.
+[[step]]
+on  = "h1"
+run = "mkdir -p /tmp/r; mount -t hostfs none /tmp/r -o RUNDIR && ln -s VICTIM/secret /tmp/r/h1.console && echo PLANTED"
+
 [[step]]
 halt = ["h1"]
 "#;
@@ -310,7 +316,18 @@ fn a_guest_cannot_reach_host_files_through_hostfs() {
         write_lab(
             &d.join(folder),
             "hostfs",
-            &HOSTFS_LAB.replace("VICTIM", &victim.to_string_lossy()),
+            &HOSTFS_LAB
+                .replace("VICTIM", &victim.to_string_lossy())
+                .replace(
+                    "RUNDIR",
+                    &d.join(if folder == "a" {
+                        "confined"
+                    } else {
+                        "unconfined"
+                    })
+                    .join("hostfs")
+                    .to_string_lossy(),
+                ),
         );
     }
     // The tests' shared image cache (tests/uml.rs builds the same 64M image).
@@ -351,6 +368,13 @@ fn a_guest_cannot_reach_host_files_through_hostfs() {
         "{c}"
     );
     assert!(!c.contains("topsecret"), "{c}");
+    assert!(c.contains("\nPLANTED"), "the guest planted its link:\n{c}");
+    assert!(
+        !std::fs::symlink_metadata(d.join("confined/hostfs/h1.console"))
+            .expect("console")
+            .is_symlink(),
+        "the artifact replaced the planted link"
+    );
     assert_eq!(listing(&v), before, "the confined guest changed the victim");
     let u = console("unconfined", &unconfined);
     assert!(

@@ -467,7 +467,7 @@ impl Arping {
         if wait.is_zero() {
             return self.finish(sys);
         }
-        let until = sys.now + wait;
+        let until = sys.now.saturating_add(wait);
         self.phase = Phase::Waiting {
             until,
             old_received: self.received,
@@ -884,7 +884,7 @@ impl Program for Arping {
         if self.phase == Phase::Starting {
             sys.capture(self.iface, true, self.promisc);
             if let Some(d) = self.deadline.as_mut() {
-                *d += sys.now;
+                *d = d.saturating_add(sys.now);
             }
             return self.next_request(sys);
         }

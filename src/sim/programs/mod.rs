@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::sim::disk::dev_name;
 use crate::sim::world::{Poll, Program, Sys};
 
+use crate::sim::tmpfs::FsError;
 use ip::Instant;
 
 /// The program table.
@@ -86,26 +87,98 @@ fn echo(sys: &mut Sys, args: &[String]) -> i32 {
     if newline {
         s.push('\n');
     }
-    sys.out(&s);
-    0
+    match sys.out_bytes(s.as_bytes()) {
+        Ok(()) => 0,
+        Err(e) => {
+            sys.err(&format!("sh: write error: {}\n", e.message()));
+            1
+        }
+    }
 }
 
 /// busybox `printf`, its stdout and stderr written in the order it writes them.
+/// A write error (a full tmpfs) makes the status 1 without a message, as the
+/// builtin does in a `mem=64M` guest (`printf '%99999999d' 1 >/tmp/q`). A
+/// digit buffer that calls the OOM killer kills the process: for the builtin
+/// that is the shell, init, and the kernel panics (`printf '%.*f' 13000000 1`
+/// in a `mem=64M` guest); the applet is `Killed`.
 fn run_printf(sys: &mut Sys, how: printf::Invocation, args: &[String]) -> i32 {
-    let p = printf::printf(how, args);
+    let mem = printf::Memory {
+        total: mem_total_kb(sys.m.mem).saturating_mul(1024),
+        available: mem_available_kb(sys.m.mem).saturating_mul(1024),
+    };
+    let p = printf::printf_in(how, args, mem);
+    let mut write_failed = false;
     for chunk in &p.chunks {
-        match chunk {
+        let r = match chunk {
             printf::Chunk::Out(bytes) => sys.out_bytes(bytes),
-            printf::Chunk::Err(text) => sys.err(text),
-        }
+            printf::Chunk::Fill(b, n) => sys.out_fill(*b, *n),
+            printf::Chunk::Err(text) => {
+                sys.err(text);
+                Ok(())
+            }
+        };
+        write_failed |= r.is_err();
     }
-    p.status
+    if p.oom {
+        if how == printf::Invocation::Builtin {
+            sys.panic("System is deadlocked on memory");
+            return 137;
+        }
+        sys.shell_msg("Killed\n");
+        return 137;
+    }
+    if write_failed {
+        1
+    } else {
+        p.status
+    }
+}
+
+/// MemTotal in kB for `mem=` bytes: a 6.1 guest with mem=64M reports 53456
+/// kB (the kernel keeps 12080 kB).
+pub fn mem_total_kb(mem: u64) -> u64 {
+    (mem / 1024).saturating_sub(12080)
+}
+
+/// MemAvailable in kB, as [`meminfo`] reports it.
+pub fn mem_available_kb(mem: u64) -> u64 {
+    mem_total_kb(mem).saturating_sub(14704).saturating_sub(188)
+}
+
+/// What a guest allocation of `bytes` meets, as the 6.1 kernel answers
+/// (`__vm_enough_memory`, OVERCOMMIT_GUESS): more than MemTotal fails at once
+/// (ENOMEM); more than MemAvailable, once touched, calls the OOM killer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alloc {
+    Ok,
+    /// malloc returns NULL.
+    Enomem,
+    /// The process is killed (SIGKILL, the shell prints `Killed`, 137).
+    OomKilled,
+}
+
+/// Checks a program's allocations: each one against MemTotal, their sum
+/// against MemAvailable. Checked on `mem=64M` guests: `dd bs=53M` is
+/// `dd: out of memory`, `bs=40M` and `ibs=20M obs=30M` are `Killed`, `bs=35M`
+/// copies.
+pub fn alloc(mem: u64, sizes: &[u64]) -> Alloc {
+    let total = mem_total_kb(mem).saturating_mul(1024);
+    let available = mem_available_kb(mem).saturating_mul(1024);
+    if sizes.iter().any(|&s| s > total) {
+        return Alloc::Enomem;
+    }
+    let sum = sizes.iter().fold(0u64, |a, &s| a.saturating_add(s));
+    if sum > available {
+        return Alloc::OomKilled;
+    }
+    Alloc::Ok
 }
 
 fn meminfo(mem: u64) -> String {
-    // Figures from a 6.1 guest with mem=64M (MemTotal 53456 kB: the kernel
-    // keeps 12080 kB); the other lines are that boot's, scaled by nothing.
-    let total = (mem / 1024).saturating_sub(12080);
+    // Figures from a 6.1 guest with mem=64M; the other lines are that boot's,
+    // scaled by nothing.
+    let total = mem_total_kb(mem);
     let free = total.saturating_sub(14704);
     format!(
         "MemTotal:       {total:>8} kB\nMemFree:        {free:>8} kB\nMemAvailable:   {:>8} kB\n\
@@ -195,7 +268,28 @@ fn read_file(sys: &Sys, path: &str) -> Option<Vec<u8>> {
             .get(&key)
             .map(|v| format!("{v}\n").into_bytes());
     }
-    m.files.get(path).cloned()
+    None
+}
+
+/// Copies a tmpfs file to stdout in 64 KiB pieces; bytes a discarding
+/// stdout would lose are counted, not read (a sparse 2 PiB file costs nothing).
+fn cat_tmpfs(sys: &mut Sys, path: &str) -> Result<(), FsError> {
+    let len = sys.m.files.len(path).unwrap_or(0);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = 0u64;
+    while at < len {
+        if sys.stdout_discards() {
+            sys.out_discarded(len - at);
+            break;
+        }
+        let n = sys.m.files.read(path, at, &mut buf);
+        if n == 0 {
+            break;
+        }
+        sys.out_bytes(&buf[..n])?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 fn cat(sys: &mut Sys, args: &[String]) -> i32 {
@@ -205,6 +299,12 @@ fn cat(sys: &mut Sys, args: &[String]) -> i32 {
             Some(bytes) => {
                 let text = String::from_utf8_lossy(&bytes).into_owned();
                 sys.out(&text);
+            }
+            None if sys.m.files.contains(path) => {
+                if let Err(e) = cat_tmpfs(sys, path) {
+                    sys.err(&format!("cat: write error: {}\n", e.message()));
+                    return 1;
+                }
             }
             None => {
                 sys.err(&format!(
@@ -434,7 +534,47 @@ fn shutdown(sys: &mut Sys, args: &[String]) -> i32 {
     1
 }
 
-/// busybox `sleep`: decimals and the s/m/h/d suffixes, several arguments add up.
+/// busybox's `xatoull_range_sfx` (libbb/xatonum_template.c): base-10
+/// digits with no sign or leading space, then nothing or exactly one of
+/// `suffixes`; the error as busybox prints it after `APPLET: `.
+pub fn xatoull_range_sfx(
+    s: &str,
+    lo: u64,
+    hi: u64,
+    suffixes: &[(&str, u64)],
+) -> Result<u64, String> {
+    let invalid = || format!("invalid number '{s}'");
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(invalid());
+    }
+    // strtoull overflow is ERANGE, which busybox reports as invalid.
+    let n: u64 = s[..digits].parse().map_err(|_| invalid())?;
+    let rest = &s[digits..];
+    let n = if rest.is_empty() {
+        n
+    } else {
+        let (_, mult) = suffixes
+            .iter()
+            .find(|(suf, _)| *suf == rest)
+            .ok_or_else(invalid)?;
+        n.checked_mul(*mult)
+            .ok_or_else(|| format!("number {s} is not in {lo}..{hi} range"))?
+    };
+    if n < lo || n > hi {
+        return Err(format!("number {s} is not in {lo}..{hi} range"));
+    }
+    Ok(n)
+}
+
+const SLEEP_USAGE: &str = "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary.\n\nUsage: sleep [N]...\n\nPause for a time equal to the total of the args given, where each arg can\nhave an optional suffix of (s)econds, (m)inutes, (h)ours, or (d)ays\n";
+
+/// Longest sleep the sim schedules; anything longer never ends (busybox
+/// sleeps `LONG_MAX` seconds for those, and a step's timeout is at most a day).
+const SLEEP_FOREVER_SECS: f64 = 1e12;
+
+/// busybox 1.35 `sleep`: several arguments add up; `inf...` as the first one
+/// sleeps for ever.
 pub struct Sleep {
     args: Vec<String>,
 }
@@ -447,38 +587,92 @@ impl Sleep {
     }
 }
 
-fn sleep_arg(s: &str) -> Option<Duration> {
-    let (num, mult) = match s.chars().last()? {
-        's' => (&s[..s.len() - 1], 1.0),
-        'm' => (&s[..s.len() - 1], 60.0),
-        'h' => (&s[..s.len() - 1], 3600.0),
-        'd' => (&s[..s.len() - 1], 86400.0),
-        _ => (s, 1.0),
+/// Why an argument was refused: the usage text, or a message line.
+#[derive(Debug, Clone, PartialEq)]
+enum SleepError {
+    Usage,
+    Message(String),
+}
+
+/// busybox `parse_duration_str` (libbb/duration.c), in seconds. With a `.`,
+/// the digits and dots go to `strtod` and the last of them is overwritten by
+/// `1` for the suffix (so `1.5e3` fails as `invalid number '1e3'`); without
+/// digits before the suffix that `1` lands on the byte before the argument:
+/// argv[0]'s NUL for the first one (`sleep1x.5: invalid number '1x.5'`).
+fn sleep_arg(s: &str, first: bool) -> Result<f64, SleepError> {
+    const SUFFIXES: [(&str, u64); 4] = [("s", 1), ("m", 60), ("h", 3600), ("d", 86400)];
+    let range = |t: &str| {
+        xatoull_range_sfx(t, 0, u64::MAX, &SUFFIXES)
+            .map_err(|m| SleepError::Message(format!("sleep: {m}\n")))
     };
-    let v: f64 = num.parse().ok()?;
-    (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64((v * mult).min(1e9)))
+    if !s.contains('.') {
+        return range(s).map(|n| n as f64);
+    }
+    let len = s
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.')
+        .count();
+    let (num, suffix) = s.split_at(len);
+    if len == 0 {
+        let t = format!("1{s}");
+        let who = if first {
+            format!("sleep{t}")
+        } else {
+            "sleep".into()
+        };
+        return Err(SleepError::Message(format!(
+            "{who}: invalid number '{t}'\n"
+        )));
+    }
+    // strtod must take all of `num`: one dot at most, a digit somewhere.
+    if num.matches('.').count() > 1 || !num.bytes().any(|b| b.is_ascii_digit()) {
+        return Err(SleepError::Usage);
+    }
+    let d: f64 = num.parse().map_err(|_| SleepError::Usage)?;
+    let mult = range(&format!("1{suffix}"))?;
+    Ok(d * mult as f64)
 }
 
 impl Program for Sleep {
     fn start(&mut self, sys: &mut Sys) -> Poll {
-        if self.args.is_empty() {
-            sys.err("BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary.\n\nUsage: sleep [N]...\n\nPause for a time equal to the total of the args given, where each arg can\nhave an optional suffix of (s)econds, (m)inutes, (h)ours, or (d)ays\n");
+        let Some(first) = self.args.first() else {
+            sys.err(SLEEP_USAGE);
             return Poll::Exit(1);
+        };
+        if first
+            .as_bytes()
+            .get(..3)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"inf"))
+        {
+            return Poll::Pending;
         }
-        let mut total = Duration::ZERO;
-        for a in &self.args {
-            match sleep_arg(a) {
-                Some(d) => total += d,
-                None => {
-                    sys.err(&format!("sleep: invalid number '{a}'\n"));
+        let mut total = 0.0f64;
+        for (i, a) in self.args.iter().enumerate() {
+            match sleep_arg(a, i == 0) {
+                Ok(d) => total += d,
+                Err(SleepError::Usage) => {
+                    sys.err(SLEEP_USAGE);
+                    return Poll::Exit(1);
+                }
+                Err(SleepError::Message(m)) => {
+                    sys.err(&m);
                     return Poll::Exit(1);
                 }
             }
         }
-        if total.is_zero() {
+        if total <= 0.0 {
             return Poll::Exit(0);
         }
-        sys.wake_at(sys.now + total);
+        if total >= SLEEP_FOREVER_SECS {
+            return Poll::Pending;
+        }
+        // nanosleep takes whole nanoseconds; the 1e-10 s of `sleep
+        // 0.0000000001` is none.
+        let d = Duration::from_nanos((total * 1e9) as u64);
+        if d.is_zero() {
+            return Poll::Exit(0);
+        }
+        sys.wake_at(sys.now.saturating_add(d));
         Poll::Pending
     }
     fn wake(&mut self, _sys: &mut Sys) -> Poll {
@@ -514,9 +708,41 @@ mod tests {
 
     #[test]
     fn sleep_args() {
-        assert_eq!(sleep_arg("1.5"), Some(Duration::from_millis(1500)));
-        assert_eq!(sleep_arg("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(sleep_arg("x"), None);
+        assert_eq!(sleep_arg("1.5", true), Ok(1.5));
+        assert_eq!(sleep_arg("2m", true), Ok(120.0));
+        assert_eq!(sleep_arg("1.d", true), Ok(86400.0));
+    }
+
+    /// Each recorded with the host's busybox-static 1.35 (the guest's binary):
+    /// `busybox sleep ARG`.
+    #[test]
+    fn sleep_errors_match_busybox() {
+        let msg = |m: &str| Err(SleepError::Message(format!("{m}\n")));
+        assert_eq!(sleep_arg("x", true), msg("sleep: invalid number 'x'"));
+        assert_eq!(sleep_arg("1e3", true), msg("sleep: invalid number '1e3'"));
+        assert_eq!(sleep_arg("1.5e3", true), msg("sleep: invalid number '1e3'"));
+        assert_eq!(
+            sleep_arg("18446744073709551616", true),
+            msg("sleep: invalid number '18446744073709551616'")
+        );
+        assert_eq!(
+            sleep_arg("999999999999999999d", true),
+            msg("sleep: number 999999999999999999d is not in 0..18446744073709551615 range")
+        );
+        assert_eq!(
+            sleep_arg("x.5", true),
+            msg("sleep1x.5: invalid number '1x.5'")
+        );
+        assert_eq!(sleep_arg("-.5", false), msg("sleep: invalid number '1-.5'"));
+        assert_eq!(sleep_arg("+5", true), msg("sleep: invalid number '+5'"));
+        assert_eq!(sleep_arg(" 5", true), msg("sleep: invalid number ' 5'"));
+        assert_eq!(sleep_arg("nan", true), msg("sleep: invalid number 'nan'"));
+        assert_eq!(sleep_arg("1.5.5", true), Err(SleepError::Usage));
+        assert_eq!(sleep_arg(".", true), Err(SleepError::Usage));
+        assert_eq!(
+            sleep_arg("18446744073709551615", true),
+            Ok(18446744073709551615.0)
+        );
     }
 
     #[test]

@@ -12,6 +12,14 @@
 //!   number 'X'`, uses 0 and makes the status 1, output goes on;
 //! - glibc printf's rendering of each directive (the ll added to integers).
 //!
+//! - memory as a `mem=` guest has it: glibc's `%f %e %g` build their digits
+//!   in a buffer of 4 bytes per character (`__printf_fp`), so a precision
+//!   whose buffer exceeds MemTotal prints nothing for the directive and makes
+//!   the status 1 (`printf 'a%.*fb' 99999999 1` is `ab`, status 1, in a
+//!   `mem=64M` UML 6.1 guest); widths and integer precisions are padding
+//!   (glibc writes them out, 2 GiB for `%2147483647d`): here they are
+//!   [`Chunk::Fill`], never built.
+//!
 //! Not modelled: `%*c` (busybox passes glibc the wrong arguments there: the
 //! output is undefined); the 4 KiB stdio buffer (busybox flushes stdout
 //! before every error message, so the order here is the order of events).
@@ -20,6 +28,8 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chunk {
     Out(Vec<u8>),
+    /// `n` copies of a byte (padding), written without being built.
+    Fill(u8, u64),
     Err(String),
 }
 
@@ -28,15 +38,20 @@ pub enum Chunk {
 pub struct Printed {
     pub chunks: Vec<Chunk>,
     pub status: i32,
+    /// A digit buffer fit under MemTotal but not in MemAvailable: touching
+    /// it calls the OOM killer, and the output stops there.
+    pub oom: bool,
 }
 
 impl Printed {
-    /// Everything written to stdout.
+    /// Everything written to stdout (tests: fills are built here).
     pub fn stdout(&self) -> Vec<u8> {
         let mut v = Vec::new();
         for c in &self.chunks {
-            if let Chunk::Out(b) = c {
-                v.extend_from_slice(b);
+            match c {
+                Chunk::Out(b) => v.extend_from_slice(b),
+                Chunk::Fill(b, n) => v.resize(v.len() + *n as usize, *b),
+                Chunk::Err(_) => {}
             }
         }
         v
@@ -58,6 +73,52 @@ impl Printed {
             self.chunks.push(Chunk::Out(bytes.to_vec()));
         }
     }
+    fn out_body(&mut self, body: Body) {
+        for piece in body.0 {
+            match piece {
+                Piece::Bytes(b) => self.out(&b),
+                Piece::Fill(_, 0) => {}
+                // Short padding stays text (the usual `%5d`).
+                Piece::Fill(b, n) if n <= 64 => self.out(&vec![b; n as usize]),
+                Piece::Fill(b, n) => self.chunks.push(Chunk::Fill(b, n)),
+            }
+        }
+    }
+}
+
+/// A directive's output: text and padding runs, never more than a few KiB
+/// built whatever the width or precision.
+#[derive(Debug, Default)]
+struct Body(Vec<Piece>);
+
+#[derive(Debug)]
+enum Piece {
+    Bytes(Vec<u8>),
+    Fill(u8, u64),
+}
+
+impl Body {
+    fn text(b: &[u8]) -> Self {
+        Body(vec![Piece::Bytes(b.to_vec())])
+    }
+    fn len(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Piece::Bytes(b) => b.len() as u64,
+                Piece::Fill(_, n) => *n,
+            })
+            .sum()
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.push(Piece::Bytes(b.to_vec()));
+    }
+    fn fill(&mut self, b: u8, n: u64) {
+        self.0.push(Piece::Fill(b, n));
+    }
+    fn extend(&mut self, other: Body) {
+        self.0.extend(other.0);
+    }
 }
 
 /// How the program was invoked: it decides the error prefix and what a
@@ -73,8 +134,27 @@ pub enum Invocation {
 const USAGE: &str = "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary.\n\n\
 Usage: printf FORMAT [ARG]...\n\nFormat and print ARG(s) according to FORMAT (a-la C printf)\n";
 
-/// Runs printf on its arguments (argv without argv[0]).
+/// Runs printf on its arguments (argv without argv[0]), memory unlimited.
 pub fn printf(how: Invocation, args: &[String]) -> Printed {
+    printf_in(how, args, Memory::UNLIMITED)
+}
+
+/// A guest's memory as printf meets it, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    pub total: u64,
+    pub available: u64,
+}
+
+impl Memory {
+    pub const UNLIMITED: Memory = Memory {
+        total: u64::MAX,
+        available: u64::MAX,
+    };
+}
+
+/// Runs printf in a guest with `mem`.
+pub fn printf_in(how: Invocation, args: &[String], mem: Memory) -> Printed {
     let prefix = match how {
         Invocation::Builtin => "sh",
         Invocation::Applet => "printf",
@@ -94,6 +174,7 @@ pub fn printf(how: Invocation, args: &[String]) -> Printed {
         p: Printed::default(),
         prefix,
         conv_err: false,
+        mem,
     };
     let Some((format, rest)) = argv.split_first() else {
         match how {
@@ -146,6 +227,7 @@ struct Run<'a> {
     p: Printed,
     prefix: &'a str,
     conv_err: bool,
+    mem: Memory,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -260,6 +342,9 @@ impl Run<'_> {
                         None => b"",
                     };
                     self.direc(conv, flags, width, prec, arg);
+                    if self.p.oom {
+                        return Pass::Stop;
+                    }
                 }
                 b'\\' => {
                     i += 1;
@@ -369,11 +454,11 @@ impl Run<'_> {
             self.conv_err = true;
             return;
         };
-        let width = width as usize;
+        let width = width as u64;
         let body = match val {
             // %c of an empty argument is its terminating NUL.
             Val::Bytes(b) if conv == b'c' => pad(
-                if b.is_empty() { b"\0" } else { b },
+                Body::text(if b.is_empty() { b"\0" } else { b }),
                 b"",
                 flags,
                 width,
@@ -384,12 +469,25 @@ impl Run<'_> {
                     Some(p) => &b[..b.len().min(p as usize)],
                     None => b,
                 };
-                pad(b, b"", flags, width, false)
+                pad(Body::text(b), b"", flags, width, false)
             }
             Val::Int(neg, mag) => fmt_int(conv, neg, mag, flags, width, prec),
-            Val::Float(v) => fmt_float(conv, v, flags, width, prec),
+            Val::Float(v) => {
+                // glibc's digit buffer: 4 bytes a character; malloc fails
+                // past MemTotal and the directive prints nothing.
+                let buffer = (u64::try_from(prec.unwrap_or(6)).unwrap_or(0) + 350) * 4;
+                if v.is_finite() && buffer > self.mem.total {
+                    self.conv_err = true;
+                    return;
+                }
+                if v.is_finite() && buffer > self.mem.available {
+                    self.p.oom = true;
+                    return;
+                }
+                fmt_float(conv, v, flags, width, prec)
+            }
         };
-        self.p.out(&body);
+        self.p.out_body(body);
     }
 
     /// The argument as busybox's `%d` takes it.
@@ -693,35 +791,28 @@ fn scale2(m: u64, sticky: bool, exp: i64) -> (f64, bool) {
 
 /// Pads `body` (after `prefix`) to the width: spaces, or zeros after the
 /// prefix when `zeros`.
-fn pad(body: &[u8], prefix: &[u8], flags: Flags, width: usize, zeros: bool) -> Vec<u8> {
-    let len = prefix.len() + body.len();
+fn pad(body: Body, prefix: &[u8], flags: Flags, width: u64, zeros: bool) -> Body {
+    let len = prefix.len() as u64 + body.len();
     let fill = width.saturating_sub(len);
-    let mut v = Vec::with_capacity(len + fill);
+    let mut v = Body::default();
     if flags.minus {
-        v.extend_from_slice(prefix);
-        v.extend_from_slice(body);
-        v.resize(v.len() + fill, b' ');
+        v.bytes(prefix);
+        v.extend(body);
+        v.fill(b' ', fill);
     } else if zeros {
-        v.extend_from_slice(prefix);
-        v.resize(v.len() + fill, b'0');
-        v.extend_from_slice(body);
+        v.bytes(prefix);
+        v.fill(b'0', fill);
+        v.extend(body);
     } else {
-        v.resize(fill, b' ');
-        v.extend_from_slice(prefix);
-        v.extend_from_slice(body);
+        v.fill(b' ', fill);
+        v.bytes(prefix);
+        v.extend(body);
     }
     v
 }
 
 /// glibc `%lld`-style integers.
-fn fmt_int(
-    conv: u8,
-    neg: bool,
-    mag: u64,
-    flags: Flags,
-    width: usize,
-    prec: Option<i32>,
-) -> Vec<u8> {
+fn fmt_int(conv: u8, neg: bool, mag: u64, flags: Flags, width: u64, prec: Option<i32>) -> Body {
     let mut digits = match conv {
         b'o' => format!("{mag:o}"),
         b'x' => format!("{mag:x}"),
@@ -731,13 +822,9 @@ fn fmt_int(
     if prec == Some(0) && mag == 0 {
         digits.clear();
     }
-    if let Some(p) = prec {
-        let p = p as usize;
-        if p > digits.len() {
-            digits = "0".repeat(p - digits.len()) + &digits;
-        }
-    }
-    if conv == b'o' && flags.hash && !digits.starts_with('0') {
+    // Precision zeros are padding too (`%.2147483647d`).
+    let lead = prec.map_or(0, |p| (p.max(0) as u64).saturating_sub(digits.len() as u64));
+    if conv == b'o' && flags.hash && lead == 0 && !digits.starts_with('0') {
         digits.insert(0, '0');
     }
     let prefix: &[u8] = match conv {
@@ -749,7 +836,10 @@ fn fmt_int(
         _ => b"",
     };
     let zeros = flags.zero && prec.is_none();
-    pad(digits.as_bytes(), prefix, flags, width, zeros)
+    let mut body = Body::default();
+    body.fill(b'0', lead);
+    body.bytes(digits.as_bytes());
+    pad(body, prefix, flags, width, zeros)
 }
 
 /// The exact decimal digits of a double end within these many places, so
@@ -757,36 +847,37 @@ fn fmt_int(
 const MAX_FIXED: usize = 1100;
 const MAX_EXP: usize = 800;
 
-fn fixed(a: f64, p: usize, hash: bool) -> String {
-    let mut s = format!("{:.*}", p.min(MAX_FIXED), a);
+fn fixed(a: f64, p: usize, hash: bool) -> Body {
+    let mut b = Body::text(format!("{:.*}", p.min(MAX_FIXED), a).as_bytes());
     if p > MAX_FIXED {
-        s.push_str(&"0".repeat(p - MAX_FIXED));
+        b.fill(b'0', (p - MAX_FIXED) as u64);
     }
     if hash && p == 0 {
-        s.push('.');
+        b.bytes(b".");
     }
-    s
+    b
 }
 
 /// `d.ddde±XX` and the decimal exponent.
-fn scientific(a: f64, p: usize, hash: bool, upper: bool) -> (String, i32) {
+fn scientific(a: f64, p: usize, hash: bool, upper: bool) -> (Body, i32) {
     let s = format!("{:.*e}", p.min(MAX_EXP), a);
     let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
-    let mut mant = mant.to_string();
+    let mut b = Body::text(mant.as_bytes());
     if p > MAX_EXP {
-        mant.push_str(&"0".repeat(p - MAX_EXP));
+        b.fill(b'0', (p - MAX_EXP) as u64);
     }
     if hash && p == 0 {
-        mant.push('.');
+        b.bytes(b".");
     }
     let e = if upper { 'E' } else { 'e' };
     let sign = if exp < 0 { '-' } else { '+' };
-    (format!("{mant}{e}{sign}{:02}", exp.unsigned_abs()), exp)
+    b.bytes(format!("{e}{sign}{:02}", exp.unsigned_abs()).as_bytes());
+    (b, exp)
 }
 
 /// glibc `%f %e %E %g %G`.
-fn fmt_float(conv: u8, v: f64, flags: Flags, width: usize, prec: Option<i32>) -> Vec<u8> {
+fn fmt_float(conv: u8, v: f64, flags: Flags, width: u64, prec: Option<i32>) -> Body {
     let upper = matches!(conv, b'E' | b'G');
     let prefix: &[u8] = if v.is_sign_negative() {
         b"-"
@@ -804,7 +895,7 @@ fn fmt_float(conv: u8, v: f64, flags: Flags, width: usize, prec: Option<i32>) ->
             (false, false) => "inf",
             (false, true) => "INF",
         };
-        return pad(body.as_bytes(), prefix, flags, width, false);
+        return pad(Body::text(body.as_bytes()), prefix, flags, width, false);
     }
     let a = v.abs();
     let p = prec.map_or(6, |p| p as usize);
@@ -812,20 +903,34 @@ fn fmt_float(conv: u8, v: f64, flags: Flags, width: usize, prec: Option<i32>) ->
         b'f' => fixed(a, p, flags.hash),
         b'e' | b'E' => scientific(a, p, flags.hash, upper).0,
         _ => {
-            let p = p.max(1);
+            // Without `#` the zeros past a double's exact digits are
+            // stripped anyway: no need to make them.
+            let p = if flags.hash {
+                p.max(1)
+            } else {
+                p.clamp(1, MAX_EXP)
+            };
             let (sci, x) = scientific(a, p - 1, flags.hash, upper);
-            let mut s = if (x as i64) < p as i64 && x >= -4 {
+            let s = if (x as i64) < p as i64 && x >= -4 {
                 fixed(a, (p as i64 - 1 - x as i64) as usize, flags.hash)
             } else {
                 sci
             };
-            if !flags.hash {
-                s = strip_zeros(&s);
+            if flags.hash {
+                s
+            } else {
+                let text: Vec<u8> =
+                    s.0.into_iter()
+                        .flat_map(|piece| match piece {
+                            Piece::Bytes(b) => b,
+                            Piece::Fill(c, n) => vec![c; n as usize],
+                        })
+                        .collect();
+                Body::text(strip_zeros(&String::from_utf8_lossy(&text)).as_bytes())
             }
-            s
         }
     };
-    pad(body.as_bytes(), prefix, flags, width, flags.zero)
+    pad(body, prefix, flags, width, flags.zero)
 }
 
 /// `%g` without `#`: trailing zeros of the fraction go, then a bare point.

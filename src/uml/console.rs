@@ -174,9 +174,17 @@ pub fn panic_text(transcript: &[u8]) -> Option<String> {
     Some(lines.get(start..=at).unwrap_or_default().join("\n"))
 }
 
-/// What every protocol line the guest prints starts with (begin and end
-/// markers, the shell's readiness line).
-const MARKER_PREFIX: &[u8] = b"UMLTEST-";
+/// The starts of the lines kept past the cap: the protocol's (begin and end
+/// markers, the shell's readiness line), and the kernel's lines that end a
+/// command without an end marker (`reboot -f`, `halt -f`, a panic).
+const KEPT_PREFIXES: [&[u8]; 3] = [b"UMLTEST-", b"reboot: ", b"Kernel panic - "];
+/// Longest of [`KEPT_PREFIXES`].
+const KEPT_PREFIX_MAX: usize = 15;
+
+/// The first kept line start in `hay`, if any.
+fn find_kept(hay: &[u8]) -> Option<usize> {
+    KEPT_PREFIXES.iter().filter_map(|p| find(hay, p)).min()
+}
 /// Longest marker line kept once the transcript is past its cap.
 const MARKER_LINE_MAX: usize = 64;
 /// Most bytes of marker lines kept past the cap: a guest printing forged
@@ -251,7 +259,9 @@ impl Transcript {
                         .rposition(|&b| b == b'\n')
                         .map_or(0, |i| i + 1);
                     let line = &self.bytes[start..];
-                    let marker = line.starts_with(MARKER_PREFIX) || MARKER_PREFIX.starts_with(line);
+                    let marker = KEPT_PREFIXES
+                        .iter()
+                        .any(|p| line.starts_with(p) || p.starts_with(line));
                     if marker && line.len() <= MARKER_LINE_MAX {
                         self.carry = self.bytes.split_off(start);
                     }
@@ -261,7 +271,7 @@ impl Transcript {
             let mut combined = std::mem::take(&mut self.carry);
             combined.extend_from_slice(data);
             let marker = (self.marker_bytes < MARKER_BUDGET)
-                .then(|| find(&combined, MARKER_PREFIX))
+                .then(|| find_kept(&combined))
                 .flatten();
             match marker {
                 Some(at) => {
@@ -276,7 +286,7 @@ impl Transcript {
                     return;
                 }
                 None => {
-                    let keep = combined.len().min(MARKER_PREFIX.len() - 1);
+                    let keep = combined.len().min(KEPT_PREFIX_MAX - 1);
                     self.dropped += (combined.len() - keep) as u64;
                     self.carry = combined.split_off(combined.len() - keep);
                     return;
@@ -319,6 +329,29 @@ impl Transcript {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// `reboot -f` and `halt -f` end a command with a kernel line, not an end
+    /// marker: past the cap those lines are kept too, or the reader would
+    /// wait for the step's timeout.
+    #[test]
+    fn transcript_past_its_cap_keeps_the_kernels_reboot_and_panic_lines() {
+        let mut t = Transcript::with_cap(8);
+        t.append(&[b'y'; 100]);
+        t.append(b"\r\nrebo");
+        t.append(b"ot: Restarting system\r\n");
+        t.append(&[b'z'; 50]);
+        t.append(b"\r\nKernel panic - not syncing: Attempted to kill init!\r\n");
+        let text = String::from_utf8_lossy(&t.finish()).into_owned();
+        assert!(
+            text.contains("\r\nreboot: Restarting system\r\n"),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("\r\nKernel panic - not syncing: Attempted to kill init!\r\n"),
+            "{text:?}"
+        );
+        assert!(!text.contains("zzz"), "{text:?}");
+    }
 
     #[test]
     fn transcript_past_its_cap_keeps_markers_and_counts_the_rest() {

@@ -10,8 +10,9 @@
 //! thread reads and zero-checks 512 KiB batches while the other writes the
 //! previous one. In place, the COW's data is read in spans of dirty runs less
 //! than 16 KiB apart (the clean sectors between them are holes of the COW
-//! file), each span hinted to the kernel (`POSIX_FADV_WILLNEED`) up to 8 MiB
-//! ahead, so a cold page cache is read with many requests in flight rather
+//! file); once a span is found not to be in the page cache (`RWF_NOWAIT`),
+//! the following spans are hinted to the kernel (`POSIX_FADV_WILLNEED`) up to
+//! 8 MiB ahead, so a cold cache is read with many requests in flight rather
 //! than one synchronous 4 KiB read per run; only the dirty sectors are
 //! written, one `pwrite` per run (writing the clean sectors between them
 //! would allocate the backing's holes).
@@ -796,6 +797,12 @@ pub trait ReadAt: Sync {
     /// A hint that `[offset, offset + len)` will be read soon (no effect on
     /// the result): the kernel may start reading it from the disk.
     fn will_need(&self, _offset: u64, _len: u64) {}
+    /// Fills `buf` from `offset` if all of it is in the page cache (`Ok(true)`),
+    /// without waiting for the disk; `Ok(false)`: not all cached, or cannot
+    /// tell (the caller then reads with [`ReadAt::read_at`] and hints ahead).
+    fn read_cached(&self, _buf: &mut [u8], _offset: u64) -> std::io::Result<bool> {
+        Ok(false)
+    }
 }
 
 impl ReadAt for File {
@@ -811,6 +818,27 @@ impl ReadAt for File {
             len as libc::off_t,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
         );
+    }
+    fn read_cached(&self, buf: &mut [u8], offset: u64) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec over `buf`, which lives and is exclusively
+        // borrowed for the call; the fd is open for reading.
+        let n = unsafe {
+            libc::preadv2(
+                self.as_raw_fd(),
+                &iov,
+                1,
+                offset as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        // EAGAIN (not cached), EOPNOTSUPP (an older kernel or another
+        // filesystem) or a short read: let the caller read normally.
+        Ok(n >= 0 && n as usize == buf.len())
     }
 }
 
@@ -837,9 +865,10 @@ fn read_full_at(r: &impl ReadAt, buf: &mut [u8], offset: u64) -> std::io::Result
 /// one pread per run, and this cut-off is where the two break even.
 const GAP: u64 = 16 << 10;
 /// Bytes of the COW's data the reader asks the kernel to read ahead of it
-/// (`POSIX_FADV_WILLNEED`, one hint per read span): on a cold page cache the
-/// disk then works on many spans at once instead of one 4 KiB block per
-/// synchronous `pread`.
+/// (`POSIX_FADV_WILLNEED`, one hint per read span) once it met a span that
+/// was not in the page cache: on a cold cache the disk then works on many
+/// spans at once instead of one 4 KiB block per synchronous `pread`. A warm
+/// merge gives no hints (one syscall per span saved).
 const AHEAD: u64 = 8 << 20;
 
 /// The spans the in-place merge reads the COW's data with, as device offsets:
@@ -984,8 +1013,10 @@ pub fn merge_in_place_reading<R: ReadAt>(
             .try_clone()
             .map_err(|e| CowError::io("dup", cow_path, e))?,
     );
-    // Read-ahead bookkeeping of the (single) reader thread: the next span to
+    // Read-ahead bookkeeping of the (single) reader thread: whether a span
+    // was found uncached (from then on it hints ahead), the next span to
     // hint, and the bytes hinted beyond what was read.
+    let cold = std::sync::atomic::AtomicBool::new(false);
     let hinted = std::sync::atomic::AtomicUsize::new(0);
     let ahead = std::sync::atomic::AtomicU64::new(0);
     pipeline(
@@ -993,20 +1024,27 @@ pub fn merge_in_place_reading<R: ReadAt>(
         |buf, pos, keep| {
             use std::sync::atomic::Ordering::Relaxed;
             let n = buf.len();
-            let mut h = hinted.load(Relaxed);
-            let mut a = ahead.load(Relaxed).saturating_sub(n as u64);
-            while h < spans.len() && a < AHEAD {
-                let (s, e) = spans[h];
-                if e > pos + n as u64 {
-                    data.will_need(data_offset + s, e - s);
-                    a += e - s;
+            let cached = !cold.load(Relaxed)
+                && data
+                    .read_cached(buf, data_offset + pos)
+                    .map_err(|e| CowError::io("read", cow_path, e))?;
+            if !cached {
+                cold.store(true, Relaxed);
+                let mut h = hinted.load(Relaxed);
+                let mut a = ahead.load(Relaxed).saturating_sub(n as u64);
+                while h < spans.len() && a < AHEAD {
+                    let (s, e) = spans[h];
+                    if e > pos + n as u64 {
+                        data.will_need(data_offset + s, e - s);
+                        a += e - s;
+                    }
+                    h += 1;
                 }
-                h += 1;
+                hinted.store(h, Relaxed);
+                ahead.store(a, Relaxed);
+                read_full_at(&data, buf, data_offset + pos)
+                    .map_err(|e| CowError::io("read", cow_path, e))?;
             }
-            hinted.store(h, Relaxed);
-            ahead.store(a, Relaxed);
-            read_full_at(&data, buf, data_offset + pos)
-                .map_err(|e| CowError::io("read", cow_path, e))?;
             // The dirty ranges in this span: only they are written.
             let first = ranges.partition_point(|r| r.1 <= pos);
             for &(rs, re) in ranges[first..].iter().take_while(|r| r.0 < pos + n as u64) {

@@ -860,9 +860,9 @@ fn read_full_at(r: &impl ReadAt, buf: &mut [u8], offset: u64) -> std::io::Result
 /// Dirty ranges closer than this in the COW's data area are read with one
 /// `pread`, the clean sectors between them included. Those are holes in a
 /// COW file that only UML or umltest wrote, which the kernel zero-fills
-/// without touching the disk, but at a cost per page: at 10% dirty
-/// (most gaps 1-30 blocks) reading every gap made a warm merge slower than
-/// one pread per run, and this cut-off is where the two break even.
+/// without touching the disk, but at a cost per page (`cat` of a 1 GiB COW
+/// at 10% dirty spends 0.8 s of system time on its holes). Measured warm at
+/// 10% and 50% dirty: 0, 4 and 16 KiB alike, 64 KiB slower at 10%.
 const GAP: u64 = 16 << 10;
 /// Bytes of the COW's data the reader asks the kernel to read ahead of it
 /// (`POSIX_FADV_WILLNEED`, one hint per read span) once it met a span that

@@ -8,7 +8,14 @@
 //! (`SEEK_DATA`/`SEEK_HOLE`) and the dirty sectors; all-zero 4 KiB blocks are
 //! left as holes, so the output is never more allocated than uml_moo's. One
 //! thread reads and zero-checks 512 KiB batches while the other writes the
-//! previous one.
+//! previous one. In place, the COW's data is read in spans of dirty runs less
+//! than 16 KiB apart (the clean sectors between them are holes of the COW
+//! file); once a span is found not to be in the page cache (`RWF_NOWAIT`),
+//! the following spans are hinted to the kernel (`POSIX_FADV_WILLNEED`) up to
+//! 8 MiB ahead, so a cold cache is read with many requests in flight rather
+//! than one synchronous 4 KiB read per run; only the dirty sectors are
+//! written, one `pwrite` per run (writing the clean sectors between them
+//! would allocate the backing's holes).
 //!
 //! New image: written to a temporary file beside the output, then renamed.
 //! In place (`-d`): the backing is the only file ever opened read-write, and a
@@ -226,7 +233,16 @@ fn windows(ranges: &[(u64, u64)]) -> impl Iterator<Item = (u64, usize)> + '_ {
 /// The windows of `ranges` grouped into batches of at most `BATCH` bytes:
 /// the unit handed from the reader to the writer.
 fn batches(ranges: &[(u64, u64)]) -> impl Iterator<Item = Vec<(u64, usize)>> + Send + '_ {
-    let mut it = windows(ranges).peekable();
+    group(windows(ranges))
+}
+
+/// `(offset, len)` pieces (each at most `BATCH` bytes) grouped into batches
+/// of at most `BATCH` bytes.
+fn group<I>(pieces: I) -> impl Iterator<Item = Vec<(u64, usize)>> + Send
+where
+    I: Iterator<Item = (u64, usize)> + Send,
+{
+    let mut it = pieces.peekable();
     std::iter::from_fn(move || {
         let mut group = Vec::new();
         let mut total = 0usize;
@@ -763,6 +779,125 @@ pub fn merge_in_place_durable(
     opts: &MergeOptions,
     sync: bool,
 ) -> Result<MergeReport, CowError> {
+    merge_in_place_reading(cow_path, opts, sync, |f| f)
+}
+
+/// Positional reads of a file: the in-place merge reads the COW's data area
+/// through this, so a test can count (or fail) its reads.
+pub trait ReadAt: Sync {
+    /// `pread(2)`: reads at most `buf.len()` bytes at `offset`; 0 at EOF.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+    /// A hint that `[offset, offset + len)` will be read soon (no effect on
+    /// the result): the kernel may start reading it from the disk.
+    fn will_need(&self, _offset: u64, _len: u64) {}
+    /// Fills `buf` from `offset` if all of it is in the page cache (`Ok(true)`),
+    /// without waiting for the disk; `Ok(false)`: not all cached, or cannot
+    /// tell (the caller then reads with [`ReadAt::read_at`] and hints ahead).
+    fn read_cached(&self, _buf: &mut [u8], _offset: u64) -> std::io::Result<bool> {
+        Ok(false)
+    }
+}
+
+impl ReadAt for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+    fn will_need(&self, offset: u64, len: u64) {
+        // Best effort: only a hint, and asynchronous (the pages are read in
+        // the background, the pread that needs them waits for them).
+        let _ = nix::fcntl::posix_fadvise(
+            self,
+            offset as libc::off_t,
+            len as libc::off_t,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+    }
+    fn read_cached(&self, buf: &mut [u8], offset: u64) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec over `buf`, which lives and is exclusively
+        // borrowed for the call; the fd is open for reading.
+        let n = unsafe {
+            libc::preadv2(
+                self.as_raw_fd(),
+                &iov,
+                1,
+                offset as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        // EAGAIN (not cached), EOPNOTSUPP (an older kernel or another
+        // filesystem) or a short read: let the caller read normally.
+        Ok(n >= 0 && n as usize == buf.len())
+    }
+}
+
+/// `pread` through `r` until `buf` is full, zero-filling past EOF.
+fn read_full_at(r: &impl ReadAt, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[done..].fill(0);
+    Ok(())
+}
+
+/// Dirty ranges closer than this in the COW's data area are read with one
+/// `pread`, the clean sectors between them included. Those are holes in a
+/// COW file that only UML or umltest wrote, which the kernel zero-fills
+/// without touching the disk, but at a cost per page (`cat` of a 1 GiB COW
+/// at 10% dirty spends 0.8 s of system time on its holes). Measured warm at
+/// 10% and 50% dirty: 0, 4 and 16 KiB alike, 64 KiB slower at 10%.
+const GAP: u64 = 16 << 10;
+/// Bytes of the COW's data the reader asks the kernel to read ahead of it
+/// (`POSIX_FADV_WILLNEED`, one hint per read span) once it met a span that
+/// was not in the page cache: on a cold cache the disk then works on many
+/// spans at once instead of one 4 KiB block per synchronous `pread`. A warm
+/// merge gives no hints (one syscall per span saved).
+const AHEAD: u64 = 8 << 20;
+
+/// The spans the in-place merge reads the COW's data with, as device offsets:
+/// the dirty `ranges` cut at `BATCH` bytes, neighbours at most `GAP` apart
+/// joined.
+fn read_spans(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &(s, e) in ranges {
+        let mut pos = s;
+        while pos < e {
+            match out.last_mut() {
+                // Joined only if the span then reaches into this range (not
+                // just over the gap before it).
+                Some(last) if pos - last.1 <= GAP && pos < last.0 + BATCH as u64 => {
+                    last.1 = e.min(last.0 + BATCH as u64);
+                    pos = last.1;
+                }
+                _ => {
+                    let end = e.min(pos + BATCH as u64);
+                    out.push((pos, end));
+                    pos = end;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [`merge_in_place_durable`], reading the COW's data area through
+/// `reader(cow file)` (a test counts the reads with it).
+pub fn merge_in_place_reading<R: ReadAt>(
+    cow_path: &Path,
+    opts: &MergeOptions,
+    sync: bool,
+    wrap: impl FnOnce(File) -> R,
+) -> Result<MergeReport, CowError> {
     let confine = opts.confine.as_ref();
     let cow_file = open_cow(cow_path, Access::Read, confine)?;
     let header = read_header(&cow_file, cow_path)?;
@@ -867,37 +1002,79 @@ pub fn merge_in_place_durable(
     };
     let data_offset = cow.layout().data_offset;
     let ranges = sector_ranges(&runs, size);
-    // One read and one write per dirty run (and window): reading whole windows
-    // instead costs more than it saves, the COW's data area is mostly holes.
+    let spans = read_spans(&ranges);
+    let data = wrap(
+        cow.cow_file()
+            .try_clone()
+            .map_err(|e| CowError::io("dup", cow_path, e))?,
+    );
+    // Read-ahead bookkeeping of the (single) reader thread: whether a span
+    // was found uncached (from then on it hints ahead), the next span to
+    // hint, and the bytes hinted beyond what was read.
+    let cold = std::sync::atomic::AtomicBool::new(false);
+    let hinted = std::sync::atomic::AtomicUsize::new(0);
+    let ahead = std::sync::atomic::AtomicU64::new(0);
     pipeline(
-        batches(&ranges),
-        |data, pos, keep| {
-            let n = data.len();
-            pread_zero_fill(cow.cow_file(), data, data_offset + pos)
-                .map_err(|e| CowError::io("read", cow_path, e))?;
-            // Like uml_moo -d: a zero block only needs writing if the backing
-            // holds something else there (this also keeps holes holes).
-            let mut zero_blocks = false;
-            let mut k = 0usize;
-            while k < n {
-                let next = ((((pos + k as u64) / BLOCK) + 1) * BLOCK - pos) as usize;
-                let next = next.min(n);
-                zero_blocks |= is_zero(&data[k..next]);
-                k = next;
+        group(spans.iter().map(|&(s, e)| (s, (e - s) as usize))),
+        |buf, pos, keep| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let n = buf.len();
+            let cached = !cold.load(Relaxed)
+                && data
+                    .read_cached(buf, data_offset + pos)
+                    .map_err(|e| CowError::io("read", cow_path, e))?;
+            if !cached {
+                cold.store(true, Relaxed);
+                let mut h = hinted.load(Relaxed);
+                let mut a = ahead.load(Relaxed).saturating_sub(n as u64);
+                while h < spans.len() && a < AHEAD {
+                    let (s, e) = spans[h];
+                    if e > pos + n as u64 {
+                        data.will_need(data_offset + s, e - s);
+                        a += e - s;
+                    }
+                    h += 1;
+                }
+                hinted.store(h, Relaxed);
+                ahead.store(a, Relaxed);
+                read_full_at(&data, buf, data_offset + pos)
+                    .map_err(|e| CowError::io("read", cow_path, e))?;
             }
-            if !zero_blocks {
-                keep.push((0, n));
-                return Ok(());
+            // The dirty ranges in this span: only they are written.
+            let first = ranges.partition_point(|r| r.1 <= pos);
+            for &(rs, re) in ranges[first..].iter().take_while(|r| r.0 < pos + n as u64) {
+                let (rs, re) = (rs.max(pos), re.min(pos + n as u64));
+                let (i, j) = ((rs - pos) as usize, (re - pos) as usize);
+                let piece = &buf[i..j];
+                // Like uml_moo -d: a zero block only needs writing if the
+                // backing holds something else there (this also keeps holes
+                // holes).
+                let mut zero_blocks = false;
+                let mut k = 0usize;
+                while k < piece.len() {
+                    let next = ((((rs + k as u64) / BLOCK) + 1) * BLOCK - rs) as usize;
+                    let next = next.min(piece.len());
+                    zero_blocks |= is_zero(&piece[k..next]);
+                    k = next;
+                }
+                if !zero_blocks {
+                    keep.push((i, j));
+                    continue;
+                }
+                let mut old = vec![0u8; piece.len()];
+                pread_zero_fill(cow.backing_file(), &mut old, rs)
+                    .map_err(|e| CowError::io("read", &backing_path, e))?;
+                let from = keep.len();
+                keep_blocks(
+                    piece.len(),
+                    rs,
+                    |x, y| !(is_zero(&piece[x..y]) && is_zero(&old[x..y])),
+                    keep,
+                );
+                for k in &mut keep[from..] {
+                    *k = (k.0 + i, k.1 + i);
+                }
             }
-            let mut old = vec![0u8; n];
-            pread_zero_fill(cow.backing_file(), &mut old, pos)
-                .map_err(|e| CowError::io("read", &backing_path, e))?;
-            keep_blocks(
-                n,
-                pos,
-                |x, y| !(is_zero(&data[x..y]) && is_zero(&old[x..y])),
-                keep,
-            );
             Ok(())
         },
         &mut w,
@@ -932,6 +1109,22 @@ mod tests {
             union(&[(0, 10), (20, 30)], &[(5, 12), (30, 31), (40, 50)]),
             vec![(0, 12), (20, 31), (40, 50)]
         );
+    }
+
+    #[test]
+    fn read_spans_join_near_runs_only() {
+        let g = GAP;
+        assert_eq!(
+            read_spans(&[(0, 512), (512 + g, 1024 + g), (2048 + 2 * g, 4096 + 2 * g)]),
+            vec![(0, 1024 + g), (2048 + 2 * g, 4096 + 2 * g)]
+        );
+        // A long run is cut at BATCH bytes; its tail joins the next run.
+        let b = BATCH as u64;
+        assert_eq!(
+            read_spans(&[(100, 100 + b + 10), (200 + b, 300 + b)]),
+            vec![(100, 100 + b), (100 + b, 300 + b)]
+        );
+        assert_eq!(read_spans(&[]), vec![]);
     }
 
     #[test]
@@ -970,6 +1163,43 @@ mod tests {
                 }
             }
             proptest::prop_assert_eq!(covered, ranges);
+        }
+
+        /// Read spans cover every dirty byte and no more than GAP-sized
+        /// gaps, each at most BATCH bytes, sorted, disjoint, starting and
+        /// ending on dirty bytes, and as few as the rules allow (a span ends
+        /// only at a gap over GAP or where the next dirty byte is BATCH away).
+        #[test]
+        fn read_spans_cover_the_ranges(
+            mut cuts in proptest::collection::vec(0u64..4 * BATCH as u64, 0..40),
+        ) {
+            cuts.sort_unstable();
+            cuts.dedup();
+            let ranges: Vec<(u64, u64)> = cuts.chunks_exact(2).map(|c| (c[0], c[1])).collect();
+            let spans = read_spans(&ranges);
+            for w in spans.windows(2) {
+                proptest::prop_assert!(w[0].1 <= w[1].0);
+                proptest::prop_assert!(
+                    w[1].0 - w[0].1 > GAP || w[1].0 >= w[0].0 + BATCH as u64,
+                    "{:?} could have been one span", w
+                );
+            }
+            for &(s, e) in &spans {
+                proptest::prop_assert!(s < e && e - s <= BATCH as u64);
+                // A span starts and ends on dirty bytes.
+                proptest::prop_assert!(ranges.iter().any(|r| r.0 <= s && s < r.1));
+                proptest::prop_assert!(ranges.iter().any(|r| r.0 < e && e <= r.1));
+            }
+            for &(s, e) in &ranges {
+                // Each dirty byte range lies in the union of the spans.
+                let mut pos = s;
+                for &(a, b) in &spans {
+                    if a <= pos && pos < b {
+                        pos = b.min(e);
+                    }
+                }
+                proptest::prop_assert_eq!(pos, e, "{:?} not covered by {:?}", (s, e), &spans);
+            }
         }
 
         /// The vectorised check agrees with a byte loop for any length,

@@ -520,6 +520,14 @@ impl<D: BlockDevice> fmt::Debug for Ext4<D> {
     }
 }
 
+/// What [`Ext4::make_in`] makes: the operation's name (for errors), the file
+/// type bits and the shim call that makes it.
+struct Node {
+    op: &'static str,
+    kind: u16,
+    make: unsafe extern "C" fn(*mut UmtFs, u32, *const c_char, u16, u32, u32, *mut u32) -> ErrCode,
+}
+
 /// Split of a path into its parent's inode and its last name.
 struct Parent {
     dir: u32,
@@ -977,16 +985,12 @@ impl<D: BlockDevice> Ext4<D> {
         gid: u32,
         path: &str,
     ) -> Result<u32, FsError> {
-        if self.lookup_opt(p, "create", path)?.is_some() {
-            return Err(errno(Errno::Eexist, "create", path));
-        }
-        let name = cstring(&p.name, "create", path)?;
-        let mut ino = 0;
-        let mode = (libc::S_IFREG as u16) | (perm & 0o7777);
-        // SAFETY: raw is open; name is NUL-terminated.
-        let code = unsafe { umt_create(self.raw, p.dir, name.as_ptr(), mode, uid, gid, &mut ino) };
-        self.check(code, "create", path)?;
-        Ok(ino)
+        let node = Node {
+            op: "create",
+            kind: libc::S_IFREG as u16,
+            make: umt_create,
+        };
+        self.make_in(p, node, perm, uid, gid, path)
     }
 
     /// Writes `data` at `offset` of an existing file (a final symbolic link
@@ -1148,15 +1152,33 @@ impl<D: BlockDevice> Ext4<D> {
         gid: u32,
         path: &str,
     ) -> Result<u32, FsError> {
-        if self.lookup_opt(p, "mkdir", path)?.is_some() {
-            return Err(errno(Errno::Eexist, "mkdir", path));
+        let node = Node {
+            op: "mkdir",
+            kind: libc::S_IFDIR as u16,
+            make: umt_mkdir,
+        };
+        self.make_in(p, node, perm, uid, gid, path)
+    }
+
+    /// Makes a new file or directory `p.name` (`EEXIST` if the name exists).
+    fn make_in(
+        &mut self,
+        p: &Parent,
+        node: Node,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        path: &str,
+    ) -> Result<u32, FsError> {
+        if self.lookup_opt(p, node.op, path)?.is_some() {
+            return Err(errno(Errno::Eexist, node.op, path));
         }
-        let name = cstring(&p.name, "mkdir", path)?;
+        let name = cstring(&p.name, node.op, path)?;
         let mut ino = 0;
-        let mode = (libc::S_IFDIR as u16) | (perm & 0o7777);
+        let mode = node.kind | (perm & 0o7777);
         // SAFETY: raw is open; name is NUL-terminated.
-        let code = unsafe { umt_mkdir(self.raw, p.dir, name.as_ptr(), mode, uid, gid, &mut ino) };
-        self.check(code, "mkdir", path)?;
+        let code = unsafe { (node.make)(self.raw, p.dir, name.as_ptr(), mode, uid, gid, &mut ino) };
+        self.check(code, node.op, path)?;
         Ok(ino)
     }
 
